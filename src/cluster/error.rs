@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH or in /usr/lib/postgresql/*/bin. \
+         Install them: `apt-get install postgresql` (Debian/Ubuntu), `dnf install postgresql-server` (Fedora), \
+         or `brew install postgresql@16` (macOS)"
+    )]
+    NoPostgres,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot generate a TLS certificate: {0}")]
+    Cert(String),
+    #[error("port {port} is already in use; pass --port to choose another base port")]
+    PortInUse { port: u16 },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error("cannot prepare database `{db}` on {node}: {detail}")]
+    Bootstrap { node: String, db: String, detail: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Io { path: path.to_owned(), source }
+}

@@ -1,0 +1,230 @@
+//! `pgmix up`: initdb (once) and start one Postgres per node, start the nodes in this process,
+//! print connection strings and live status, and stop everything on Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::certs;
+use super::error::{ClusterError, io_err};
+use super::pg::{PgBin, PgInstance, PgOptions, free_port};
+use crate::node::{self, NodeHandle};
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub nodes: u16,
+    pub base_port: u16,
+    pub data_dir: PathBuf,
+    pub schema: Option<PathBuf>,
+    /// Seconds between status lines; 0 turns them off.
+    pub status_every: u64,
+}
+
+/// A started cluster.
+pub struct Cluster {
+    pub pgs: Vec<PgInstance>,
+    pub nodes: Vec<NodeHandle>,
+}
+
+/// The default development login.
+pub const DEV_USER: &str = "pgmix";
+pub const DEV_PASSWORD: &str = "pgmix";
+pub const DEV_DATABASE: &str = "pgmix";
+
+pub fn node_config_toml(
+    name: &str,
+    listen_port: u16,
+    metrics_port: u16,
+    socket_dir: &Path,
+    pg_port: u16,
+    cert: &Path,
+    key: &Path,
+    schema: Option<&Path>,
+) -> String {
+    let schema = schema.map(|s| format!("schema = {:?}\n", s.display().to_string())).unwrap_or_default();
+    format!(
+        r#"# Written by `pgmix up`; regenerated on every start.
+node_name = "{name}"
+listen = "127.0.0.1:{listen_port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+{schema}
+[backend]
+host = {socket:?}
+port = {pg_port}
+user = "postgres"
+database = "postgres"
+
+[tls]
+mode = "allow"
+cert = {cert:?}
+key = {key:?}
+
+[[users]]
+name = "{DEV_USER}"
+password = "{DEV_PASSWORD}"
+"#,
+        socket = socket_dir.display().to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    )
+}
+
+/// Starts Postgres servers and nodes; prints progress as it goes.
+pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
+    let bin = PgBin::find()?;
+    for i in 0..opts.nodes {
+        let port = opts.base_port + i;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(ClusterError::PortInUse { port });
+        }
+    }
+    std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
+    let data_dir = opts.data_dir.canonicalize().map_err(io_err(&opts.data_dir))?;
+    let (cert, key) = certs::ensure_self_signed(&data_dir)?;
+    let schema = match &opts.schema {
+        Some(s) => Some(s.canonicalize().map_err(io_err(s))?),
+        None => None,
+    };
+
+    let mut cluster = Cluster { pgs: Vec::new(), nodes: Vec::new() };
+    match start_each(opts, &bin, &data_dir, &cert, &key, schema.as_deref(), &mut cluster).await {
+        Ok(()) => Ok(cluster),
+        Err(e) => {
+            // Leave nothing running behind a failed start.
+            cluster.stop().await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_each(
+    opts: &UpOptions,
+    bin: &PgBin,
+    data_dir: &Path,
+    cert: &Path,
+    key: &Path,
+    schema: Option<&Path>,
+    cluster: &mut Cluster,
+) -> Result<(), ClusterError> {
+    for i in 1..=opts.nodes {
+        let name = format!("node{i}");
+        let dir = data_dir.join(&name);
+        let fresh = !dir.join("pgdata/PG_VERSION").exists();
+        println!("pgmix: {name}: {} Postgres in {}", if fresh { "initializing" } else { "reusing" }, dir.display());
+        let mut pg = PgInstance::init(bin, &dir, &PgOptions::default())?;
+        let pg_port = free_port()?;
+        pg.start(pg_port)?;
+        println!("pgmix: {name}: Postgres running on port {pg_port}");
+        ensure_database(&pg, DEV_DATABASE).await.map_err(|detail| ClusterError::Bootstrap {
+            node: name.clone(),
+            db: DEV_DATABASE.into(),
+            detail,
+        })?;
+        cluster.pgs.push(pg);
+
+        let port = opts.base_port + i - 1;
+        let text = node_config_toml(
+            &name,
+            port,
+            metrics_port(opts.base_port, i),
+            cluster.pgs[(i - 1) as usize].socket_dir(),
+            pg_port,
+            cert,
+            key,
+            schema,
+        );
+        let conf_path = dir.join("proxy.toml");
+        std::fs::write(&conf_path, &text).map_err(io_err(&conf_path))?;
+        let cfg = crate::config::load(&conf_path)?;
+        cluster.nodes.push(node::start(cfg).await?);
+        println!("pgmix: {name}: node listening on 127.0.0.1:{port}");
+    }
+    Ok(())
+}
+
+fn metrics_port(base: u16, i: u16) -> u16 {
+    base.wrapping_add(1000).wrapping_add(i - 1)
+}
+
+async fn ensure_database(pg: &PgInstance, db: &str) -> Result<(), String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(pg.socket_dir()).port(pg.port).user("postgres").dbname("postgres");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if !exists {
+        client.batch_execute(&format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\""))).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("postgres://{DEV_USER}:{DEV_PASSWORD}@127.0.0.1:{}/{DEV_DATABASE}", n.addr.port()))
+            .collect()
+    }
+
+    pub fn status_line(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let m = &n.metrics;
+                format!(
+                    "{} [{}] sessions={} connections={} refused={}",
+                    n.name,
+                    if m.backend_up.load(Relaxed) { "up" } else { "POSTGRES DOWN" },
+                    m.connections_active.load(Relaxed),
+                    m.connections_total.load(Relaxed),
+                    m.refused_total.load(Relaxed),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Stops the nodes (draining sessions) and then their Postgres servers.
+    pub async fn stop(self) {
+        for n in &self.nodes {
+            n.shutdown();
+        }
+        for n in self.nodes {
+            n.wait().await;
+        }
+        for pg in &self.pgs {
+            if let Err(e) = pg.stop() {
+                eprintln!("pgmix: stopping Postgres in {}: {e}", pg.data_dir.display());
+            }
+        }
+    }
+}
+
+/// `pgmix up`: runs until Ctrl-C or SIGTERM.
+pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
+    let cluster = start(&opts).await?;
+    for url in cluster.urls() {
+        println!("{url}");
+    }
+    println!("pgmix: cluster ready ({} nodes; Ctrl-C stops it)", cluster.nodes.len());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ClusterError::Command { what: "installing SIGTERM handler".into(), detail: e.to_string() })?;
+    let every = Duration::from_secs(opts.status_every.max(1));
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = ticker.tick(), if opts.status_every > 0 => println!("pgmix: status: {}", cluster.status_line()),
+        }
+    }
+    println!("pgmix: stopping");
+    cluster.stop().await;
+    println!("pgmix: stopped");
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The on-disk shape of `proxy.toml`. The doc comments here are the user documentation of each key.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's name: shown in logs, metrics and error messages.
+    pub node_name: String,
+    /// Address clients connect to, e.g. "0.0.0.0:6432".
+    pub listen: String,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); absent means no endpoint.
+    pub metrics_listen: Option<String>,
+    /// Path of the schema file that marks tables strong or weak (relative to this file).
+    pub schema: Option<String>,
+    /// The local Postgres this node fronts.
+    pub backend: BackendSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Client logins accepted by this node.
+    #[serde(default)]
+    pub users: Vec<UserSection>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// Host name, IP address, or a directory holding the Postgres Unix socket (starts with '/').
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// The role pgmix logs in as. It should be a superuser so that clients can create schemas and
+    /// extensions through pgmix.
+    pub user: String,
+    /// Its password; may be absent when the local Postgres trusts the connection.
+    pub password: Option<String>,
+    /// Database pgmix uses for its own metadata.
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only; SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it, plaintext otherwise.
+    Allow,
+    /// TLS only; a plaintext client is refused with SQLSTATE 28000.
+    Require,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM certificate chain (relative to this file).
+    pub cert: Option<String>,
+    /// PEM private key (relative to this file).
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS over TLS). The default.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge; users with only a SCRAM verifier still use SCRAM, as in Postgres.
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password. Only sensible over TLS.
+    #[serde(rename = "password")]
+    Password,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// "scram-sha-256" (default), "md5" or "password".
+    #[serde(default)]
+    pub method: AuthMethod,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub name: String,
+    /// A SCRAM verifier as Postgres stores it: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+    pub scram: Option<String>,
+    /// A plain password, for development. Prefer `scram`.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest Query or Parse message pgmix holds whole to look at, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for sessions to finish before closing them, in seconds.
+    #[serde(default = "default_drain")]
+    pub shutdown_drain_secs: u64,
+    /// How long a client may take to connect and authenticate, in seconds.
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message(),
+            shutdown_drain_secs: default_drain(),
+            auth_timeout_secs: default_auth_timeout(),
+        }
+    }
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_database() -> String {
+    "postgres".into()
+}
+fn default_max_message() -> usize {
+    64 << 20
+}
+fn default_drain() -> u64 {
+    10
+}
+fn default_auth_timeout() -> u64 {
+    60
+}

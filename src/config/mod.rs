@@ -1,0 +1,9 @@
+//! Node configuration: `proxy.toml` parsed into plain serde structs (`file`), then validated into
+//! the runtime [`NodeConfig`] in one function that names the file, the key and the reason for
+//! every problem.
+
+mod file;
+mod validate;
+
+pub use file::{AuthMethod, TlsMode};
+pub use validate::{BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, load, from_toml_str};

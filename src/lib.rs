@@ -1,0 +1,15 @@
+//! pgmix: a mixed-consistency replicated database made of ordinary PostgreSQL servers.
+//!
+//! Each node is a Postgres wire-protocol proxy in front of its own local Postgres. This crate is the
+//! node (`node`), its parts (`frontend`, `session`, `backend`, `protocol`), its configuration
+//! (`config`), and the local development cluster behind `pgmix up` (`cluster`).
+
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod frontend;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod session;
+pub mod sqlstate;

@@ -1,0 +1,88 @@
+//! Prometheus metrics of one node: plain atomic counters behind a handle (no global registry, so
+//! several nodes can run in one process), served as text on `GET /metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub tls_connections_total: AtomicU64,
+    pub auth_failures_total: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub cancel_requests_total: AtomicU64,
+    pub backend_connect_failures_total: AtomicU64,
+    pub queries_total: AtomicU64,
+    pub parses_total: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    pub protocol_errors_total: AtomicU64,
+    pub backend_up: AtomicBool,
+}
+
+pub type MetricsHandle = Arc<Metrics>;
+
+impl Metrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, node: &str) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
+            out.push_str(&format!("# HELP pgmix_{name} {help}\n# TYPE pgmix_{name} {kind}\npgmix_{name}{{node=\"{node}\"}} {v}\n"));
+        };
+        counter("connections_total", "Client connections accepted.", "counter", self.connections_total.load(Relaxed));
+        counter("connections_active", "Client sessions open now.", "gauge", self.connections_active.load(Relaxed));
+        counter("tls_connections_total", "Client connections that negotiated TLS.", "counter", self.tls_connections_total.load(Relaxed));
+        counter("auth_failures_total", "Failed client authentications.", "counter", self.auth_failures_total.load(Relaxed));
+        counter("refused_total", "Connections refused before a session started.", "counter", self.refused_total.load(Relaxed));
+        counter("cancel_requests_total", "Cancel requests received.", "counter", self.cancel_requests_total.load(Relaxed));
+        counter(
+            "backend_connect_failures_total",
+            "Failed connections to the local Postgres.",
+            "counter",
+            self.backend_connect_failures_total.load(Relaxed),
+        );
+        counter("queries_total", "Simple-protocol Query messages.", "counter", self.queries_total.load(Relaxed));
+        counter("parses_total", "Extended-protocol Parse messages.", "counter", self.parses_total.load(Relaxed));
+        counter("client_bytes_received_total", "Bytes received from clients.", "counter", self.bytes_from_clients.load(Relaxed));
+        counter("client_bytes_sent_total", "Bytes sent to clients.", "counter", self.bytes_to_clients.load(Relaxed));
+        counter("protocol_errors_total", "Malformed client protocol messages.", "counter", self.protocol_errors_total.load(Relaxed));
+        counter("backend_up", "1 when the local Postgres answers.", "gauge", self.backend_up.load(Relaxed) as u64);
+        out
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: MetricsHandle, node: String, shutdown: CancellationToken) {
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let body = metrics.render(&node);
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let n = sock.read(&mut req).await.unwrap_or(0);
+            let ok = req[..n].starts_with(b"GET /metrics");
+            let (status, body) = if ok { ("200 OK", body) } else { ("404 Not Found", "try GET /metrics\n".into()) };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

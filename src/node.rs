@@ -1,0 +1,220 @@
+//! One pgmix node: the client listener, a task per connection, the metrics endpoint and a health
+//! probe of the local Postgres, all stopped through one root cancellation token.
+//!
+//! Shutdown: stop accepting, let sessions finish their current transaction (up to
+//! `limits.shutdown_drain_secs`), then close the rest with 57P01.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backend::{self, BackendError, CancelRegistry};
+use crate::config::NodeConfig;
+use crate::frontend::{self, FrontendError, Handshake};
+use crate::metrics::{self, Metrics, MetricsHandle};
+use crate::protocol::messages;
+use crate::session::{Session, SessionCtx};
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: MetricsHandle,
+    pub name: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Asks the node to stop; `wait` returns once it has.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let cfg = Arc::new(cfg);
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+    let metrics: MetricsHandle = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+
+    let metrics_addr = match cfg.metrics_listen {
+        Some(a) => {
+            let l = metrics::bind(a).await.map_err(|source| NodeError::Bind { addr: a, source })?;
+            let bound = l.local_addr().ok();
+            tokio::spawn(metrics::serve(l, metrics.clone(), cfg.node_name.clone(), shutdown.clone()));
+            bound
+        }
+        None => None,
+    };
+    tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
+
+    let ctx = SessionCtx {
+        cfg: cfg.clone(),
+        metrics: metrics.clone(),
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
+    info!(node = %cfg.node_name, %addr, "pgmix node listening");
+    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), shutdown, task })
+}
+
+async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let cancels = CancelRegistry::default();
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        Metrics::inc(&ctx.metrics.connections_total);
+        let span = info_span!("conn", node = %ctx.cfg.node_name, session = next_id, %peer, user = tracing::field::Empty);
+        tracker.spawn(serve_connection(tcp, ctx.clone(), cancels.clone()).instrument(span));
+    }
+    drop(listener);
+    tracker.close();
+    info!(node = %ctx.cfg.node_name, sessions = tracker.len(), "shutting down: draining sessions");
+    ctx.drain.cancel();
+    if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait()).await.is_err() {
+        warn!(sessions = tracker.len(), "drain timed out: closing remaining sessions");
+        ctx.abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    info!(node = %ctx.cfg.node_name, "node stopped");
+}
+
+async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegistry) {
+    let cfg = &ctx.cfg;
+    let hello = match tokio::time::timeout(cfg.auth_timeout, frontend::handshake(tcp, cfg)).await {
+        Err(_) => {
+            debug!("client did not finish logging in in time");
+            return;
+        }
+        Ok(Ok(Handshake::Cancel { pid, secret })) => {
+            Metrics::inc(&ctx.metrics.cancel_requests_total);
+            match cancels.cancel(pid, secret).await {
+                Ok(found) => debug!(found, "cancel request"),
+                Err(e) => warn!(error = %e, "could not forward cancel request"),
+            }
+            return;
+        }
+        Ok(Ok(Handshake::Session(hello))) => hello,
+        Ok(Err(FrontendError::Refused(e))) => {
+            if e.code == crate::sqlstate::code::INVALID_PASSWORD {
+                Metrics::inc(&ctx.metrics.auth_failures_total);
+            }
+            Metrics::inc(&ctx.metrics.refused_total);
+            info!(code = e.code, reason = %e.message, "refused client");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "client left during start-up");
+            return;
+        }
+    };
+    tracing::Span::current().record("user", hello.user.as_str());
+    if matches!(hello.stream, tokio_util::either::Either::Right(_)) {
+        Metrics::inc(&ctx.metrics.tls_connections_total);
+    }
+    let mut client = hello.stream;
+    let backend = match backend::connect(&cfg.backend, &hello.database, &hello.params).await {
+        Ok(b) => b,
+        Err(e) => {
+            Metrics::inc(&ctx.metrics.backend_connect_failures_total);
+            let mut buf = BytesMut::new();
+            match &e {
+                // Postgres's own refusal (unknown database, too many clients): pass it on as is.
+                BackendError::Refused { raw, .. } => buf.extend_from_slice(raw),
+                other => {
+                    ctx.metrics.backend_up.store(false, Relaxed);
+                    other.to_client(&cfg.node_name).encode(&mut buf)
+                }
+            }
+            let _ = client.write_all(&buf).await;
+            let _ = client.shutdown().await;
+            info!(error = %e, "no backend connection for client");
+            return;
+        }
+    };
+
+    let guard = cancels.register(cfg.backend.addr.clone(), backend.pid, backend.secret);
+    // The greeting ends with ReadyForQuery (6 bytes); our BackendKeyData goes right before it.
+    let mut buf = BytesMut::with_capacity(backend.greeting.len() + 16);
+    let split = backend.greeting.len().saturating_sub(6);
+    buf.extend_from_slice(&backend.greeting[..split]);
+    messages::backend_key_data(guard.pid, guard.secret, &mut buf);
+    buf.extend_from_slice(&backend.greeting[split..]);
+    if client.write_all(&buf).await.is_err() || client.flush().await.is_err() {
+        return;
+    }
+
+    ctx.metrics.connections_active.fetch_add(1, Relaxed);
+    let (session, pending) = Session::new(client, backend, ctx.clone());
+    let result = session.run(pending).await;
+    ctx.metrics.connections_active.fetch_sub(1, Relaxed);
+    drop(guard);
+    match result {
+        Ok(end) => debug!(?end, "session ended"),
+        Err(e) => info!(error = %e, "session ended with an error"),
+    }
+}
+
+/// Keeps the `backend_up` gauge true to whether the local Postgres accepts connections.
+async fn probe_backend(cfg: Arc<NodeConfig>, metrics: MetricsHandle, shutdown: CancellationToken) {
+    let mut was_up = None;
+    loop {
+        let up = backend::open_stream(&cfg.backend.addr).await.is_ok();
+        metrics.backend_up.store(up, Relaxed);
+        if was_up != Some(up) {
+            if up {
+                info!(node = %cfg.node_name, backend = %cfg.backend.addr, "local Postgres is up");
+            } else {
+                warn!(node = %cfg.node_name, backend = %cfg.backend.addr, "local Postgres is unreachable: node unhealthy");
+            }
+            was_up = Some(up);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The messages pgmix reads or writes itself, as opposed to forwarding. Encoding goes through
+//! `pgwire`'s message types; reading the few fields the session needs is done in place.
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::Message;
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
+
+pub const SSL_REQUEST_CODE: i32 = 80877103;
+pub const GSSENC_REQUEST_CODE: i32 = 80877104;
+pub const CANCEL_REQUEST_CODE: i32 = 80877102;
+/// Largest start-up packet Postgres accepts (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Reads a NUL-terminated string at the front of `buf`; returns it and the rest.
+pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let end = buf.iter().position(|b| *b == 0)?;
+    let s = std::str::from_utf8(&buf[..end]).ok()?;
+    Some((s, &buf[end + 1..]))
+}
+
+/// The first packet of a connection, before any message has a type byte.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: i32 },
+    Startup { major: u16, minor: u16, params: Vec<(String, String)> },
+}
+
+/// Decodes a start-up packet body (after its length word).
+pub fn decode_first_packet(body: &[u8]) -> Option<FirstPacket> {
+    if body.len() < 4 {
+        return None;
+    }
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    match code {
+        SSL_REQUEST_CODE => Some(FirstPacket::SslRequest),
+        GSSENC_REQUEST_CODE => Some(FirstPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE if body.len() >= 12 => Some(FirstPacket::Cancel {
+            pid: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+            secret: i32::from_be_bytes([body[8], body[9], body[10], body[11]]),
+        }),
+        _ => {
+            let major = (code >> 16) as u16;
+            let minor = (code & 0xffff) as u16;
+            let mut rest = &body[4..];
+            let mut params = Vec::new();
+            loop {
+                let (key, after) = cstr(rest)?;
+                if key.is_empty() {
+                    break;
+                }
+                let (value, after) = cstr(after)?;
+                params.push((key.to_owned(), value.to_owned()));
+                rest = after;
+            }
+            Some(FirstPacket::Startup { major, minor, params })
+        }
+    }
+}
+
+fn encode(msg: &impl Message, buf: &mut BytesMut) {
+    // pgwire only refuses messages over its size limits; the ones built here are tiny.
+    if let Err(e) = msg.encode(buf) {
+        tracing::error!(error = %e, "could not encode a protocol message");
+    }
+}
+
+pub fn auth_ok(buf: &mut BytesMut) {
+    encode(&Authentication::Ok, buf);
+}
+
+pub fn auth_cleartext(buf: &mut BytesMut) {
+    encode(&Authentication::CleartextPassword, buf);
+}
+
+pub fn auth_md5(salt: [u8; 4], buf: &mut BytesMut) {
+    encode(&Authentication::MD5Password(salt.to_vec()), buf);
+}
+
+pub fn auth_sasl(mechanisms: &[&str], buf: &mut BytesMut) {
+    encode(&Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()), buf);
+}
+
+pub fn auth_sasl_continue(data: &[u8], buf: &mut BytesMut) {
+    encode(&Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)), buf);
+}
+
+pub fn auth_sasl_final(data: &[u8], buf: &mut BytesMut) {
+    encode(&Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)), buf);
+}
+
+pub fn backend_key_data(pid: i32, secret: i32, buf: &mut BytesMut) {
+    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
+}
+
+/// `NegotiateProtocolVersion`: we speak 3.0 and none of the `_pq_.` options the client asked for.
+pub fn negotiate_protocol_version(newest_minor: i32, unrecognized: &[String], buf: &mut BytesMut) {
+    let body_len: usize = 8 + unrecognized.iter().map(|o| o.len() + 1).sum::<usize>();
+    buf.put_u8(b'v');
+    buf.put_i32((body_len + 4) as i32);
+    buf.put_i32(newest_minor);
+    buf.put_i32(unrecognized.len() as i32);
+    for o in unrecognized {
+        buf.put_slice(o.as_bytes());
+        buf.put_u8(0);
+    }
+}
+
+/// The password-family message a client sends: a SASL initial response splits into the mechanism
+/// name and its data.
+pub fn sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
+    let (mechanism, rest) = cstr(body)?;
+    if rest.len() < 4 {
+        return None;
+    }
+    let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let data = &rest[4..];
+    if len < 0 {
+        return Some((mechanism, &[]));
+    }
+    if data.len() != len as usize {
+        return None;
+    }
+    Some((mechanism, data))
+}
+
+/// The SQL text of a simple Query message body.
+pub fn query_text(body: &[u8]) -> Option<&str> {
+    cstr(body).map(|(s, _)| s)
+}
+
+/// Statement name and SQL text of a Parse message body.
+pub fn parse_message(body: &[u8]) -> Option<(&str, &str)> {
+    let (name, rest) = cstr(body)?;
+    let (sql, _) = cstr(rest)?;
+    Some((name, sql))
+}
+
+/// Kind ('S' statement or 'P' portal) and name of a Close or Describe message body.
+pub fn close_target(body: &[u8]) -> Option<(u8, &str)> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, _) = cstr(rest)?;
+    Some((kind, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_packet_decodes_parameters() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        body.extend_from_slice(b"user\0alice\0database\0shop\0\0");
+        assert_eq!(
+            decode_first_packet(&body),
+            Some(FirstPacket::Startup {
+                major: 3,
+                minor: 0,
+                params: vec![("user".into(), "alice".into()), ("database".into(), "shop".into())]
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_startup_packet_is_rejected() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        body.extend_from_slice(b"user\0ali");
+        assert_eq!(decode_first_packet(&body), None);
+    }
+
+    #[test]
+    fn cancel_and_ssl_requests_decode() {
+        let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        body.extend_from_slice(&7i32.to_be_bytes());
+        body.extend_from_slice(&(-9i32).to_be_bytes());
+        assert_eq!(decode_first_packet(&body), Some(FirstPacket::Cancel { pid: 7, secret: -9 }));
+        assert_eq!(decode_first_packet(&SSL_REQUEST_CODE.to_be_bytes()), Some(FirstPacket::SslRequest));
+    }
+
+    #[test]
+    fn sasl_initial_response_checks_its_length() {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&3i32.to_be_bytes());
+        body.extend_from_slice(b"abc");
+        assert_eq!(sasl_initial_response(&body), Some(("SCRAM-SHA-256", &b"abc"[..])));
+        body.push(b'x');
+        assert_eq!(sasl_initial_response(&body), None);
+    }
+
+    #[test]
+    fn parse_and_close_bodies() {
+        assert_eq!(parse_message(b"s1\0select $1\0\0\0"), Some(("s1", "select $1")));
+        assert_eq!(close_target(b"Ss1\0"), Some((b'S', "s1")));
+        assert_eq!(query_text(b"select 1\0"), Some("select 1"));
+    }
+}

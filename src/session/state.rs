@@ -1,0 +1,54 @@
+//! What the session knows about its protocol state, learned from the messages passing through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::route::Route;
+
+/// Transaction status as the backend last reported it in ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+impl TxStatus {
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'I' => Some(Self::Idle),
+            b'T' => Some(Self::InTransaction),
+            b'E' => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A prepared statement the client created with Parse.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: Arc<str>,
+    pub route: Route,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    pub tx: TxStatus,
+    /// Named statements; the unnamed one is under "".
+    pub prepared: HashMap<String, Prepared>,
+    /// Sync or Query messages sent whose ReadyForQuery has not come back yet.
+    pub awaiting_ready: usize,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0 }
+    }
+}
+
+impl SessionState {
+    /// Idle between transactions with nothing in flight: the session may be closed or handed over.
+    pub fn is_quiet(&self) -> bool {
+        self.tx == TxStatus::Idle && self.awaiting_ready == 0
+    }
+}

@@ -67,11 +67,7 @@ impl CancelRegistry {
                 _ => return Ok(false),
             }
         };
-        let mut stream = open_stream(&target.addr).await?;
-        let mut buf = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(target.pid, target.secret, &mut buf);
-        stream.write_all(&buf).await?;
-        stream.flush().await?;
+        send_cancel(&target.addr, target.pid, target.secret).await?;
         Ok(true)
     }
 
@@ -82,4 +78,14 @@ impl CancelRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Asks the local Postgres to cancel whatever backend `pid` is running.
+pub async fn send_cancel(addr: &BackendAddr, pid: i32, secret: i32) -> Result<(), BackendError> {
+    let mut stream = open_stream(addr).await?;
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    Ok(())
 }

@@ -5,6 +5,6 @@ pub mod cancel;
 pub mod connect;
 pub mod error;
 
-pub use cancel::{CancelGuard, CancelRegistry};
+pub use cancel::{CancelGuard, CancelRegistry, send_cancel};
 pub use connect::{BackendConn, BackendStream, connect, open_stream};
 pub use error::BackendError;

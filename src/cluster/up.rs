@@ -10,6 +10,15 @@ use super::error::{ClusterError, io_err};
 use super::pg::{PgBin, PgInstance, PgOptions, free_port};
 use crate::node::{self, NodeHandle};
 
+/// Progress and status go to stdout; a closed stdout (a pipe whose reader left) must not stop
+/// the cluster, so write errors are ignored instead of panicking as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub nodes: u16,
@@ -110,11 +119,11 @@ async fn start_each(
         let name = format!("node{i}");
         let dir = data_dir.join(&name);
         let fresh = !dir.join("pgdata/PG_VERSION").exists();
-        println!("pgmix: {name}: {} Postgres in {}", if fresh { "initializing" } else { "reusing" }, dir.display());
+        say!("pgmix: {name}: {} Postgres in {}", if fresh { "initializing" } else { "reusing" }, dir.display());
         let mut pg = PgInstance::init(bin, &dir, &PgOptions::default())?;
         let pg_port = free_port()?;
         pg.start(pg_port)?;
-        println!("pgmix: {name}: Postgres running on port {pg_port}");
+        say!("pgmix: {name}: Postgres running on port {pg_port}");
         ensure_database(&pg, DEV_DATABASE).await.map_err(|detail| ClusterError::Bootstrap {
             node: name.clone(),
             db: DEV_DATABASE.into(),
@@ -137,7 +146,7 @@ async fn start_each(
         std::fs::write(&conf_path, &text).map_err(io_err(&conf_path))?;
         let cfg = crate::config::load(&conf_path)?;
         cluster.nodes.push(node::start(cfg).await?);
-        println!("pgmix: {name}: node listening on 127.0.0.1:{port}");
+        say!("pgmix: {name}: node listening on 127.0.0.1:{port}");
     }
     Ok(())
 }
@@ -198,7 +207,7 @@ impl Cluster {
         }
         for pg in &self.pgs {
             if let Err(e) = pg.stop() {
-                eprintln!("pgmix: stopping Postgres in {}: {e}", pg.data_dir.display());
+                say!("pgmix: stopping Postgres in {}: {e}", pg.data_dir.display());
             }
         }
     }
@@ -208,9 +217,9 @@ impl Cluster {
 pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
     let cluster = start(&opts).await?;
     for url in cluster.urls() {
-        println!("{url}");
+        say!("{url}");
     }
-    println!("pgmix: cluster ready ({} nodes; Ctrl-C stops it)", cluster.nodes.len());
+    say!("pgmix: cluster ready ({} nodes; Ctrl-C stops it)", cluster.nodes.len());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ClusterError::Command { what: "installing SIGTERM handler".into(), detail: e.to_string() })?;
     let every = Duration::from_secs(opts.status_every.max(1));
@@ -220,11 +229,11 @@ pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick(), if opts.status_every > 0 => println!("pgmix: status: {}", cluster.status_line()),
+            _ = ticker.tick(), if opts.status_every > 0 => say!("pgmix: status: {}", cluster.status_line()),
         }
     }
-    println!("pgmix: stopping");
+    say!("pgmix: stopping");
     cluster.stop().await;
-    println!("pgmix: stopped");
+    say!("pgmix: stopped");
     Ok(())
 }

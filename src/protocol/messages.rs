@@ -43,6 +43,10 @@ pub fn decode_first_packet(body: &[u8]) -> Option<FirstPacket> {
         _ => {
             let major = (code >> 16) as u16;
             let minor = (code & 0xffff) as u16;
+            if major != 3 {
+                // Refused by the caller as an unsupported version; its layout is unknown.
+                return Some(FirstPacket::Startup { major, minor, params: Vec::new() });
+            }
             let mut rest = &body[4..];
             let mut params = Vec::new();
             loop {

@@ -75,6 +75,8 @@ pub struct Session {
     backend_framer: Framer,
     /// Type of the last whole message the backend sent, to know whether it already said goodbye.
     last_backend_tag: u8,
+    /// The backend's own cancel key, to stop a running query whose client has gone.
+    backend_key: (i32, i32),
 }
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
@@ -98,6 +100,7 @@ impl Session {
             client_framer: Framer::new(max),
             backend_framer: Framer::new(max),
             last_backend_tag: 0,
+            backend_key: (backend.pid, backend.secret),
         };
         (session, backend.leftover)
     }
@@ -107,7 +110,21 @@ impl Session {
     }
 
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
-    pub async fn run(mut self, mut bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
+    pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
+        let result = self.pump(bbuf).await;
+        if matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) && !self.state.is_quiet() {
+            // Postgres only notices a closed socket when it next talks to it; a long query would
+            // keep running (and its transaction open) after the client is gone. Cancel it, then
+            // dropping the connection ends the backend and rolls the transaction back.
+            let (pid, secret) = self.backend_key;
+            if let Err(e) = crate::backend::send_cancel(&self.ctx.cfg.backend.addr, pid, secret).await {
+                tracing::warn!(error = %e, "could not cancel the query of a vanished client");
+            }
+        }
+        result
+    }
+
+    async fn pump(&mut self, mut bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
         bbuf.reserve(READ_CHUNK);
         let mut draining = false;

@@ -1,1 +1,10 @@
+//! Integration tests: real Postgres servers started by the harness, pgmix nodes in-process (or as
+//! a separate process where memory is measured), real clients over real sockets.
 
+mod auth;
+mod clients;
+mod harness;
+mod protocol;
+mod robustness;
+mod stream;
+mod up;

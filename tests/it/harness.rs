@@ -1,0 +1,179 @@
+//! Test harness: a fresh Postgres per test (initdb'd into a temporary directory, run as the
+//! `postgres` user when the tests run as root) and a pgmix node in front of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pgmix::cluster::certs;
+use pgmix::cluster::pg::{PgBin, PgInstance, PgOptions, free_port};
+use pgmix::node::{self, NodeHandle};
+
+pub const USER: &str = "pgmix";
+pub const PASSWORD: &str = "pgmix";
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "pgmix-it-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running Postgres for one test, stopped on drop.
+pub struct TestPg {
+    pub pg: PgInstance,
+    pub dir: TempDir,
+}
+
+impl TestPg {
+    pub fn start() -> Self {
+        let dir = TempDir::new("pg");
+        let bin = PgBin::find().expect("PostgreSQL server binaries");
+        let opts = PgOptions { unsafe_fast: true, max_connections: 100, ..PgOptions::default() };
+        let mut pg = PgInstance::init(&bin, &dir.0.join("pg"), &opts).expect("initdb");
+        pg.start(free_port().expect("free port")).expect("start postgres");
+        Self { pg, dir }
+    }
+
+    /// A superuser connection straight to Postgres, bypassing pgmix.
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(self.pg.socket_dir()).port(self.pg.port).user("postgres").dbname("postgres");
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("direct connection");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        let _ = self.pg.stop();
+    }
+}
+
+/// Node config text for a test; `extra` is appended (more [[users]], [auth], [limits] ...).
+pub fn node_toml(pg: &TestPg, port: u16, tls_mode: &str, extra: &str) -> String {
+    let (cert, key) = certs::ensure_self_signed(&pg.dir.0).expect("cert");
+    format!(
+        r#"node_name = "test"
+listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:0"
+[backend]
+host = {socket:?}
+port = {pgport}
+user = "postgres"
+[tls]
+mode = "{tls_mode}"
+cert = {cert:?}
+key = {key:?}
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+{extra}
+"#,
+        socket = pg.pg.socket_dir().display().to_string(),
+        pgport = pg.pg.port,
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    )
+}
+
+/// Postgres plus an in-process pgmix node in front of it.
+pub struct TestNode {
+    pub node: Option<NodeHandle>,
+    pub port: u16,
+    pub pg: TestPg,
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::start_with("allow", "").await
+    }
+
+    pub async fn start_with(tls_mode: &str, extra: &str) -> Self {
+        let pg = TestPg::start();
+        let text = node_toml(&pg, 0, tls_mode, extra);
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("valid test config");
+        let node = node::start(cfg).await.expect("node starts");
+        let port = node.addr.port();
+        Self { node: Some(node), port, pg }
+    }
+
+    pub fn handle(&self) -> &NodeHandle {
+        self.node.as_ref().expect("node running")
+    }
+
+    /// A libpq connection string to the node.
+    pub fn conninfo(&self, user: &str, password: &str, sslmode: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode={sslmode}", self.port)
+    }
+
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1").port(self.port).user(USER).password(PASSWORD).dbname("postgres");
+        cfg
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = self.config().connect(tokio_postgres::NoTls).await.expect("connect through pgmix");
+        tokio::spawn(conn);
+        client
+    }
+
+    pub async fn try_client(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = self.config();
+        cfg.user(user).password(password);
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, or a panic naming what came instead.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.code().code().to_owned(),
+        None => panic!("expected a database error, got: {e:?}"),
+    }
+}
+
+/// Runs psql against the node; returns (success, stdout, stderr).
+pub fn psql(conninfo: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .arg(conninfo)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
+        .args(args)
+        .output()
+        .expect("psql runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The project's Python with psycopg and SQLAlchemy: $PGMIX_PYTHON or ./.venv (made by .ci/run).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGMIX_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python client environment: run `bash .ci/run` once, or `python3 -m venv .venv && .venv/bin/pip install -r tests/python/requirements.txt`"
+    );
+    venv
+}

@@ -280,3 +280,29 @@ password = "secret"
         assert!(err.contains("maybe"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn the_shipped_proxy_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Its certificate paths are placeholders; everything else must validate as shipped.
+        let text = text.replace("mode = \"allow\"", "mode = \"disable\"");
+        let cfg = from_toml_str(&text, "proxy.toml", Path::new(".")).unwrap();
+        assert_eq!(cfg.users.len(), 2);
+        let app = &cfg.users["app"];
+        assert!(app.plain.is_none());
+        // The verifier in the example really is the one for the documented password.
+        let mut server = crate::frontend::scram::ScramServer::new(Some(app.scram.clone()), "app", None);
+        let mut client = postgres_protocol::authentication::sasl::ScramSha256::new(
+            b"change-me",
+            postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
+        );
+        let first = server.client_first("SCRAM-SHA-256", client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        assert!(server.client_final(client.message()).is_ok());
+    }
+}

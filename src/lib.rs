@@ -10,6 +10,8 @@ pub mod config;
 pub mod frontend;
 pub mod metrics;
 pub mod node;
+pub mod classify;
 pub mod protocol;
+pub mod schema;
 pub mod session;
 pub mod sqlstate;

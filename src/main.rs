@@ -32,6 +32,17 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         status_every: u64,
     },
+    /// Show how a statement is classified (strong or weak) and why. Needs no database.
+    Explain {
+        /// Schema file; without one every table is strong.
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Print one JSON object: class, reads, writes, reason.
+        #[arg(long)]
+        json: bool,
+        /// The SQL (several statements separated by `;` are allowed).
+        sql: String,
+    },
     /// Run one node with a config file (see proxy.toml).
     Serve {
         #[arg(long)]
@@ -59,6 +70,7 @@ fn main() -> anyhow::Result<()> {
                 pgmix::cluster::up::run(opts).await.context("pgmix up")?;
             }
             Command::Serve { config } => serve(config).await?,
+            Command::Explain { schema, json, sql } => explain(schema, json, &sql)?,
         }
         Ok(())
     })
@@ -73,5 +85,42 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         _ = sigterm.recv() => {}
     }
     node.stop().await;
+    Ok(())
+}
+
+fn explain(schema: Option<PathBuf>, json: bool, sql: &str) -> anyhow::Result<()> {
+    use pgmix::classify;
+    let schema = match schema {
+        Some(p) => pgmix::schema::Schema::load(&p)?,
+        None => pgmix::schema::Schema::default(),
+    };
+    let all = classify::classify(sql, &schema);
+    if json {
+        let out = match all.as_slice() {
+            [one] => serde_json::to_value(one)?,
+            many => serde_json::json!({
+                "class": classify::combined(many),
+                "reads": many.iter().flat_map(|c| c.reads.iter()).collect::<std::collections::BTreeSet<_>>(),
+                "writes": many.iter().flat_map(|c| c.writes.iter()).collect::<std::collections::BTreeSet<_>>(),
+                "reason": many.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; "),
+                "statements": many,
+            }),
+        };
+        println!("{out}");
+        return Ok(());
+    }
+    for (i, c) in all.iter().enumerate() {
+        if all.len() > 1 {
+            println!("statement {}:", i + 1);
+        }
+        println!("class:  {}", c.class.as_str());
+        println!("kind:   {:?}", c.kind);
+        println!("reads:  {}", c.reads.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!("writes: {}", c.writes.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!("reason: {}", c.reason);
+        if let Some(tx) = &c.tx {
+            println!("transaction: {tx:?}");
+        }
+    }
     Ok(())
 }

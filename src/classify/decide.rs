@@ -1,0 +1,209 @@
+//! The decision: from what a statement touches (see `walk`) and the schema, its class and why.
+
+use std::collections::BTreeSet;
+
+use sqlparser::ast::Statement;
+
+use super::walk::{self, Collected, WriteKind};
+use super::{Class, Classification, Kind, functions};
+use crate::schema::{Consistency, Schema, TableName, TableRule};
+
+pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
+    match ast {
+        Statement::Prepare { name, statement: inner, .. } => {
+            let mut c = statement(inner, schema);
+            c.reason = format!("PREPARE {}: {}", walk::fold(name), c.reason);
+            c
+        }
+        Statement::Execute { .. } => Classification::simple(
+            Kind::Write,
+            Class::StrongWrite,
+            "EXECUTE of an SQL-level prepared statement: its text is not in this statement; treated as a strong write",
+        ),
+        Statement::Explain { analyze: true, statement: inner, .. } => {
+            let mut c = statement(inner, schema);
+            c.reason = format!("EXPLAIN ANALYZE runs the statement: {}", c.reason);
+            c
+        }
+        Statement::Explain { .. } | Statement::ExplainTable { .. } => {
+            Classification::simple(Kind::Utility, Class::Local, "EXPLAIN without ANALYZE only plans")
+        }
+        Statement::Fetch { .. } | Statement::Close { .. } => {
+            Classification::simple(Kind::Utility, Class::Local, "cursor operation; the cursor's query was classified at DECLARE")
+        }
+        Statement::Call(_) => {
+            Classification::simple(Kind::Write, Class::StrongWrite, "CALL runs a procedure that may write; treated as a strong write")
+        }
+        Statement::Lock(_) | Statement::LockTables { .. } => {
+            let c = walk::collect(ast);
+            let strong = c.relations.iter().find(|r| schema.resolve(r).1.has_strong());
+            match strong {
+                Some(t) => Classification::simple(Kind::Write, Class::StrongWrite, format!("locks table {t}, which holds strong data")),
+                None => Classification::simple(Kind::Utility, Class::Local, "locks only weak tables, on this node"),
+            }
+        }
+        Statement::Query(_)
+        | Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+        | Statement::Truncate(_)
+        | Statement::Copy { .. }
+        | Statement::Declare { .. } => data(&walk::collect(ast), schema),
+        _ => Classification::simple(
+            Kind::Write,
+            Class::StrongWrite,
+            "statement kind not handled by the classifier; treated as a strong write, the safe default",
+        ),
+    }
+}
+
+struct Resolved {
+    /// As the statement named it, for matching qualifiers.
+    written: TableName,
+    display: String,
+    rule: TableRule,
+}
+
+fn display(name: &TableName, schema: &Schema) -> String {
+    match &name.schema {
+        Some(s) if *s == schema.search_path[0] => TableName::new(None, &name.name).to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// Reads, writes, functions and locks of a DML or query statement.
+pub fn data(c: &Collected, schema: &Schema) -> Classification {
+    let mut rels: Vec<Resolved> = Vec::new();
+    for r in &c.relations {
+        if r.schema.is_none() && c.ctes.contains(&r.name) {
+            continue;
+        }
+        if rels.iter().any(|x| &x.written == r) {
+            continue;
+        }
+        let (name, rule) = schema.resolve(r);
+        rels.push(Resolved { written: r.clone(), display: display(&name, schema), rule });
+    }
+    let find = |q: &[String]| -> Option<Vec<&Resolved>> {
+        let target = match q {
+            [] => return Some(rels.iter().collect()),
+            [t] => {
+                if let Some(a) = c.aliases.get(t) {
+                    a.clone()
+                } else if c.ctes.contains(t) {
+                    return Some(Vec::new());
+                } else {
+                    TableName::new(None, t)
+                }
+            }
+            [.., s, t] => TableName::new(Some(s), t),
+        };
+        let hits: Vec<&Resolved> = rels
+            .iter()
+            .filter(|r| r.written == target || (target.schema.is_none() && r.written.name == target.name))
+            .collect();
+        (!hits.is_empty()).then_some(hits)
+    };
+
+    let mut reads = BTreeSet::new();
+    let mut strong_read: Option<String> = None;
+    // Unqualified names count against the tables visible where they stand; CTE names are not
+    // tables (their own bodies were walked).
+    let visible = |names: &[TableName]| -> Vec<&Resolved> {
+        rels.iter().filter(|r| names.contains(&r.written)).collect()
+    };
+    for (q, col, scope) in &c.columns {
+        // An unresolvable qualifier (a row variable, a function result) counts against every table.
+        let targets = if q.is_empty() { visible(scope) } else { find(q).unwrap_or_else(|| rels.iter().collect()) };
+        for r in targets {
+            reads.insert(format!("{}.{col}", r.display));
+            if strong_read.is_none() && r.rule.column(col) == Consistency::Strong {
+                strong_read = Some(format!("reads strong column {}.{col}", r.display));
+            }
+        }
+    }
+    for (q, scope) in &c.wildcards {
+        let targets = match q {
+            None => visible(scope),
+            Some(q) => find(q).unwrap_or_else(|| rels.iter().collect()),
+        };
+        for r in targets {
+            reads.insert(format!("{}.*", r.display));
+            if strong_read.is_none() && r.rule.has_strong() {
+                strong_read = Some(format!("reads every column of {}, which has strong columns", r.display));
+            }
+        }
+    }
+    if strong_read.is_none()
+        && let Some(r) = rels.iter().find(|r| r.rule.consistency == Consistency::Strong)
+    {
+        strong_read = Some(format!("touches rows of strong table {}", r.display));
+    }
+
+    let mut writes = BTreeSet::new();
+    let mut strong_write: Option<String> = None;
+    for (t, kind) in &c.writes {
+        let (name, rule) = schema.resolve(t);
+        let d = display(&name, schema);
+        match kind {
+            WriteKind::Update(cols) => {
+                for col in cols {
+                    writes.insert(format!("{d}.{col}"));
+                    if strong_write.is_none() && rule.column(col) == Consistency::Strong {
+                        strong_write = Some(format!("writes strong column {d}.{col}"));
+                    }
+                }
+            }
+            WriteKind::Insert(cols) if !cols.is_empty() => {
+                writes.extend(cols.iter().map(|col| format!("{d}.{col}")));
+            }
+            _ => {
+                writes.insert(format!("{d}.*"));
+            }
+        }
+        if strong_write.is_none() && !matches!(kind, WriteKind::Update(_)) && rule.has_strong() {
+            let verb = match kind {
+                WriteKind::Insert(_) => "inserts rows into",
+                WriteKind::Delete => "deletes rows of",
+                _ => "merges rows into",
+            };
+            strong_write = Some(format!("{verb} {d}, which has strong columns"));
+        }
+    }
+    let mut writing_function = false;
+    for f in &c.functions {
+        if schema.weak_functions.contains(f) {
+            continue;
+        }
+        if functions::writes(f) {
+            writing_function = true;
+            strong_write.get_or_insert_with(|| format!("calls {f}(), which writes outside any weak table"));
+        } else if !functions::read_only(f) {
+            writing_function = true;
+            strong_write.get_or_insert_with(|| {
+                format!("calls {f}(), which may write (a volatile user function?); list it under [functions] weak in the schema file if it does not touch strong data")
+            });
+        }
+    }
+    if c.has_lock {
+        let locked: Vec<&Resolved> = if c.locks.iter().any(Option::is_none) {
+            rels.iter().collect()
+        } else {
+            c.locks.iter().flatten().filter_map(|t| find(&[t.name.clone()]).map(|v| v.into_iter())).flatten().collect()
+        };
+        if let Some(r) = locked.iter().find(|r| r.rule.has_strong()) {
+            strong_write.get_or_insert_with(|| format!("locks rows of {}, which has strong columns (FOR UPDATE/SHARE)", r.display));
+        }
+    }
+
+    let kind = if !c.writes.is_empty() || writing_function { Kind::Write } else { Kind::Read };
+    let (class, reason) = match (strong_write, strong_read, c.writes.is_empty()) {
+        (Some(w), _, _) => (Class::StrongWrite, w),
+        (None, Some(r), false) => (Class::StrongWrite, format!("a weak write that {r}: it runs on the strong path")),
+        (None, None, false) => (Class::WeakWrite, "writes only weak columns".to_owned()),
+        (None, Some(r), true) => (Class::StrongRead, r),
+        (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
+    };
+    Classification { kind, class, reads, writes, reason, tx: None }
+}

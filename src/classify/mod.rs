@@ -1,0 +1,148 @@
+//! Statement classification: for each statement, its kind, the tables and columns it reads and
+//! writes, and its consistency class, from the SQL text and the schema file.
+//!
+//! Safety rule: a statement is weak only when the classifier understood it completely and found
+//! no strong column in it. Anything it cannot parse is a strong write, with the reason.
+//!
+//! Pipeline: tokenize once (`split`), split into statements at top-level semicolons, handle the
+//! statements sqlparser does not know (PREPARE TRANSACTION, COMMIT PREPARED, DO, CHECKPOINT,
+//! VACUUM with options, FOR NO KEY UPDATE / FOR KEY SHARE) at token level, parse the rest, collect
+//! relations, columns, functions and write targets (`walk`), and decide (`decide`).
+
+mod decide;
+mod functions;
+mod split;
+mod walk;
+
+#[cfg(test)]
+mod cases;
+#[cfg(test)]
+mod props;
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::schema::Schema;
+
+/// What a statement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Read,
+    Write,
+    Ddl,
+    Transaction,
+    Utility,
+}
+
+/// Its consistency class: where it must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    WeakRead,
+    StrongRead,
+    WeakWrite,
+    StrongWrite,
+    Ddl,
+    /// Session and utility statements that run on the local Postgres only (SET, SHOW, LISTEN, ...).
+    Local,
+    /// Statements pgmix refuses (client-driven two-phase commit).
+    Refused,
+}
+
+impl Class {
+    pub const ALL: [Class; 7] =
+        [Class::WeakRead, Class::StrongRead, Class::WeakWrite, Class::StrongWrite, Class::Ddl, Class::Local, Class::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::WeakRead => "weak_read",
+            Class::StrongRead => "strong_read",
+            Class::WeakWrite => "weak_write",
+            Class::StrongWrite => "strong_write",
+            Class::Ddl => "ddl",
+            Class::Local => "local",
+            Class::Refused => "refused",
+        }
+    }
+
+    pub fn is_strong(self) -> bool {
+        matches!(self, Class::StrongRead | Class::StrongWrite | Class::Ddl)
+    }
+}
+
+/// Transaction options of BEGIN / START TRANSACTION / SET TRANSACTION.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TxOptions {
+    pub read_only: Option<bool>,
+    pub isolation: Option<String>,
+    pub deferrable: Option<bool>,
+}
+
+/// The classification of one statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Classification {
+    #[serde(skip)]
+    pub kind: Kind,
+    pub class: Class,
+    /// `table.column`, or `table.*` for every column.
+    pub reads: BTreeSet<String>,
+    pub writes: BTreeSet<String>,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx: Option<TxOptions>,
+}
+
+impl Classification {
+    pub(crate) fn simple(kind: Kind, class: Class, reason: impl Into<String>) -> Self {
+        Self { kind, class, reads: BTreeSet::new(), writes: BTreeSet::new(), reason: reason.into(), tx: None }
+    }
+}
+
+/// Classifies every statement of `sql` (a simple-protocol Query may hold several).
+pub fn classify(sql: &str, schema: &Schema) -> Vec<Classification> {
+    split::statements(sql).into_iter().map(|s| classify_one(s, schema)).collect()
+}
+
+/// The class of a whole Query message: the strongest of its statements.
+pub fn combined(classes: &[Classification]) -> Class {
+    let rank = |c: Class| match c {
+        Class::Refused => 7,
+        Class::Ddl => 6,
+        Class::StrongWrite => 5,
+        Class::StrongRead => 4,
+        Class::WeakWrite => 3,
+        Class::WeakRead => 2,
+        Class::Local => 1,
+    };
+    classes.iter().map(|c| c.class).max_by_key(|c| rank(*c)).unwrap_or(Class::Local)
+}
+
+fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
+    match stmt {
+        split::Stmt::Known(c) => c,
+        split::Stmt::Tokens(tokens) => {
+            let parse = |tokens: Vec<sqlparser::tokenizer::Token>| {
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {}).with_tokens(tokens).parse_statement()
+            };
+            let text: String = tokens.iter().map(|t| t.to_string()).collect();
+            let copy = split::copy_without_options(&tokens);
+            let parsed = match parse(tokens) {
+                Err(_) if copy.is_some() => parse(copy.unwrap_or_default()),
+                other => other,
+            };
+            match parsed {
+                Ok(ast) => decide::statement(&ast, schema),
+                Err(e) => {
+                    tracing::info!(sql = %text.trim(), error = %e, "cannot parse statement: treating it as a strong write");
+                    Classification::simple(
+                        Kind::Write,
+                        Class::StrongWrite,
+                        format!("not understood by the classifier ({e}); treated as a strong write, the safe default"),
+                    )
+                }
+            }
+        }
+    }
+}

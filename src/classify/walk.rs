@@ -1,0 +1,332 @@
+//! One pass over a parsed statement (sqlparser's `Visitor`) collecting everything the decision
+//! needs: relations and their aliases, column references, wildcards, function calls, write
+//! targets (also inside data-modifying CTEs), and row locks. Nothing is decided here.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind,
+    Visit, Visitor,
+};
+
+use crate::schema::TableName;
+
+pub fn fold(id: &Ident) -> String {
+    if id.quote_style.is_some() { id.value.clone() } else { id.value.to_lowercase() }
+}
+
+fn idents(name: &ObjectName) -> Vec<String> {
+    name.0.iter().map(|p| p.as_ident().map(fold).unwrap_or_default()).collect()
+}
+
+pub fn table_name(name: &ObjectName) -> TableName {
+    let parts = idents(name);
+    match parts.as_slice() {
+        [t] => TableName { schema: None, name: t.clone() },
+        [.., s, t] => TableName { schema: Some(s.clone()), name: t.clone() },
+        [] => TableName { schema: None, name: String::new() },
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Inserts rows; the listed columns, or all of them when empty.
+    Insert(Vec<String>),
+    /// Changes these columns of existing rows.
+    Update(Vec<String>),
+    /// Deletes rows (DELETE, TRUNCATE).
+    Delete,
+    /// MERGE may insert, update and delete.
+    Merge,
+}
+
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub relations: Vec<TableName>,
+    pub aliases: HashMap<String, TableName>,
+    pub ctes: HashSet<String>,
+    /// (qualifier parts, column, tables an unqualified column may belong to).
+    pub columns: Vec<(Vec<String>, String, Vec<TableName>)>,
+    /// Wildcards: `t.*` with its qualifier, or `*` with the tables of its FROM.
+    pub wildcards: Vec<(Option<Vec<String>>, Vec<TableName>)>,
+    /// Name scopes: the tables each enclosing SELECT/UPDATE/DELETE/INSERT/MERGE brings.
+    scopes: Vec<Scope>,
+    pub functions: Vec<String>,
+    pub writes: Vec<(TableName, WriteKind)>,
+    /// Row locks (FOR UPDATE/SHARE); `Some(t)` when restricted with OF.
+    pub locks: Vec<Option<TableName>>,
+    pub has_lock: bool,
+}
+
+/// The tables one clause makes visible to unqualified column names.
+#[derive(Debug)]
+struct Scope {
+    tables: Vec<TableName>,
+    /// An INSERT target is visible in RETURNING and ON CONFLICT, but not inside its source query.
+    opaque: bool,
+    /// A query's own scope (all its SELECTs) serves only its ORDER BY/LIMIT; the SELECTs inside
+    /// it have scopes of their own.
+    query: bool,
+}
+
+fn from_tables(from: &[TableWithJoins], out: &mut Vec<TableName>) {
+    for t in from {
+        factor_tables(&t.relation, out);
+        for j in &t.joins {
+            factor_tables(&j.relation, out);
+        }
+    }
+}
+
+fn body_tables(body: &SetExpr, out: &mut Vec<TableName>) {
+    match body {
+        SetExpr::Select(s) => from_tables(&s.from, out),
+        SetExpr::SetOperation { left, right, .. } => {
+            body_tables(left, out);
+            body_tables(right, out);
+        }
+        SetExpr::Query(q) => body_tables(&q.body, out),
+        _ => {}
+    }
+}
+
+fn factor_tables(f: &TableFactor, out: &mut Vec<TableName>) {
+    match f {
+        TableFactor::Table { name, .. } => out.push(table_name(name)),
+        TableFactor::NestedJoin { table_with_joins, .. } => from_tables(std::slice::from_ref(table_with_joins), out),
+        _ => {}
+    }
+}
+
+impl Collected {
+    /// Tables an unqualified column at this point may belong to: the innermost scope and every
+    /// enclosing one it may correlate with. Without a catalog the classifier cannot tell which of
+    /// them has the column, so it counts it against all of them (the safe side).
+    fn visible(&self) -> Vec<TableName> {
+        let mut out = Vec::new();
+        for (i, scope) in self.scopes.iter().rev().enumerate() {
+            if i > 0 && scope.opaque {
+                break;
+            }
+            if i > 0 && scope.query {
+                continue;
+            }
+            out.extend(scope.tables.iter().cloned());
+        }
+        out
+    }
+
+    /// Write targets are relations too, but their columns are write positions, not reads.
+    fn target(&mut self, name: &ObjectName, kind: WriteKind) {
+        self.writes.push((table_name(name), kind));
+    }
+}
+
+impl Visitor for Collected {
+    type Break = ();
+
+    fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        // ORDER BY, LIMIT and the like belong to the query, outside its SELECT: they see the
+        // tables of every SELECT in the body.
+        let mut tables = Vec::new();
+        body_tables(&q.body, &mut tables);
+        self.scopes.push(Scope { tables, opaque: false, query: true });
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(fold(&cte.alias.name));
+            }
+        }
+        for lock in &q.locks {
+            self.has_lock = true;
+            self.locks.push(lock.of.as_ref().map(table_name));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        let mut tables = Vec::new();
+        from_tables(&s.from, &mut tables);
+        for item in &s.projection {
+            match item {
+                SelectItem::Wildcard(_) => self.wildcards.push((None, tables.clone())),
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                    self.wildcards.push((Some(idents(n)), Vec::new()))
+                }
+                _ => {}
+            }
+        }
+        self.scopes.push(Scope { tables, opaque: false, query: false });
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_select(&mut self, _s: &Select) -> ControlFlow<()> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        if scope_of(s).is_some() {
+            self.scopes.pop();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        self.relations.push(table_name(r));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { name, alias: Some(alias), .. } = t {
+            self.aliases.insert(fold(&alias.name), table_name(name));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Identifier(id) => {
+                let visible = self.visible();
+                self.columns.push((Vec::new(), fold(id), visible));
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let mut parts: Vec<String> = parts.iter().map(fold).collect();
+                if let Some(col) = parts.pop() {
+                    self.columns.push((parts, col, Vec::new()));
+                }
+            }
+            Expr::Function(f) => {
+                if let Some(last) = f.name.0.last().and_then(|p| p.as_ident()) {
+                    self.functions.push(fold(last));
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        if let Some(scope) = scope_of(s) {
+            self.scopes.push(scope);
+        }
+        match s {
+            Statement::Insert(Insert { table, columns, on, table_alias, .. }) => {
+                if let TableObject::TableName(name) = table {
+                    let cols = columns.iter().filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold)).collect();
+                    self.target(name, WriteKind::Insert(cols));
+                    // ON CONFLICT ... DO UPDATE may refer to the target by alias or as EXCLUDED.
+                    self.aliases.insert("excluded".into(), table_name(name));
+                    if let Some(a) = table_alias {
+                        self.aliases.insert(fold(&a.alias), table_name(name));
+                    }
+                    if let Some(OnInsert::OnConflict(oc)) = on
+                        && let OnConflictAction::DoUpdate(du) = &oc.action
+                    {
+                        let cols = du.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
+                        self.target(name, WriteKind::Update(cols));
+                    }
+                }
+            }
+            Statement::Update(u) => {
+                if let TableFactor::Table { name, .. } = &u.table.relation {
+                    let cols = u.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
+                    self.target(name, WriteKind::Update(cols));
+                }
+            }
+            Statement::Delete(d) => {
+                let from = match &d.from {
+                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+                };
+                for t in from {
+                    if let TableFactor::Table { name, .. } = &t.relation {
+                        self.target(name, WriteKind::Delete);
+                    }
+                }
+                for name in &d.tables {
+                    self.target(name, WriteKind::Delete);
+                }
+            }
+            Statement::Merge(m) => {
+                if let TableFactor::Table { name, .. } = &m.table {
+                    self.target(name, WriteKind::Merge);
+                }
+            }
+            Statement::Truncate(t) => {
+                for target in &t.table_names {
+                    self.target(&target.name, WriteKind::Delete);
+                }
+            }
+            Statement::Copy { source: CopySource::Table { table_name: name, columns }, to: false, .. } => {
+                let cols = columns.iter().map(fold).collect();
+                self.target(name, WriteKind::Insert(cols));
+            }
+            Statement::Copy { source: CopySource::Table { table_name: name, columns }, to: true, .. } => {
+                // sqlparser does not visit the table of a COPY as a relation; it is read.
+                self.relations.push(table_name(name));
+                if columns.is_empty() {
+                    self.wildcards.push((Some(idents(name)), Vec::new()));
+                } else {
+                    let q = idents(name);
+                    self.columns.extend(columns.iter().map(|c| (q.clone(), fold(c), Vec::new())));
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The name scope a data-modifying statement opens, if any.
+fn scope_of(s: &Statement) -> Option<Scope> {
+    let mut tables = Vec::new();
+    let opaque = match s {
+        Statement::Insert(Insert { table: TableObject::TableName(name), .. }) => {
+            tables.push(table_name(name));
+            true
+        }
+        Statement::Update(u) => {
+            from_tables(std::slice::from_ref(&u.table), &mut tables);
+            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = &u.from {
+                from_tables(f, &mut tables);
+            }
+            false
+        }
+        Statement::Delete(d) => {
+            match &d.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => from_tables(t, &mut tables),
+            }
+            if let Some(using) = &d.using {
+                from_tables(using, &mut tables);
+            }
+            false
+        }
+        Statement::Merge(m) => {
+            factor_tables(&m.table, &mut tables);
+            factor_tables(&m.source, &mut tables);
+            false
+        }
+        _ => return None,
+    };
+    Some(Scope { tables, opaque, query: false })
+}
+
+fn assigned(t: &AssignmentTarget) -> Vec<String> {
+    let last = |n: &ObjectName| n.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+    match t {
+        AssignmentTarget::ColumnName(n) => vec![last(n)],
+        AssignmentTarget::Tuple(ns) => ns.iter().map(last).collect(),
+    }
+}
+
+pub fn collect(stmt: &Statement) -> Collected {
+    let mut c = Collected::default();
+    let _ = stmt.visit(&mut c);
+    c
+}

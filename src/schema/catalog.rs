@@ -1,0 +1,63 @@
+//! Reads a [`Catalog`] snapshot from a live Postgres.
+
+use std::collections::HashMap;
+
+use super::TableName;
+use super::lint::{Catalog, CatalogColumn, CatalogTable};
+
+const RELATIONS: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname <> 'pgmix'";
+
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, pg_get_expr(d.adbin, d.adrelid), a.attidentity <> '' \
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+    WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') \
+    AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY a.attnum";
+
+const CONSTRAINTS: &str = "SELECT n.nspname::text, c.relname::text, con.contype::text, con.conname::text, \
+    ARRAY(SELECT a.attname::text FROM unnest(con.conkey) k JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k), \
+    fn.nspname::text, fc.relname::text \
+    FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+    LEFT JOIN pg_class fc ON fc.oid = con.confrelid LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
+    WHERE con.contype IN ('p','u','f','c') AND n.nspname NOT IN ('pg_catalog','information_schema')";
+
+pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_postgres::Error> {
+    let mut cat = Catalog::default();
+    let mut tables: HashMap<TableName, CatalogTable> = HashMap::new();
+    for row in client.query(RELATIONS, &[]).await? {
+        let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
+        match row.get::<_, &str>(2) {
+            "v" | "m" => {
+                cat.views.insert(name);
+            }
+            _ => {
+                tables.insert(name, CatalogTable::default());
+            }
+        }
+    }
+    for row in client.query(COLUMNS, &[]).await? {
+        let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
+        if let Some(t) = tables.get_mut(&name) {
+            t.columns.push(CatalogColumn { name: row.get(2), default: row.get(3), identity: row.get(4) });
+        }
+    }
+    for row in client.query(CONSTRAINTS, &[]).await? {
+        let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
+        let Some(t) = tables.get_mut(&name) else { continue };
+        let cols: Vec<String> = row.get(4);
+        match row.get::<_, &str>(2) {
+            "p" => t.primary_key = cols,
+            "u" => t.uniques.push(cols),
+            "c" => t.checks.push((row.get(3), cols)),
+            "f" => {
+                let target = TableName::new(row.get::<_, Option<&str>>(5), row.get::<_, Option<&str>>(6).unwrap_or_default());
+                t.foreign_keys.push((cols, target));
+            }
+            _ => {}
+        }
+    }
+    cat.tables = tables;
+    Ok(cat)
+}

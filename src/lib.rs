@@ -5,12 +5,12 @@
 //! (`config`), and the local development cluster behind `pgmix up` (`cluster`).
 
 pub mod backend;
+pub mod classify;
 pub mod cluster;
 pub mod config;
 pub mod frontend;
 pub mod metrics;
 pub mod node;
-pub mod classify;
 pub mod protocol;
 pub mod schema;
 pub mod session;

@@ -38,30 +38,95 @@ impl Metrics {
         let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
             out.push_str(&format!("# HELP pgmix_{name} {help}\n# TYPE pgmix_{name} {kind}\npgmix_{name}{{node=\"{node}\"}} {v}\n"));
         };
-        counter("connections_total", "Client connections accepted.", "counter", self.connections_total.load(Relaxed));
-        counter("connections_active", "Client sessions open now.", "gauge", self.connections_active.load(Relaxed));
-        counter("tls_connections_total", "Client connections that negotiated TLS.", "counter", self.tls_connections_total.load(Relaxed));
-        counter("auth_failures_total", "Failed client authentications.", "counter", self.auth_failures_total.load(Relaxed));
-        counter("refused_total", "Connections refused before a session started.", "counter", self.refused_total.load(Relaxed));
-        counter("cancel_requests_total", "Cancel requests received.", "counter", self.cancel_requests_total.load(Relaxed));
+        counter(
+            "connections_total",
+            "Client connections accepted.",
+            "counter",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            "connections_active",
+            "Client sessions open now.",
+            "gauge",
+            self.connections_active.load(Relaxed),
+        );
+        counter(
+            "tls_connections_total",
+            "Client connections that negotiated TLS.",
+            "counter",
+            self.tls_connections_total.load(Relaxed),
+        );
+        counter(
+            "auth_failures_total",
+            "Failed client authentications.",
+            "counter",
+            self.auth_failures_total.load(Relaxed),
+        );
+        counter(
+            "refused_total",
+            "Connections refused before a session started.",
+            "counter",
+            self.refused_total.load(Relaxed),
+        );
+        counter(
+            "cancel_requests_total",
+            "Cancel requests received.",
+            "counter",
+            self.cancel_requests_total.load(Relaxed),
+        );
         counter(
             "backend_connect_failures_total",
             "Failed connections to the local Postgres.",
             "counter",
             self.backend_connect_failures_total.load(Relaxed),
         );
-        counter("queries_total", "Simple-protocol Query messages.", "counter", self.queries_total.load(Relaxed));
-        counter("parses_total", "Extended-protocol Parse messages.", "counter", self.parses_total.load(Relaxed));
-        counter("client_bytes_received_total", "Bytes received from clients.", "counter", self.bytes_from_clients.load(Relaxed));
-        counter("client_bytes_sent_total", "Bytes sent to clients.", "counter", self.bytes_to_clients.load(Relaxed));
-        counter("protocol_errors_total", "Malformed client protocol messages.", "counter", self.protocol_errors_total.load(Relaxed));
-        counter("backend_up", "1 when the local Postgres answers.", "gauge", self.backend_up.load(Relaxed) as u64);
+        counter(
+            "queries_total",
+            "Simple-protocol Query messages.",
+            "counter",
+            self.queries_total.load(Relaxed),
+        );
+        counter(
+            "parses_total",
+            "Extended-protocol Parse messages.",
+            "counter",
+            self.parses_total.load(Relaxed),
+        );
+        counter(
+            "client_bytes_received_total",
+            "Bytes received from clients.",
+            "counter",
+            self.bytes_from_clients.load(Relaxed),
+        );
+        counter(
+            "client_bytes_sent_total",
+            "Bytes sent to clients.",
+            "counter",
+            self.bytes_to_clients.load(Relaxed),
+        );
+        counter(
+            "protocol_errors_total",
+            "Malformed client protocol messages.",
+            "counter",
+            self.protocol_errors_total.load(Relaxed),
+        );
+        counter(
+            "backend_up",
+            "1 when the local Postgres answers.",
+            "gauge",
+            self.backend_up.load(Relaxed) as u64,
+        );
         out
     }
 }
 
 /// Serves `GET /metrics` until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: MetricsHandle, node: String, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: MetricsHandle,
+    node: String,
+    shutdown: CancellationToken,
+) {
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -73,7 +138,11 @@ pub async fn serve(listener: TcpListener, metrics: MetricsHandle, node: String, 
             let mut req = [0u8; 1024];
             let n = sock.read(&mut req).await.unwrap_or(0);
             let ok = req[..n].starts_with(b"GET /metrics");
-            let (status, body) = if ok { ("200 OK", body) } else { ("404 Not Found", "try GET /metrics\n".into()) };
+            let (status, body) = if ok {
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "try GET /metrics\n".into())
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()

@@ -28,7 +28,10 @@ use crate::session::{Session, SessionCtx};
 #[derive(Debug, Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -59,22 +62,40 @@ impl NodeHandle {
 
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let cfg = Arc::new(cfg);
-    let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
     let metrics: MetricsHandle = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 
     let metrics_addr = match cfg.metrics_listen {
         Some(a) => {
-            let l = metrics::bind(a).await.map_err(|source| NodeError::Bind { addr: a, source })?;
+            let l = metrics::bind(a)
+                .await
+                .map_err(|source| NodeError::Bind { addr: a, source })?;
             let bound = l.local_addr().ok();
-            tokio::spawn(metrics::serve(l, metrics.clone(), cfg.node_name.clone(), shutdown.clone()));
+            tokio::spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                cfg.node_name.clone(),
+                shutdown.clone(),
+            ));
             bound
         }
         None => None,
     };
-    tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
+    tokio::spawn(probe_backend(
+        cfg.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let ctx = SessionCtx {
         cfg: cfg.clone(),
@@ -84,7 +105,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
-    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), shutdown, task })
+    Ok(NodeHandle {
+        addr,
+        metrics_addr,
+        metrics,
+        name: cfg.node_name.clone(),
+        shutdown,
+        task,
+    })
 }
 
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {
@@ -114,8 +142,14 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: Cancellat
     tracker.close();
     info!(node = %ctx.cfg.node_name, sessions = tracker.len(), "shutting down: draining sessions");
     ctx.drain.cancel();
-    if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait()).await.is_err() {
-        warn!(sessions = tracker.len(), "drain timed out: closing remaining sessions");
+    if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = tracker.len(),
+            "drain timed out: closing remaining sessions"
+        );
         ctx.abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }

@@ -52,8 +52,15 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 7] =
-        [Class::WeakRead, Class::StrongRead, Class::WeakWrite, Class::StrongWrite, Class::Ddl, Class::Local, Class::Refused];
+    pub const ALL: [Class; 7] = [
+        Class::WeakRead,
+        Class::StrongRead,
+        Class::WeakWrite,
+        Class::StrongWrite,
+        Class::Ddl,
+        Class::Local,
+        Class::Refused,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,13 +103,23 @@ pub struct Classification {
 
 impl Classification {
     pub(crate) fn simple(kind: Kind, class: Class, reason: impl Into<String>) -> Self {
-        Self { kind, class, reads: BTreeSet::new(), writes: BTreeSet::new(), reason: reason.into(), tx: None }
+        Self {
+            kind,
+            class,
+            reads: BTreeSet::new(),
+            writes: BTreeSet::new(),
+            reason: reason.into(),
+            tx: None,
+        }
     }
 }
 
 /// Classifies every statement of `sql` (a simple-protocol Query may hold several).
 pub fn classify(sql: &str, schema: &Schema) -> Vec<Classification> {
-    split::statements(sql).into_iter().map(|s| classify_one(s, schema)).collect()
+    split::statements(sql)
+        .into_iter()
+        .map(|s| classify_one(s, schema))
+        .collect()
 }
 
 /// The class of a whole Query message: the strongest of its statements.
@@ -116,7 +133,11 @@ pub fn combined(classes: &[Classification]) -> Class {
         Class::WeakRead => 2,
         Class::Local => 1,
     };
-    classes.iter().map(|c| c.class).max_by_key(|c| rank(*c)).unwrap_or(Class::Local)
+    classes
+        .iter()
+        .map(|c| c.class)
+        .max_by_key(|c| rank(*c))
+        .unwrap_or(Class::Local)
 }
 
 fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
@@ -124,7 +145,9 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
         split::Stmt::Known(c) => c,
         split::Stmt::Tokens(tokens) => {
             let parse = |tokens: Vec<sqlparser::tokenizer::Token>| {
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {}).with_tokens(tokens).parse_statement()
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .with_tokens(tokens)
+                    .parse_statement()
             };
             let text: String = tokens.iter().map(|t| t.to_string()).collect();
             let copy = split::copy_without_options(&tokens);
@@ -139,7 +162,9 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
                     Classification::simple(
                         Kind::Write,
                         Class::StrongWrite,
-                        format!("not understood by the classifier ({e}); treated as a strong write, the safe default"),
+                        format!(
+                            "not understood by the classifier ({e}); treated as a strong write, the safe default"
+                        ),
                     )
                 }
             }

@@ -18,7 +18,10 @@ impl PgBin {
     pub fn find() -> Result<Self, ClusterError> {
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
-                if ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file()) {
+                if ["initdb", "pg_ctl", "postgres"]
+                    .iter()
+                    .all(|b| dir.join(b).is_file())
+                {
                     return Ok(Self { dir });
                 }
             }
@@ -34,7 +37,10 @@ impl PgBin {
             })
             .collect();
         versions.sort();
-        versions.pop().map(|(_, dir)| Self { dir }).ok_or(ClusterError::NoPostgres)
+        versions
+            .pop()
+            .map(|(_, dir)| Self { dir })
+            .ok_or(ClusterError::NoPostgres)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -45,7 +51,9 @@ impl PgBin {
 /// True when this process runs as root, so servers must run as `postgres`.
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn command(program: &Path) -> Command {
@@ -59,7 +67,10 @@ fn command(program: &Path) -> Command {
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<Output, ClusterError> {
-    let out = cmd.output().map_err(|e| ClusterError::Command { what: what.to_owned(), detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| ClusterError::Command {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })?;
     if !out.status.success() {
         let detail = format!(
             "{}\n{}{}",
@@ -67,7 +78,10 @@ fn run(what: &str, cmd: &mut Command) -> Result<Output, ClusterError> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        return Err(ClusterError::Command { what: what.to_owned(), detail });
+        return Err(ClusterError::Command {
+            what: what.to_owned(),
+            detail,
+        });
     }
     Ok(out)
 }
@@ -84,7 +98,11 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        Self { max_prepared_transactions: 64, max_connections: 200, unsafe_fast: false }
+        Self {
+            max_prepared_transactions: 64,
+            max_connections: 200,
+            unsafe_fast: false,
+        }
     }
 }
 
@@ -105,14 +123,23 @@ impl PgInstance {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         if !data_dir.join("PG_VERSION").exists() {
             if running_as_root() {
-                run("chown", Command::new("chown").args(["postgres:postgres"]).arg(dir))?;
+                run(
+                    "chown",
+                    Command::new("chown").args(["postgres:postgres"]).arg(dir),
+                )?;
             }
             run(
                 "initdb",
-                command(&bin.path("initdb"))
-                    .arg("-D")
-                    .arg(&data_dir)
-                    .args(["-U", "postgres", "-E", "UTF8", "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256", "-N"]),
+                command(&bin.path("initdb")).arg("-D").arg(&data_dir).args([
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-N",
+                ]),
             )?;
             let mut conf = format!(
                 "\n# added by pgmix\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
@@ -130,9 +157,19 @@ impl PgInstance {
             std::fs::write(&conf_path, text).map_err(io_err(&conf_path))?;
         }
         if running_as_root() {
-            run("chown", Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+            run(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir),
+            )?;
         }
-        Ok(Self { bin: bin.clone(), data_dir, port: 0, log })
+        Ok(Self {
+            bin: bin.clone(),
+            data_dir,
+            port: 0,
+            log,
+        })
     }
 
     /// Starts the server on `port` and waits until it accepts connections.
@@ -154,7 +191,11 @@ impl PgInstance {
         .map_err(|e| match e {
             ClusterError::Command { what, detail } => ClusterError::Command {
                 what,
-                detail: format!("{detail}\nlast lines of {}:\n{}", self.log.display(), tail(&self.log, 20)),
+                detail: format!(
+                    "{detail}\nlast lines of {}:\n{}",
+                    self.log.display(),
+                    tail(&self.log, 20)
+                ),
             },
             other => other,
         })?;
@@ -162,14 +203,22 @@ impl PgInstance {
     }
 
     pub fn is_running(&self) -> bool {
-        command(&self.bin.path("pg_ctl")).arg("-D").arg(&self.data_dir).arg("status").output().is_ok_and(|o| o.status.success())
+        command(&self.bin.path("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// Fast shutdown: open transactions are rolled back, prepared ones are kept.
     pub fn stop(&self) -> Result<(), ClusterError> {
         run(
             "pg_ctl stop",
-            command(&self.bin.path("pg_ctl")).arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]),
+            command(&self.bin.path("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(["-m", "fast", "-w", "stop"]),
         )?;
         Ok(())
     }
@@ -189,5 +238,7 @@ fn tail(path: &Path, lines: usize) -> String {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16, ClusterError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    l.local_addr().map(|a| a.port()).map_err(io_err(Path::new("127.0.0.1:0")))
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(io_err(Path::new("127.0.0.1:0")))
 }

@@ -6,4 +6,6 @@ mod file;
 mod validate;
 
 pub use file::{AuthMethod, TlsMode};
-pub use validate::{BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, load, from_toml_str};
+pub use validate::{
+    BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, from_toml_str, load,
+};

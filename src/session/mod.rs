@@ -112,12 +112,18 @@ impl Session {
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
     pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let result = self.pump(bbuf).await;
-        if matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) && !self.state.is_quiet() {
+        if matches!(
+            result,
+            Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))
+        ) && !self.state.is_quiet()
+        {
             // Postgres only notices a closed socket when it next talks to it; a long query would
             // keep running (and its transaction open) after the client is gone. Cancel it, then
             // dropping the connection ends the backend and rolls the transaction back.
             let (pid, secret) = self.backend_key;
-            if let Err(e) = crate::backend::send_cancel(&self.ctx.cfg.backend.addr, pid, secret).await {
+            if let Err(e) =
+                crate::backend::send_cancel(&self.ctx.cfg.backend.addr, pid, secret).await
+            {
                 tracing::warn!(error = %e, "could not cancel the query of a vanished client");
             }
         }
@@ -135,8 +141,11 @@ impl Session {
         }
         loop {
             if draining && self.state.is_quiet() && !self.backend_framer.mid_message() {
-                self.goodbye(ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down"))
-                    .await;
+                self.goodbye(ClientError::fatal(
+                    code::ADMIN_SHUTDOWN,
+                    "terminating connection because pgmix is shutting down",
+                ))
+                .await;
                 return Ok(SessionEnd::Shutdown);
             }
             cbuf.reserve(READ_CHUNK);
@@ -197,7 +206,13 @@ impl Session {
                         terminated = true;
                         break;
                     }
-                    on_client_message(&mut self.state, &mut self.router, &self.ctx.metrics, tag, body);
+                    on_client_message(
+                        &mut self.state,
+                        &mut self.router,
+                        &self.ctx.metrics,
+                        tag,
+                        body,
+                    );
                 }
                 Ok(Step::Pass(n)) if n > 0 => fwd += n,
                 Ok(_) => break,
@@ -208,15 +223,25 @@ impl Session {
             }
         }
         if fwd > 0 {
-            self.backend.write_all(&cbuf[..fwd]).await.map_err(SessionError::Backend)?;
+            self.backend
+                .write_all(&cbuf[..fwd])
+                .await
+                .map_err(SessionError::Backend)?;
             cbuf.advance(fwd);
         }
         if let Some(e) = violation {
             Metrics::inc(&self.ctx.metrics.protocol_errors_total);
             let ce = match &e {
-                FrameError::TooLarge { .. } => ClientError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
-                    .with_hint("Send a smaller statement, or raise limits.max_message_bytes in proxy.toml."),
-                FrameError::BadLength { .. } => ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
+                FrameError::TooLarge { .. } => ClientError::fatal(
+                    code::PROGRAM_LIMIT_EXCEEDED,
+                    e.to_string(),
+                )
+                .with_hint(
+                    "Send a smaller statement, or raise limits.max_message_bytes in proxy.toml.",
+                ),
+                FrameError::BadLength { .. } => {
+                    ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string())
+                }
             };
             // Wait for the backend to finish what it owes the client, so the error is not spliced
             // into the middle of a message.
@@ -256,9 +281,15 @@ impl Session {
             }
         }
         if fwd > 0 {
-            self.client.write_all(&bbuf[..fwd]).await.map_err(SessionError::Client)?;
+            self.client
+                .write_all(&bbuf[..fwd])
+                .await
+                .map_err(SessionError::Client)?;
             self.client.flush().await.map_err(SessionError::Client)?;
-            self.ctx.metrics.bytes_to_clients.fetch_add(fwd as u64, Relaxed);
+            self.ctx
+                .metrics
+                .bytes_to_clients
+                .fetch_add(fwd as u64, Relaxed);
             bbuf.advance(fwd);
         }
         result
@@ -276,7 +307,13 @@ impl Session {
 }
 
 /// The statement boundary: every Query and Parse passes the routing point here.
-fn on_client_message(state: &mut SessionState, router: &mut Router, metrics: &Metrics, tag: u8, body: &[u8]) {
+fn on_client_message(
+    state: &mut SessionState,
+    router: &mut Router,
+    metrics: &Metrics,
+    tag: u8,
+    body: &[u8],
+) {
     match tag {
         b'Q' => {
             Metrics::inc(&metrics.queries_total);
@@ -289,7 +326,13 @@ fn on_client_message(state: &mut SessionState, router: &mut Router, metrics: &Me
             Metrics::inc(&metrics.parses_total);
             if let Some((name, sql)) = messages::parse_message(body) {
                 let route = router.route_parse(name, sql);
-                state.prepared.insert(name.to_owned(), Prepared { sql: Arc::from(sql), route });
+                state.prepared.insert(
+                    name.to_owned(),
+                    Prepared {
+                        sql: Arc::from(sql),
+                        route,
+                    },
+                );
             }
         }
         b'C' => {

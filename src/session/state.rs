@@ -42,7 +42,11 @@ pub struct SessionState {
 
 impl Default for SessionState {
     fn default() -> Self {
-        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0 }
+        Self {
+            tx: TxStatus::Idle,
+            prepared: HashMap::new(),
+            awaiting_ready: 0,
+        }
     }
 }
 

@@ -25,7 +25,8 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         Self(p)
     }
 }
@@ -46,17 +47,28 @@ impl TestPg {
     pub fn start() -> Self {
         let dir = TempDir::new("pg");
         let bin = PgBin::find().expect("PostgreSQL server binaries");
-        let opts = PgOptions { unsafe_fast: true, max_connections: 100, ..PgOptions::default() };
+        let opts = PgOptions {
+            unsafe_fast: true,
+            max_connections: 100,
+            ..PgOptions::default()
+        };
         let mut pg = PgInstance::init(&bin, &dir.0.join("pg"), &opts).expect("initdb");
-        pg.start(free_port().expect("free port")).expect("start postgres");
+        pg.start(free_port().expect("free port"))
+            .expect("start postgres");
         Self { pg, dir }
     }
 
     /// A superuser connection straight to Postgres, bypassing pgmix.
     pub async fn direct(&self) -> tokio_postgres::Client {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host_path(self.pg.socket_dir()).port(self.pg.port).user("postgres").dbname("postgres");
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("direct connection");
+        cfg.host_path(self.pg.socket_dir())
+            .port(self.pg.port)
+            .user("postgres")
+            .dbname("postgres");
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("direct connection");
         tokio::spawn(conn);
         client
     }
@@ -110,10 +122,15 @@ impl TestNode {
     pub async fn start_with(tls_mode: &str, extra: &str) -> Self {
         let pg = TestPg::start();
         let text = node_toml(&pg, 0, tls_mode, extra);
-        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("valid test config");
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new("."))
+            .expect("valid test config");
         let node = node::start(cfg).await.expect("node starts");
         let port = node.addr.port();
-        Self { node: Some(node), port, pg }
+        Self {
+            node: Some(node),
+            port,
+            pg,
+        }
     }
 
     pub fn handle(&self) -> &NodeHandle {
@@ -122,22 +139,37 @@ impl TestNode {
 
     /// A libpq connection string to the node.
     pub fn conninfo(&self, user: &str, password: &str, sslmode: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode={sslmode}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode={sslmode}",
+            self.port
+        )
     }
 
     pub fn config(&self) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1").port(self.port).user(USER).password(PASSWORD).dbname("postgres");
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user(USER)
+            .password(PASSWORD)
+            .dbname("postgres");
         cfg
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = self.config().connect(tokio_postgres::NoTls).await.expect("connect through pgmix");
+        let (client, conn) = self
+            .config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect through pgmix");
         tokio::spawn(conn);
         client
     }
 
-    pub async fn try_client(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn try_client(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut cfg = self.config();
         cfg.user(user).password(password);
         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
@@ -162,7 +194,11 @@ pub fn psql(conninfo: &str, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("psql runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The project's Python with psycopg and SQLAlchemy: $PGMIX_PYTHON or ./.venv (made by .ci/run).

@@ -63,29 +63,14 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up {
-                nodes,
-                base_port,
-                data_dir,
-                schema,
-                status_every,
-            } => {
+            Command::Up { nodes, base_port, data_dir, schema, status_every } => {
                 if nodes == 0 {
                     anyhow::bail!("--nodes must be at least 1");
                 }
-                let opts = pgmix::cluster::up::UpOptions {
-                    nodes,
-                    base_port,
-                    data_dir,
-                    schema,
-                    status_every,
-                };
+                let opts = pgmix::cluster::up::UpOptions { nodes, base_port, data_dir, schema, status_every };
                 pgmix::cluster::up::run(opts).await.context("pgmix up")?;
             }
             Command::Serve { config } => serve(config).await?,
@@ -134,14 +119,8 @@ fn explain(schema: Option<PathBuf>, json: bool, sql: &str) -> anyhow::Result<()>
         }
         println!("class:  {}", c.class.as_str());
         println!("kind:   {:?}", c.kind);
-        println!(
-            "reads:  {}",
-            c.reads.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
-        println!(
-            "writes: {}",
-            c.writes.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
+        println!("reads:  {}", c.reads.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!("writes: {}", c.writes.iter().cloned().collect::<Vec<_>>().join(", "));
         println!("reason: {}", c.reason);
         if let Some(tx) = &c.tx {
             println!("transaction: {tx:?}");

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub bytes_to_clients: AtomicU64,
     pub protocol_errors_total: AtomicU64,
     pub backend_up: AtomicBool,
+    /// Statements by consistency class, indexed like `Class::ALL`.
+    pub statements_by_class: [AtomicU64; 7],
 }
 
 pub type MetricsHandle = Arc<Metrics>;
@@ -33,23 +35,21 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
+    pub fn count_class(&self, class: crate::classify::Class) {
+        if let Some(i) = crate::classify::Class::ALL.iter().position(|c| *c == class) {
+            self.statements_by_class[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn render(&self, node: &str) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
-            out.push_str(&format!("# HELP pgmix_{name} {help}\n# TYPE pgmix_{name} {kind}\npgmix_{name}{{node=\"{node}\"}} {v}\n"));
+            out.push_str(&format!(
+                "# HELP pgmix_{name} {help}\n# TYPE pgmix_{name} {kind}\npgmix_{name}{{node=\"{node}\"}} {v}\n"
+            ));
         };
-        counter(
-            "connections_total",
-            "Client connections accepted.",
-            "counter",
-            self.connections_total.load(Relaxed),
-        );
-        counter(
-            "connections_active",
-            "Client sessions open now.",
-            "gauge",
-            self.connections_active.load(Relaxed),
-        );
+        counter("connections_total", "Client connections accepted.", "counter", self.connections_total.load(Relaxed));
+        counter("connections_active", "Client sessions open now.", "gauge", self.connections_active.load(Relaxed));
         counter(
             "tls_connections_total",
             "Client connections that negotiated TLS.",
@@ -80,53 +80,28 @@ impl Metrics {
             "counter",
             self.backend_connect_failures_total.load(Relaxed),
         );
-        counter(
-            "queries_total",
-            "Simple-protocol Query messages.",
-            "counter",
-            self.queries_total.load(Relaxed),
-        );
-        counter(
-            "parses_total",
-            "Extended-protocol Parse messages.",
-            "counter",
-            self.parses_total.load(Relaxed),
-        );
+        counter("queries_total", "Simple-protocol Query messages.", "counter", self.queries_total.load(Relaxed));
+        counter("parses_total", "Extended-protocol Parse messages.", "counter", self.parses_total.load(Relaxed));
         counter(
             "client_bytes_received_total",
             "Bytes received from clients.",
             "counter",
             self.bytes_from_clients.load(Relaxed),
         );
-        counter(
-            "client_bytes_sent_total",
-            "Bytes sent to clients.",
-            "counter",
-            self.bytes_to_clients.load(Relaxed),
-        );
+        counter("client_bytes_sent_total", "Bytes sent to clients.", "counter", self.bytes_to_clients.load(Relaxed));
         counter(
             "protocol_errors_total",
             "Malformed client protocol messages.",
             "counter",
             self.protocol_errors_total.load(Relaxed),
         );
-        counter(
-            "backend_up",
-            "1 when the local Postgres answers.",
-            "gauge",
-            self.backend_up.load(Relaxed) as u64,
-        );
+        counter("backend_up", "1 when the local Postgres answers.", "gauge", self.backend_up.load(Relaxed) as u64);
         out
     }
 }
 
 /// Serves `GET /metrics` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: MetricsHandle,
-    node: String,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, metrics: MetricsHandle, node: String, shutdown: CancellationToken) {
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -138,11 +113,7 @@ pub async fn serve(
             let mut req = [0u8; 1024];
             let n = sock.read(&mut req).await.unwrap_or(0);
             let ok = req[..n].starts_with(b"GET /metrics");
-            let (status, body) = if ok {
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "try GET /metrics\n".into())
-            };
+            let (status, body) = if ok { ("200 OK", body) } else { ("404 Not Found", "try GET /metrics\n".into()) };
             let resp = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()

@@ -23,15 +23,55 @@ use crate::config::NodeConfig;
 use crate::frontend::{self, FrontendError, Handshake};
 use crate::metrics::{self, Metrics, MetricsHandle};
 use crate::protocol::messages;
+use crate::schema::Schema;
 use crate::session::{Session, SessionCtx};
 
 #[derive(Debug, Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    #[error("the schema file does not fit the database:\n{0}")]
+    SchemaCheck(String),
+}
+
+/// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
+/// node from starting; warnings are logged. Views found in the catalog are treated as strong.
+pub async fn load_schema(cfg: &NodeConfig) -> Result<Schema, NodeError> {
+    let Some(path) = &cfg.schema_path else {
+        info!(node = %cfg.node_name, "no schema file: every table is strong");
+        return Ok(Schema::default());
+    };
+    let mut schema = Schema::load(path)?;
+    let file = path.display().to_string();
+    let catalog = async {
+        let (client, conn) = cfg.backend.client_config().connect(tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        let cat = crate::schema::catalog::read(&client).await;
+        drop(client);
+        let _ = conn.await;
+        cat
+    };
+    match catalog.await {
+        Ok(cat) => {
+            let mut errors = Vec::new();
+            for f in crate::schema::lint::lint(&schema, &cat, &file) {
+                match f.severity {
+                    crate::schema::lint::Severity::Error => errors.push(f.message),
+                    crate::schema::lint::Severity::Warning => warn!(table = %f.table, "{}", f.message),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(NodeError::SchemaCheck(errors.join("\n")));
+            }
+            schema.views = cat.views;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the catalog of the local Postgres: the schema file is not checked against it")
+        }
+    }
+    Ok(schema)
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -61,58 +101,36 @@ impl NodeHandle {
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let schema = Arc::new(load_schema(&cfg).await?);
     let cfg = Arc::new(cfg);
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
     let metrics: MetricsHandle = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 
     let metrics_addr = match cfg.metrics_listen {
         Some(a) => {
-            let l = metrics::bind(a)
-                .await
-                .map_err(|source| NodeError::Bind { addr: a, source })?;
+            let l = metrics::bind(a).await.map_err(|source| NodeError::Bind { addr: a, source })?;
             let bound = l.local_addr().ok();
-            tokio::spawn(metrics::serve(
-                l,
-                metrics.clone(),
-                cfg.node_name.clone(),
-                shutdown.clone(),
-            ));
+            tokio::spawn(metrics::serve(l, metrics.clone(), cfg.node_name.clone(), shutdown.clone()));
             bound
         }
         None => None,
     };
-    tokio::spawn(probe_backend(
-        cfg.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
 
     let ctx = SessionCtx {
         cfg: cfg.clone(),
         metrics: metrics.clone(),
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
+        schema,
+        class_cache: Arc::new(crate::session::route::ClassCache::default()),
     };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
-    Ok(NodeHandle {
-        addr,
-        metrics_addr,
-        metrics,
-        name: cfg.node_name.clone(),
-        shutdown,
-        task,
-    })
+    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), shutdown, task })
 }
 
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {
@@ -135,21 +153,16 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: Cancellat
         };
         next_id += 1;
         Metrics::inc(&ctx.metrics.connections_total);
-        let span = info_span!("conn", node = %ctx.cfg.node_name, session = next_id, %peer, user = tracing::field::Empty);
+        let span =
+            info_span!("conn", node = %ctx.cfg.node_name, session = next_id, %peer, user = tracing::field::Empty);
         tracker.spawn(serve_connection(tcp, ctx.clone(), cancels.clone()).instrument(span));
     }
     drop(listener);
     tracker.close();
     info!(node = %ctx.cfg.node_name, sessions = tracker.len(), "shutting down: draining sessions");
     ctx.drain.cancel();
-    if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            sessions = tracker.len(),
-            "drain timed out: closing remaining sessions"
-        );
+    if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait()).await.is_err() {
+        warn!(sessions = tracker.len(), "drain timed out: closing remaining sessions");
         ctx.abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }

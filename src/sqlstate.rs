@@ -40,21 +40,11 @@ pub struct ClientError {
 
 impl ClientError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Fatal,
-            code,
-            message: message.into(),
-            hint: None,
-        }
+        Self { severity: Severity::Fatal, code, message: message.into(), hint: None }
     }
 
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            code,
-            message: message.into(),
-            hint: None,
-        }
+        Self { severity: Severity::Error, code, message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -105,19 +95,7 @@ impl std::fmt::Display for ClientError {
 
 /// The one place that says which SQLSTATEs mean "try again".
 pub fn is_retryable(code: &str) -> bool {
-    matches!(
-        code,
-        "40001"
-            | "40P01"
-            | "57P01"
-            | "57P02"
-            | "57P03"
-            | "08000"
-            | "08003"
-            | "08006"
-            | "08001"
-            | "08004"
-    )
+    matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004")
 }
 
 #[cfg(test)]
@@ -127,12 +105,9 @@ mod tests {
     #[test]
     fn error_response_carries_code_message_and_hint() {
         let mut buf = BytesMut::new();
-        ClientError::fatal(
-            code::INVALID_PASSWORD,
-            "password authentication failed for user \"a\"",
-        )
-        .with_hint("check the password")
-        .encode(&mut buf);
+        ClientError::fatal(code::INVALID_PASSWORD, "password authentication failed for user \"a\"")
+            .with_hint("check the password")
+            .encode(&mut buf);
         assert_eq!(buf[0], b'E');
         let text = String::from_utf8_lossy(&buf[5..]);
         assert!(text.contains("FATAL"));

@@ -54,11 +54,7 @@ impl CancelRegistry {
             }
             let our_secret: i32 = rng.random();
             map.insert(our_pid, (our_secret, target));
-            return CancelGuard {
-                registry: self.clone(),
-                pid: our_pid,
-                secret: our_secret,
-            };
+            return CancelGuard { registry: self.clone(), pid: our_pid, secret: our_secret };
         }
     }
 

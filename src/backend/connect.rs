@@ -27,21 +27,14 @@ pub struct BackendConn {
 }
 
 pub async fn open_stream(addr: &BackendAddr) -> Result<BackendStream, BackendError> {
-    let unreachable = |source| BackendError::Unreachable {
-        addr: addr.to_string(),
-        source,
-    };
+    let unreachable = |source| BackendError::Unreachable { addr: addr.to_string(), source };
     match addr {
         BackendAddr::Tcp { host, port } => {
-            let s = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(unreachable)?;
+            let s = TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;
             s.set_nodelay(true)?;
             Ok(Either::Left(s))
         }
-        BackendAddr::Unix(path) => Ok(Either::Right(
-            UnixStream::connect(path).await.map_err(unreachable)?,
-        )),
+        BackendAddr::Unix(path) => Ok(Either::Right(UnixStream::connect(path).await.map_err(unreachable)?)),
     }
 }
 
@@ -54,8 +47,7 @@ pub async fn connect(
     let mut buf = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", database)];
     params.extend(client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    frontend::startup_message(params.iter().copied(), &mut buf)
-        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+    frontend::startup_message(params.iter().copied(), &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
     stream.write_all(&buf).await?;
     buf.clear();
 
@@ -70,18 +62,14 @@ pub async fn connect(
             if rbuf.len() >= 5 {
                 let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
                 if len < 4 {
-                    return Err(BackendError::Protocol(format!(
-                        "invalid message length {len}"
-                    )));
+                    return Err(BackendError::Protocol(format!("invalid message length {len}")));
                 }
                 if rbuf.len() > len as usize {
                     break len as usize + 1;
                 }
             }
             if stream.read_buf(&mut rbuf).await? == 0 {
-                return Err(BackendError::Protocol(
-                    "connection closed during start-up".into(),
-                ));
+                return Err(BackendError::Protocol("connection closed during start-up".into()));
             }
         };
         let raw = rbuf.split_to(raw_len);
@@ -92,15 +80,10 @@ pub async fn connect(
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
-                frontend::password_message(password, &mut buf)
-                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                frontend::password_message(password, &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
             }
             Message::AuthenticationMd5Password(body) => {
-                let hash = postgres_protocol::authentication::md5_hash(
-                    cfg.user.as_bytes(),
-                    password,
-                    body.salt(),
-                );
+                let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut buf)
                     .map_err(|e| BackendError::Protocol(e.to_string()))?;
             }
@@ -111,9 +94,7 @@ pub async fn connect(
                     has_scram |= m == "SCRAM-SHA-256";
                 }
                 if !has_scram {
-                    return Err(BackendError::UnsupportedAuth(
-                        "SASL without SCRAM-SHA-256".into(),
-                    ));
+                    return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256".into()));
                 }
                 let s = ScramSha256::new(password, ChannelBinding::unsupported());
                 frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
@@ -121,48 +102,26 @@ pub async fn connect(
                 scram = Some(s);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| BackendError::Protocol("SASL continue before SASL".into()))?;
-                s.update(body.data())
-                    .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
-                frontend::sasl_response(s.message(), &mut buf)
-                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASL continue before SASL".into()))?;
+                s.update(body.data()).map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| BackendError::Protocol("SASL final before SASL".into()))?;
-                s.finish(body.data())
-                    .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
+                let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASL final before SASL".into()))?;
+                s.finish(body.data()).map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
             }
             Message::BackendKeyData(body) => pid_secret = (body.process_id(), body.secret_key()),
-            Message::ParameterStatus(_) | Message::NoticeResponse(_) => {
-                greeting.extend_from_slice(&raw)
-            }
+            Message::ParameterStatus(_) | Message::NoticeResponse(_) => greeting.extend_from_slice(&raw),
             Message::ReadyForQuery(_) => {
                 greeting.extend_from_slice(&raw);
-                return Ok(BackendConn {
-                    stream,
-                    pid: pid_secret.0,
-                    secret: pid_secret.1,
-                    greeting,
-                    leftover: rbuf,
-                });
+                return Ok(BackendConn { stream, pid: pid_secret.0, secret: pid_secret.1, greeting, leftover: rbuf });
             }
             Message::ErrorResponse(body) => {
                 let (code, message) = error_fields(&body);
-                return Err(BackendError::Refused {
-                    code,
-                    message,
-                    raw: raw.to_vec(),
-                });
+                return Err(BackendError::Refused { code, message, raw: raw.to_vec() });
             }
             _ => {
-                return Err(BackendError::UnsupportedAuth(format!(
-                    "message type '{}'",
-                    raw[0] as char
-                )));
+                return Err(BackendError::UnsupportedAuth(format!("message type '{}'", raw[0] as char)));
             }
         }
         if !buf.is_empty() {

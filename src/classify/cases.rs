@@ -305,16 +305,10 @@ pub fn cases() -> Vec<(Class, BTreeSet<String>, BTreeSet<String>, String)> {
             if let Some(p) = pending.take() {
                 out.push(p);
             }
-            let class = Class::ALL
-                .into_iter()
-                .find(|c| c.as_str() == parts[0])
-                .unwrap_or_else(|| panic!("class {}", parts[0]));
+            let class =
+                Class::ALL.into_iter().find(|c| c.as_str() == parts[0]).unwrap_or_else(|| panic!("class {}", parts[0]));
             let set = |s: &str| -> BTreeSet<String> {
-                if s == "-" {
-                    BTreeSet::new()
-                } else {
-                    s.split(',').map(|x| x.trim().to_owned()).collect()
-                }
+                if s == "-" { BTreeSet::new() } else { s.split(',').map(|x| x.trim().to_owned()).collect() }
             };
             pending = Some((class, set(parts[1]), set(parts[2]), parts[3].to_owned()));
         } else if let Some(p) = pending.as_mut() {
@@ -331,11 +325,7 @@ pub fn cases() -> Vec<(Class, BTreeSet<String>, BTreeSet<String>, String)> {
 fn every_case_gets_its_expected_class_reads_and_writes() {
     let schema = Schema::from_toml_str(SCHEMA, "cases.toml").unwrap();
     let cases = cases();
-    assert!(
-        cases.len() >= 200,
-        "the suite must cover at least 200 statements, has {}",
-        cases.len()
-    );
+    assert!(cases.len() >= 200, "the suite must cover at least 200 statements, has {}", cases.len());
     let mut failures = Vec::new();
     for (class, reads, writes, sql) in &cases {
         let got = classify(sql, &schema);
@@ -352,38 +342,19 @@ fn every_case_gets_its_expected_class_reads_and_writes() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases wrong:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
 fn multi_statement_queries_classify_each_statement() {
     let schema = Schema::from_toml_str(SCHEMA, "cases.toml").unwrap();
-    let got = classify(
-        "BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1; SELECT title FROM posts; COMMIT;",
-        &schema,
-    );
+    let got =
+        classify("BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1; SELECT title FROM posts; COMMIT;", &schema);
     let classes: Vec<Class> = got.iter().map(|c| c.class).collect();
-    assert_eq!(
-        classes,
-        [
-            Class::Local,
-            Class::StrongWrite,
-            Class::WeakRead,
-            Class::Local
-        ]
-    );
+    assert_eq!(classes, [Class::Local, Class::StrongWrite, Class::WeakRead, Class::Local]);
     assert_eq!(super::combined(&got), Class::StrongWrite);
     // Semicolons inside strings, dollar quotes and comments do not split.
-    let got = classify(
-        "SELECT 'a;b' FROM posts; DO $$ BEGIN PERFORM 1; END $$; /* ; */ SELECT 1",
-        &schema,
-    );
+    let got = classify("SELECT 'a;b' FROM posts; DO $$ BEGIN PERFORM 1; END $$; /* ; */ SELECT 1", &schema);
     assert_eq!(got.len(), 3);
     assert_eq!(got[1].class, Class::StrongWrite);
 }
@@ -391,47 +362,27 @@ fn multi_statement_queries_classify_each_statement() {
 #[test]
 fn transaction_options_are_read() {
     let schema = Schema::default();
-    let got = classify(
-        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, NOT DEFERRABLE",
-        &schema,
-    );
+    let got = classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, NOT DEFERRABLE", &schema);
     let tx = got[0].tx.clone().unwrap();
     assert_eq!(tx.isolation.as_deref(), Some("repeatable read"));
     assert_eq!(tx.read_only, Some(true));
     assert_eq!(tx.deferrable, Some(false));
-    let tx = classify("BEGIN ISOLATION LEVEL SERIALIZABLE", &schema)[0]
-        .tx
-        .clone()
-        .unwrap();
+    let tx = classify("BEGIN ISOLATION LEVEL SERIALIZABLE", &schema)[0].tx.clone().unwrap();
     assert_eq!(tx.isolation.as_deref(), Some("serializable"));
 }
 
 #[test]
 fn no_schema_file_means_everything_touching_a_table_is_strong() {
     let schema = Schema::default();
-    assert_eq!(
-        classify("SELECT title FROM posts", &schema)[0].class,
-        Class::StrongRead
-    );
-    assert_eq!(
-        classify("INSERT INTO posts VALUES (1)", &schema)[0].class,
-        Class::StrongWrite
-    );
+    assert_eq!(classify("SELECT title FROM posts", &schema)[0].class, Class::StrongRead);
+    assert_eq!(classify("INSERT INTO posts VALUES (1)", &schema)[0].class, Class::StrongWrite);
     assert_eq!(classify("SELECT 1", &schema)[0].class, Class::WeakRead);
 }
 
 #[test]
 fn views_from_the_catalog_are_strong() {
     let mut schema = Schema::from_toml_str("default = \"weak\"", "s.toml").unwrap();
-    assert_eq!(
-        classify("SELECT a FROM v", &schema)[0].class,
-        Class::WeakRead
-    );
-    schema
-        .views
-        .insert(crate::schema::TableName::new(Some("public"), "v"));
-    assert_eq!(
-        classify("SELECT a FROM v", &schema)[0].class,
-        Class::StrongRead
-    );
+    assert_eq!(classify("SELECT a FROM v", &schema)[0].class, Class::WeakRead);
+    schema.views.insert(crate::schema::TableName::new(Some("public"), "v"));
+    assert_eq!(classify("SELECT a FROM v", &schema)[0].class, Class::StrongRead);
 }

@@ -10,11 +10,7 @@ use crate::schema::{Consistency, Schema, TableName, TableRule};
 
 pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
     match ast {
-        Statement::Prepare {
-            name,
-            statement: inner,
-            ..
-        } => {
+        Statement::Prepare { name, statement: inner, .. } => {
             let mut c = statement(inner, schema);
             c.reason = format!("PREPARE {}: {}", walk::fold(name), c.reason);
             c
@@ -24,20 +20,14 @@ pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
             Class::StrongWrite,
             "EXECUTE of an SQL-level prepared statement: its text is not in this statement; treated as a strong write",
         ),
-        Statement::Explain {
-            analyze: true,
-            statement: inner,
-            ..
-        } => {
+        Statement::Explain { analyze: true, statement: inner, .. } => {
             let mut c = statement(inner, schema);
             c.reason = format!("EXPLAIN ANALYZE runs the statement: {}", c.reason);
             c
         }
-        Statement::Explain { .. } | Statement::ExplainTable { .. } => Classification::simple(
-            Kind::Utility,
-            Class::Local,
-            "EXPLAIN without ANALYZE only plans",
-        ),
+        Statement::Explain { .. } | Statement::ExplainTable { .. } => {
+            Classification::simple(Kind::Utility, Class::Local, "EXPLAIN without ANALYZE only plans")
+        }
         Statement::Fetch { .. } | Statement::Close { .. } => Classification::simple(
             Kind::Utility,
             Class::Local,
@@ -50,21 +40,14 @@ pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
         ),
         Statement::Lock(_) | Statement::LockTables { .. } => {
             let c = walk::collect(ast);
-            let strong = c
-                .relations
-                .iter()
-                .find(|r| schema.resolve(r).1.has_strong());
+            let strong = c.relations.iter().find(|r| schema.resolve(r).1.has_strong());
             match strong {
                 Some(t) => Classification::simple(
                     Kind::Write,
                     Class::StrongWrite,
                     format!("locks table {t}, which holds strong data"),
                 ),
-                None => Classification::simple(
-                    Kind::Utility,
-                    Class::Local,
-                    "locks only weak tables, on this node",
-                ),
+                None => Classification::simple(Kind::Utility, Class::Local, "locks only weak tables, on this node"),
             }
         }
         Statement::Query(_)
@@ -108,11 +91,7 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
             continue;
         }
         let (name, rule) = schema.resolve(r);
-        rels.push(Resolved {
-            written: r.clone(),
-            display: display(&name, schema),
-            rule,
-        });
+        rels.push(Resolved { written: r.clone(), display: display(&name, schema), rule });
     }
     let find = |q: &[String]| -> Option<Vec<&Resolved>> {
         let target = match q {
@@ -130,9 +109,7 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         };
         let hits: Vec<&Resolved> = rels
             .iter()
-            .filter(|r| {
-                r.written == target || (target.schema.is_none() && r.written.name == target.name)
-            })
+            .filter(|r| r.written == target || (target.schema.is_none() && r.written.name == target.name))
             .collect();
         (!hits.is_empty()).then_some(hits)
     };
@@ -141,16 +118,11 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
     let mut strong_read: Option<String> = None;
     // Unqualified names count against the tables visible where they stand; CTE names are not
     // tables (their own bodies were walked).
-    let visible = |names: &[TableName]| -> Vec<&Resolved> {
-        rels.iter().filter(|r| names.contains(&r.written)).collect()
-    };
+    let visible =
+        |names: &[TableName]| -> Vec<&Resolved> { rels.iter().filter(|r| names.contains(&r.written)).collect() };
     for (q, col, scope) in &c.columns {
         // An unresolvable qualifier (a row variable, a function result) counts against every table.
-        let targets = if q.is_empty() {
-            visible(scope)
-        } else {
-            find(q).unwrap_or_else(|| rels.iter().collect())
-        };
+        let targets = if q.is_empty() { visible(scope) } else { find(q).unwrap_or_else(|| rels.iter().collect()) };
         for r in targets {
             reads.insert(format!("{}.{col}", r.display));
             if strong_read.is_none() && r.rule.column(col) == Consistency::Strong {
@@ -166,17 +138,12 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         for r in targets {
             reads.insert(format!("{}.*", r.display));
             if strong_read.is_none() && r.rule.has_strong() {
-                strong_read = Some(format!(
-                    "reads every column of {}, which has strong columns",
-                    r.display
-                ));
+                strong_read = Some(format!("reads every column of {}, which has strong columns", r.display));
             }
         }
     }
     if strong_read.is_none()
-        && let Some(r) = rels
-            .iter()
-            .find(|r| r.rule.consistency == Consistency::Strong)
+        && let Some(r) = rels.iter().find(|r| r.rule.consistency == Consistency::Strong)
     {
         strong_read = Some(format!("touches rows of strong table {}", r.display));
     }
@@ -218,8 +185,7 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         }
         if functions::writes(f) {
             writing_function = true;
-            strong_write
-                .get_or_insert_with(|| format!("calls {f}(), which writes outside any weak table"));
+            strong_write.get_or_insert_with(|| format!("calls {f}(), which writes outside any weak table"));
         } else if !functions::read_only(f) {
             writing_function = true;
             strong_write.get_or_insert_with(|| {
@@ -231,44 +197,22 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         let locked: Vec<&Resolved> = if c.locks.iter().any(Option::is_none) {
             rels.iter().collect()
         } else {
-            c.locks
-                .iter()
-                .flatten()
-                .filter_map(|t| find(&[t.name.clone()]).map(|v| v.into_iter()))
-                .flatten()
-                .collect()
+            c.locks.iter().flatten().filter_map(|t| find(&[t.name.clone()]).map(|v| v.into_iter())).flatten().collect()
         };
         if let Some(r) = locked.iter().find(|r| r.rule.has_strong()) {
             strong_write.get_or_insert_with(|| {
-                format!(
-                    "locks rows of {}, which has strong columns (FOR UPDATE/SHARE)",
-                    r.display
-                )
+                format!("locks rows of {}, which has strong columns (FOR UPDATE/SHARE)", r.display)
             });
         }
     }
 
-    let kind = if !c.writes.is_empty() || writing_function {
-        Kind::Write
-    } else {
-        Kind::Read
-    };
+    let kind = if !c.writes.is_empty() || writing_function { Kind::Write } else { Kind::Read };
     let (class, reason) = match (strong_write, strong_read, c.writes.is_empty()) {
         (Some(w), _, _) => (Class::StrongWrite, w),
-        (None, Some(r), false) => (
-            Class::StrongWrite,
-            format!("a weak write that {r}: it runs on the strong path"),
-        ),
+        (None, Some(r), false) => (Class::StrongWrite, format!("a weak write that {r}: it runs on the strong path")),
         (None, None, false) => (Class::WeakWrite, "writes only weak columns".to_owned()),
         (None, Some(r), true) => (Class::StrongRead, r),
         (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
     };
-    Classification {
-        kind,
-        class,
-        reads,
-        writes,
-        reason,
-        tx: None,
-    }
+    Classification { kind, class, reads, writes, reason, tx: None }
 }

@@ -5,14 +5,7 @@
 pub fn writes(name: &str) -> bool {
     matches!(
         name,
-        "nextval"
-            | "setval"
-            | "lo_create"
-            | "lo_import"
-            | "lo_unlink"
-            | "lo_from_bytea"
-            | "lo_put"
-            | "lo_creat"
+        "nextval" | "setval" | "lo_create" | "lo_import" | "lo_unlink" | "lo_from_bytea" | "lo_put" | "lo_creat"
     ) || name.starts_with("pg_advisory")
         || name.starts_with("pg_try_advisory")
 }
@@ -246,16 +239,8 @@ mod tests {
 
     #[test]
     fn read_only_list_is_sorted_for_binary_search() {
-        assert!(
-            READ_ONLY.windows(2).all(|w| w[0] < w[1]),
-            "READ_ONLY must be sorted and unique"
-        );
-        assert!(
-            read_only("count")
-                && read_only("now")
-                && !read_only("nextval")
-                && !read_only("my_func")
-        );
+        assert!(READ_ONLY.windows(2).all(|w| w[0] < w[1]), "READ_ONLY must be sorted and unique");
+        assert!(read_only("count") && read_only("now") && !read_only("nextval") && !read_only("my_func"));
         assert!(writes("nextval") && writes("pg_advisory_xact_lock") && !writes("count"));
     }
 }

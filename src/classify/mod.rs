@@ -103,23 +103,13 @@ pub struct Classification {
 
 impl Classification {
     pub(crate) fn simple(kind: Kind, class: Class, reason: impl Into<String>) -> Self {
-        Self {
-            kind,
-            class,
-            reads: BTreeSet::new(),
-            writes: BTreeSet::new(),
-            reason: reason.into(),
-            tx: None,
-        }
+        Self { kind, class, reads: BTreeSet::new(), writes: BTreeSet::new(), reason: reason.into(), tx: None }
     }
 }
 
 /// Classifies every statement of `sql` (a simple-protocol Query may hold several).
 pub fn classify(sql: &str, schema: &Schema) -> Vec<Classification> {
-    split::statements(sql)
-        .into_iter()
-        .map(|s| classify_one(s, schema))
-        .collect()
+    split::statements(sql).into_iter().map(|s| classify_one(s, schema)).collect()
 }
 
 /// The class of a whole Query message: the strongest of its statements.
@@ -133,11 +123,7 @@ pub fn combined(classes: &[Classification]) -> Class {
         Class::WeakRead => 2,
         Class::Local => 1,
     };
-    classes
-        .iter()
-        .map(|c| c.class)
-        .max_by_key(|c| rank(*c))
-        .unwrap_or(Class::Local)
+    classes.iter().map(|c| c.class).max_by_key(|c| rank(*c)).unwrap_or(Class::Local)
 }
 
 fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
@@ -149,7 +135,6 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
                     .with_tokens(tokens)
                     .parse_statement()
             };
-            let text: String = tokens.iter().map(|t| t.to_string()).collect();
             let copy = split::copy_without_options(&tokens);
             let parsed = match parse(tokens) {
                 Err(_) if copy.is_some() => parse(copy.unwrap_or_default()),
@@ -158,13 +143,12 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
             match parsed {
                 Ok(ast) => decide::statement(&ast, schema),
                 Err(e) => {
-                    tracing::info!(sql = %text.trim(), error = %e, "cannot parse statement: treating it as a strong write");
+                    // The caller logs the SQL text with the reason.
+                    tracing::debug!(error = %e, "cannot parse statement: treating it as a strong write");
                     Classification::simple(
                         Kind::Write,
                         Class::StrongWrite,
-                        format!(
-                            "not understood by the classifier ({e}); treated as a strong write, the safe default"
-                        ),
+                        format!("not understood by the classifier ({e}); treated as a strong write, the safe default"),
                     )
                 }
             }

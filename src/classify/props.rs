@@ -36,10 +36,7 @@ struct World {
 
 impl World {
     fn random(r: &mut Rng) -> Self {
-        let mut w = World {
-            strong_table: [false; TABLES],
-            strong_col: [[false; COLUMNS]; TABLES],
-        };
+        let mut w = World { strong_table: [false; TABLES], strong_col: [[false; COLUMNS]; TABLES] };
         for t in 0..TABLES {
             w.strong_table[t] = r.chance(25);
             if !w.strong_table[t] {
@@ -54,23 +51,11 @@ impl World {
     fn toml(&self) -> String {
         let mut s = String::from("default = \"weak\"\nsearch_path = [\"app\", \"public\"]\n");
         for t in 0..TABLES {
-            let cols: Vec<String> = (0..COLUMNS)
-                .filter(|&c| self.strong_col[t][c])
-                .map(|c| format!("\"c{c}\""))
-                .collect();
-            let consistency = if self.strong_table[t] {
-                "strong"
-            } else {
-                "weak"
-            };
-            let key = if t % 2 == 0 {
-                format!("app.t{t}")
-            } else {
-                format!("t{t}")
-            };
-            s.push_str(&format!(
-                "[tables.\"{key}\"]\nconsistency = \"{consistency}\"\n"
-            ));
+            let cols: Vec<String> =
+                (0..COLUMNS).filter(|&c| self.strong_col[t][c]).map(|c| format!("\"c{c}\"")).collect();
+            let consistency = if self.strong_table[t] { "strong" } else { "weak" };
+            let key = if t % 2 == 0 { format!("app.t{t}") } else { format!("t{t}") };
+            s.push_str(&format!("[tables.\"{key}\"]\nconsistency = \"{consistency}\"\n"));
             if !cols.is_empty() {
                 s.push_str(&format!("strong_columns = [{}]\n", cols.join(", ")));
             }
@@ -116,18 +101,7 @@ fn col(r: &mut Rng, c: usize, alias: Option<&str>) -> String {
 }
 
 fn value(r: &mut Rng) -> String {
-    r.pick(&[
-        "1",
-        "'x'",
-        "$1",
-        "now()",
-        "DEFAULT",
-        "NULL",
-        "(SELECT 2)",
-        "c0 + 1",
-        "lower('A')",
-    ])
-    .to_string()
+    r.pick(&["1", "'x'", "$1", "now()", "DEFAULT", "NULL", "(SELECT 2)", "c0 + 1", "lower('A')"]).to_string()
 }
 
 fn noise(r: &mut Rng) -> &'static str {
@@ -146,100 +120,45 @@ fn statement(r: &mut Rng) -> (String, usize, Option<Vec<usize>>) {
     let alias = if r.chance(50) { Some("a") } else { None };
     let as_alias = alias.map(|a| format!(" AS {a}")).unwrap_or_default();
     let sets = |r: &mut Rng| {
-        cols.iter()
-            .map(|&c| format!("{} = {}", col(r, c, None), value(r)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        cols.iter().map(|&c| format!("{} = {}", col(r, c, None), value(r))).collect::<Vec<_>>().join(", ")
     };
     match r.below(9) {
         0 => {
             let s = sets(r);
             let wherec = col(r, 0, alias);
-            (
-                format!("UPDATE{sp}{tt}{as_alias} SET {s} WHERE {wherec} = 1"),
-                t,
-                Some(cols),
-            )
+            (format!("UPDATE{sp}{tt}{as_alias} SET {s} WHERE {wherec} = 1"), t, Some(cols))
         }
         1 => {
             let names: Vec<String> = cols.iter().map(|&c| col(r, c, None)).collect();
             let vals: Vec<String> = cols.iter().map(|_| value(r)).collect();
-            (
-                format!(
-                    "UPDATE {tt} SET ({}) = ({}) RETURNING *",
-                    names.join(", "),
-                    vals.join(", ")
-                ),
-                t,
-                Some(cols),
-            )
+            (format!("UPDATE {tt} SET ({}) = ({}) RETURNING *", names.join(", "), vals.join(", ")), t, Some(cols))
         }
         2 => {
             let s = sets(r);
             let jc = col(r, 1, Some("b"));
-            (
-                format!("UPDATE {tt}{as_alias} SET {s} FROM {uu} b WHERE {jc} = 2"),
-                t,
-                Some(cols),
-            )
+            (format!("UPDATE {tt}{as_alias} SET {s} FROM {uu} b WHERE {jc} = 2"), t, Some(cols))
         }
         3 => {
             let s = sets(r);
-            (
-                format!("WITH x AS (UPDATE {tt} SET {s} RETURNING *){sp}SELECT * FROM x"),
-                t,
-                Some(cols),
-            )
+            (format!("WITH x AS (UPDATE {tt} SET {s} RETURNING *){sp}SELECT * FROM x"), t, Some(cols))
         }
         4 => {
             let s = sets(r);
-            (
-                format!(
-                    "MERGE INTO {tt} m USING {uu} s ON m.c0 = s.c0 WHEN MATCHED THEN UPDATE SET {s}"
-                ),
-                t,
-                Some(cols),
-            )
+            (format!("MERGE INTO {tt} m USING {uu} s ON m.c0 = s.c0 WHEN MATCHED THEN UPDATE SET {s}"), t, Some(cols))
         }
         5 => {
             let names: Vec<String> = cols.iter().map(|&c| col(r, c, None)).collect();
             let vals: Vec<String> = cols.iter().map(|_| value(r)).collect();
-            (
-                format!(
-                    "INSERT INTO {tt} ({}) VALUES ({}){sp}",
-                    names.join(", "),
-                    vals.join(", ")
-                ),
-                t,
-                None,
-            )
+            (format!("INSERT INTO {tt} ({}) VALUES ({}){sp}", names.join(", "), vals.join(", ")), t, None)
         }
         6 => {
-            let s: Vec<String> = cols
-                .iter()
-                .map(|&c| format!("{} = EXCLUDED.c{c}", col(r, c, None)))
-                .collect();
-            (
-                format!(
-                    "INSERT INTO {tt} (c0) VALUES (1) ON CONFLICT (c0) DO UPDATE SET {}",
-                    s.join(", ")
-                ),
-                t,
-                None,
-            )
+            let s: Vec<String> = cols.iter().map(|&c| format!("{} = EXCLUDED.c{c}", col(r, c, None))).collect();
+            (format!("INSERT INTO {tt} (c0) VALUES (1) ON CONFLICT (c0) DO UPDATE SET {}", s.join(", ")), t, None)
         }
-        7 => (
-            format!("DELETE FROM{sp}{tt}{as_alias} WHERE c1 IN (SELECT c1 FROM {uu})"),
-            t,
-            None,
-        ),
+        7 => (format!("DELETE FROM{sp}{tt}{as_alias} WHERE c1 IN (SELECT c1 FROM {uu})"), t, None),
         _ => {
             let names: Vec<String> = cols.iter().map(|&c| format!("c{c}")).collect();
-            (
-                format!("COPY {tt} ({}) FROM STDIN", names.join(", ")),
-                t,
-                None,
-            )
+            (format!("COPY {tt} ({}) FROM STDIN", names.join(", ")), t, None)
         }
     }
 }
@@ -262,11 +181,7 @@ fn a_statement_writing_a_strong_column_is_never_weak() {
                 continue;
             }
             // Also inside a multi-statement query, after a weak statement.
-            let sql = if r.chance(20) {
-                format!("SELECT 1; {sql}")
-            } else {
-                sql
-            };
+            let sql = if r.chance(20) { format!("SELECT 1; {sql}") } else { sql };
             let got = classify(&sql, &schema);
             let class = super::combined(&got);
             checked += 1;
@@ -287,8 +202,7 @@ fn garbage_is_never_weak() {
     let mut r = Rng(42);
     let schema = Schema::from_toml_str("default = \"weak\"", "s.toml").unwrap();
     let words = [
-        "SELECT", "UPDATE", "FROM", "WHERE", "(", ")", "'", "$$", ";", "t", "SET", "=", ",",
-        "INSERT", "DO", "--", "/*",
+        "SELECT", "UPDATE", "FROM", "WHERE", "(", ")", "'", "$$", ";", "t", "SET", "=", ",", "INSERT", "DO", "--", "/*",
     ];
     for _ in 0..3000 {
         let n = 1 + r.below(12);

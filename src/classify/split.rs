@@ -49,55 +49,30 @@ pub fn statements(sql: &str) -> Vec<Stmt> {
 }
 
 fn push(out: &mut Vec<Stmt>, tokens: Vec<Token>) {
-    let words: Vec<String> = tokens
-        .iter()
-        .filter(|t| !is_trivia(t))
-        .take(3)
-        .map(|t| word(t).unwrap_or_default())
-        .collect();
+    let words: Vec<String> =
+        tokens.iter().filter(|t| !is_trivia(t)).take(3).map(|t| word(t).unwrap_or_default()).collect();
     if words.is_empty() {
         return;
     }
     let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    let known =
-        |kind, class, reason: &str| Stmt::Known(Classification::simple(kind, class, reason));
+    let known = |kind, class, reason: &str| Stmt::Known(Classification::simple(kind, class, reason));
     let stmt = match (w(0), w(1)) {
         ("PREPARE", "TRANSACTION") | ("COMMIT", "PREPARED") | ("ROLLBACK", "PREPARED") => known(
             Kind::Transaction,
             Class::Refused,
             "pgmix coordinates two-phase commit itself; clients may not use PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED",
         ),
-        ("DO", _) => known(
-            Kind::Write,
-            Class::StrongWrite,
-            "DO blocks can do anything; treated as a strong write",
-        ),
-        ("CHECKPOINT", _) => known(
-            Kind::Utility,
-            Class::Local,
-            "CHECKPOINT is maintenance of the local Postgres",
-        ),
-        ("VACUUM", _) | ("ANALYZE", _) | ("ANALYSE", _) => known(
-            Kind::Utility,
-            Class::Local,
-            "VACUUM/ANALYZE are maintenance of the local Postgres",
-        ),
-        ("LISTEN", _)
-        | ("UNLISTEN", _)
-        | ("NOTIFY", _)
-        | ("DISCARD", _)
-        | ("RESET", _)
-        | ("SHOW", _)
-        | ("LOAD", _) => known(
-            Kind::Utility,
-            Class::Local,
-            "session or utility statement; runs on the local Postgres",
-        ),
-        ("CREATE", "TEMP") | ("CREATE", "TEMPORARY") | ("CREATE", "LOCAL") => known(
-            Kind::Ddl,
-            Class::Local,
-            "temporary objects live only in this session",
-        ),
+        ("DO", _) => known(Kind::Write, Class::StrongWrite, "DO blocks can do anything; treated as a strong write"),
+        ("CHECKPOINT", _) => known(Kind::Utility, Class::Local, "CHECKPOINT is maintenance of the local Postgres"),
+        ("VACUUM", _) | ("ANALYZE", _) | ("ANALYSE", _) => {
+            known(Kind::Utility, Class::Local, "VACUUM/ANALYZE are maintenance of the local Postgres")
+        }
+        ("LISTEN", _) | ("UNLISTEN", _) | ("NOTIFY", _) | ("DISCARD", _) | ("RESET", _) | ("SHOW", _) | ("LOAD", _) => {
+            known(Kind::Utility, Class::Local, "session or utility statement; runs on the local Postgres")
+        }
+        ("CREATE", "TEMP") | ("CREATE", "TEMPORARY") | ("CREATE", "LOCAL") => {
+            known(Kind::Ddl, Class::Local, "temporary objects live only in this session")
+        }
         ("CREATE", _)
         | ("ALTER", _)
         | ("DROP", _)
@@ -108,44 +83,22 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<Token>) {
         | ("REINDEX", _)
         | ("CLUSTER", _)
         | ("SECURITY", _)
-        | ("IMPORT", _) => known(
-            Kind::Ddl,
-            Class::Ddl,
-            "DDL is always strong: it travels in order on the strong log",
-        ),
-        ("DEALLOCATE", _) => known(
-            Kind::Utility,
-            Class::Local,
-            "DEALLOCATE only affects this session",
-        ),
-        ("SET", "TRANSACTION") | ("SET", "SESSION")
-            if w(2) == "CHARACTERISTICS" || w(1) == "TRANSACTION" =>
-        {
-            let mut c = Classification::simple(
-                Kind::Transaction,
-                Class::Local,
-                "transaction characteristics",
-            );
+        | ("IMPORT", _) => known(Kind::Ddl, Class::Ddl, "DDL is always strong: it travels in order on the strong log"),
+        ("DEALLOCATE", _) => known(Kind::Utility, Class::Local, "DEALLOCATE only affects this session"),
+        ("SET", "TRANSACTION") | ("SET", "SESSION") if w(2) == "CHARACTERISTICS" || w(1) == "TRANSACTION" => {
+            let mut c = Classification::simple(Kind::Transaction, Class::Local, "transaction characteristics");
             c.tx = Some(tx_options(&tokens));
             Stmt::Known(c)
         }
-        ("SET", _) => known(
-            Kind::Utility,
-            Class::Local,
-            "session setting; runs on the local Postgres",
-        ),
+        ("SET", _) => known(Kind::Utility, Class::Local, "session setting; runs on the local Postgres"),
         ("BEGIN", _) | ("START", "TRANSACTION") => {
-            let mut c =
-                Classification::simple(Kind::Transaction, Class::Local, "transaction control");
+            let mut c = Classification::simple(Kind::Transaction, Class::Local, "transaction control");
             c.tx = Some(tx_options(&tokens));
             Stmt::Known(c)
         }
-        ("COMMIT", _)
-        | ("END", _)
-        | ("ROLLBACK", _)
-        | ("ABORT", _)
-        | ("SAVEPOINT", _)
-        | ("RELEASE", _) => known(Kind::Transaction, Class::Local, "transaction control"),
+        ("COMMIT", _) | ("END", _) | ("ROLLBACK", _) | ("ABORT", _) | ("SAVEPOINT", _) | ("RELEASE", _) => {
+            known(Kind::Transaction, Class::Local, "transaction control")
+        }
         _ => Stmt::Tokens(rewrite_lock_strength(tokens)),
     };
     out.push(stmt);
@@ -167,11 +120,7 @@ fn tx_options(tokens: &[Token]) -> TxOptions {
             ("DEFERRABLE", _) => o.deferrable = Some(true),
             ("LEVEL", Some(level)) => {
                 let level = match level {
-                    "READ" | "REPEATABLE" => format!(
-                        "{} {}",
-                        level,
-                        words.get(i + 2).cloned().unwrap_or_default()
-                    ),
+                    "READ" | "REPEATABLE" => format!("{} {}", level, words.get(i + 2).cloned().unwrap_or_default()),
                     other => other.to_owned(),
                 };
                 o.isolation = Some(level.to_lowercase());
@@ -187,14 +136,16 @@ fn tx_options(tokens: &[Token]) -> TxOptions {
 /// weaker lock strengths lock the same rows, so for classification they are the same thing: drop
 /// `NO KEY` / `KEY` exactly where they sit between FOR and UPDATE/SHARE, and nowhere else.
 fn rewrite_lock_strength(tokens: Vec<Token>) -> Vec<Token> {
+    let is_key = |t: &Token| matches!(t, Token::Word(w) if w.keyword == Keyword::KEY);
+    if !tokens.iter().any(is_key) {
+        return tokens;
+    }
     let kw = |t: &Token| match t {
         Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
         _ => None,
     };
     // Indexes of the meaningful tokens, so lookahead can skip whitespace.
-    let sig: Vec<usize> = (0..tokens.len())
-        .filter(|&i| !is_trivia(&tokens[i]))
-        .collect();
+    let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i])).collect();
     let mut drop = vec![false; tokens.len()];
     for w in sig.windows(4) {
         let k: Vec<Option<Keyword>> = w.iter().map(|&i| kw(&tokens[i])).collect();
@@ -209,17 +160,11 @@ fn rewrite_lock_strength(tokens: Vec<Token>) -> Vec<Token> {
     }
     for w in sig.windows(3) {
         let k: Vec<Option<Keyword>> = w.iter().map(|&i| kw(&tokens[i])).collect();
-        if k[0] == Some(Keyword::FOR) && k[1] == Some(Keyword::KEY) && k[2] == Some(Keyword::SHARE)
-        {
+        if k[0] == Some(Keyword::FOR) && k[1] == Some(Keyword::KEY) && k[2] == Some(Keyword::SHARE) {
             drop[w[1]] = true;
         }
     }
-    tokens
-        .into_iter()
-        .zip(drop)
-        .filter(|(_, d)| !d)
-        .map(|(t, _)| t)
-        .collect()
+    tokens.into_iter().zip(drop).filter(|(_, d)| !d).map(|(t, _)| t).collect()
 }
 
 /// sqlparser rejects many COPY options (`WITH (FREEZE ON)`, `ENCODING`, ...). What matters for
@@ -238,9 +183,7 @@ pub fn copy_without_options(tokens: &[Token]) -> Option<Vec<Token>> {
             Token::RParen => depth -= 1,
             _ if is_trivia(t) => {}
             _ if depth == 0 && after_direction => return Some(tokens[..=i].to_vec()),
-            _ if depth == 0 && matches!(word(t).as_deref(), Some("FROM" | "TO")) => {
-                after_direction = true
-            }
+            _ if depth == 0 && matches!(word(t).as_deref(), Some("FROM" | "TO")) => after_direction = true,
             _ => {}
         }
     }

@@ -6,43 +6,27 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction,
-    OnInsert, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement,
-    TableFactor, TableObject, TableWithJoins, UpdateTableFromKind, Visit, Visitor,
+    AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, Query,
+    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    UpdateTableFromKind, Visit, Visitor,
 };
 
 use crate::schema::TableName;
 
 pub fn fold(id: &Ident) -> String {
-    if id.quote_style.is_some() {
-        id.value.clone()
-    } else {
-        id.value.to_lowercase()
-    }
+    if id.quote_style.is_some() { id.value.clone() } else { id.value.to_lowercase() }
 }
 
 fn idents(name: &ObjectName) -> Vec<String> {
-    name.0
-        .iter()
-        .map(|p| p.as_ident().map(fold).unwrap_or_default())
-        .collect()
+    name.0.iter().map(|p| p.as_ident().map(fold).unwrap_or_default()).collect()
 }
 
 pub fn table_name(name: &ObjectName) -> TableName {
     let parts = idents(name);
     match parts.as_slice() {
-        [t] => TableName {
-            schema: None,
-            name: t.clone(),
-        },
-        [.., s, t] => TableName {
-            schema: Some(s.clone()),
-            name: t.clone(),
-        },
-        [] => TableName {
-            schema: None,
-            name: String::new(),
-        },
+        [t] => TableName { schema: None, name: t.clone() },
+        [.., s, t] => TableName { schema: Some(s.clone()), name: t.clone() },
+        [] => TableName { schema: None, name: String::new() },
     }
 }
 
@@ -111,9 +95,7 @@ fn body_tables(body: &SetExpr, out: &mut Vec<TableName>) {
 fn factor_tables(f: &TableFactor, out: &mut Vec<TableName>) {
     match f {
         TableFactor::Table { name, .. } => out.push(table_name(name)),
-        TableFactor::NestedJoin {
-            table_with_joins, ..
-        } => from_tables(std::slice::from_ref(table_with_joins), out),
+        TableFactor::NestedJoin { table_with_joins, .. } => from_tables(std::slice::from_ref(table_with_joins), out),
         _ => {}
     }
 }
@@ -155,11 +137,7 @@ impl Visitor for Collected {
         // tables of every SELECT in the body.
         let mut tables = Vec::new();
         body_tables(&q.body, &mut tables);
-        self.scopes.push(Scope {
-            tables,
-            opaque: false,
-            query: true,
-        });
+        self.scopes.push(Scope { tables, opaque: false, query: true });
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(fold(&cte.alias.name));
@@ -178,18 +156,13 @@ impl Visitor for Collected {
         for item in &s.projection {
             match item {
                 SelectItem::Wildcard(_) => self.wildcards.push((None, tables.clone())),
-                SelectItem::QualifiedWildcard(
-                    SelectItemQualifiedWildcardKind::ObjectName(n),
-                    _,
-                ) => self.wildcards.push((Some(idents(n)), Vec::new())),
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                    self.wildcards.push((Some(idents(n)), Vec::new()))
+                }
                 _ => {}
             }
         }
-        self.scopes.push(Scope {
-            tables,
-            opaque: false,
-            query: false,
-        });
+        self.scopes.push(Scope { tables, opaque: false, query: false });
         ControlFlow::Continue(())
     }
 
@@ -211,12 +184,7 @@ impl Visitor for Collected {
     }
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table {
-            name,
-            alias: Some(alias),
-            ..
-        } = t
-        {
+        if let TableFactor::Table { name, alias: Some(alias), .. } = t {
             self.aliases.insert(fold(&alias.name), table_name(name));
         }
         ControlFlow::Continue(())
@@ -249,18 +217,9 @@ impl Visitor for Collected {
             self.scopes.push(scope);
         }
         match s {
-            Statement::Insert(Insert {
-                table,
-                columns,
-                on,
-                table_alias,
-                ..
-            }) => {
+            Statement::Insert(Insert { table, columns, on, table_alias, .. }) => {
                 if let TableObject::TableName(name) = table {
-                    let cols = columns
-                        .iter()
-                        .filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold))
-                        .collect();
+                    let cols = columns.iter().filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold)).collect();
                     self.target(name, WriteKind::Insert(cols));
                     // ON CONFLICT ... DO UPDATE may refer to the target by alias or as EXCLUDED.
                     self.aliases.insert("excluded".into(), table_name(name));
@@ -270,22 +229,14 @@ impl Visitor for Collected {
                     if let Some(OnInsert::OnConflict(oc)) = on
                         && let OnConflictAction::DoUpdate(du) = &oc.action
                     {
-                        let cols = du
-                            .assignments
-                            .iter()
-                            .flat_map(|a| assigned(&a.target))
-                            .collect();
+                        let cols = du.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
                         self.target(name, WriteKind::Update(cols));
                     }
                 }
             }
             Statement::Update(u) => {
                 if let TableFactor::Table { name, .. } = &u.table.relation {
-                    let cols = u
-                        .assignments
-                        .iter()
-                        .flat_map(|a| assigned(&a.target))
-                        .collect();
+                    let cols = u.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
                     self.target(name, WriteKind::Update(cols));
                 }
             }
@@ -312,35 +263,18 @@ impl Visitor for Collected {
                     self.target(&target.name, WriteKind::Delete);
                 }
             }
-            Statement::Copy {
-                source:
-                    CopySource::Table {
-                        table_name: name,
-                        columns,
-                    },
-                to: false,
-                ..
-            } => {
+            Statement::Copy { source: CopySource::Table { table_name: name, columns }, to: false, .. } => {
                 let cols = columns.iter().map(fold).collect();
                 self.target(name, WriteKind::Insert(cols));
             }
-            Statement::Copy {
-                source:
-                    CopySource::Table {
-                        table_name: name,
-                        columns,
-                    },
-                to: true,
-                ..
-            } => {
+            Statement::Copy { source: CopySource::Table { table_name: name, columns }, to: true, .. } => {
                 // sqlparser does not visit the table of a COPY as a relation; it is read.
                 self.relations.push(table_name(name));
                 if columns.is_empty() {
                     self.wildcards.push((Some(idents(name)), Vec::new()));
                 } else {
                     let q = idents(name);
-                    self.columns
-                        .extend(columns.iter().map(|c| (q.clone(), fold(c), Vec::new())));
+                    self.columns.extend(columns.iter().map(|c| (q.clone(), fold(c), Vec::new())));
                 }
             }
             _ => {}
@@ -353,27 +287,20 @@ impl Visitor for Collected {
 fn scope_of(s: &Statement) -> Option<Scope> {
     let mut tables = Vec::new();
     let opaque = match s {
-        Statement::Insert(Insert {
-            table: TableObject::TableName(name),
-            ..
-        }) => {
+        Statement::Insert(Insert { table: TableObject::TableName(name), .. }) => {
             tables.push(table_name(name));
             true
         }
         Statement::Update(u) => {
             from_tables(std::slice::from_ref(&u.table), &mut tables);
-            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
-                &u.from
-            {
+            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = &u.from {
                 from_tables(f, &mut tables);
             }
             false
         }
         Statement::Delete(d) => {
             match &d.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => {
-                    from_tables(t, &mut tables)
-                }
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => from_tables(t, &mut tables),
             }
             if let Some(using) = &d.using {
                 from_tables(using, &mut tables);
@@ -387,20 +314,11 @@ fn scope_of(s: &Statement) -> Option<Scope> {
         }
         _ => return None,
     };
-    Some(Scope {
-        tables,
-        opaque,
-        query: false,
-    })
+    Some(Scope { tables, opaque, query: false })
 }
 
 fn assigned(t: &AssignmentTarget) -> Vec<String> {
-    let last = |n: &ObjectName| {
-        n.0.last()
-            .and_then(|p| p.as_ident())
-            .map(fold)
-            .unwrap_or_default()
-    };
+    let last = |n: &ObjectName| n.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
     match t {
         AssignmentTarget::ColumnName(n) => vec![last(n)],
         AssignmentTarget::Tuple(ns) => ns.iter().map(last).collect(),

@@ -12,8 +12,7 @@ pub fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), ClusterError
         return Ok((cert, key));
     }
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let ck =
-        rcgen::generate_simple_self_signed(names).map_err(|e| ClusterError::Cert(e.to_string()))?;
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| ClusterError::Cert(e.to_string()))?;
     std::fs::write(&cert, ck.cert.pem()).map_err(io_err(&cert))?;
     std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(io_err(&key))?;
     set_private(&key)?;

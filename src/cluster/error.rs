@@ -13,10 +13,7 @@ pub enum ClusterError {
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot generate a TLS certificate: {0}")]
     Cert(String),
     #[error("port {port} is already in use; pass --port to choose another base port")]
@@ -26,16 +23,9 @@ pub enum ClusterError {
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error("cannot prepare database `{db}` on {node}: {detail}")]
-    Bootstrap {
-        node: String,
-        db: String,
-        detail: String,
-    },
+    Bootstrap { node: String, db: String, detail: String },
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| ClusterError::Io { path: path.to_owned(), source }
 }

@@ -18,10 +18,7 @@ impl PgBin {
     pub fn find() -> Result<Self, ClusterError> {
         if let Some(path) = std::env::var_os("PATH") {
             for dir in std::env::split_paths(&path) {
-                if ["initdb", "pg_ctl", "postgres"]
-                    .iter()
-                    .all(|b| dir.join(b).is_file())
-                {
+                if ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file()) {
                     return Ok(Self { dir });
                 }
             }
@@ -37,10 +34,7 @@ impl PgBin {
             })
             .collect();
         versions.sort();
-        versions
-            .pop()
-            .map(|(_, dir)| Self { dir })
-            .ok_or(ClusterError::NoPostgres)
+        versions.pop().map(|(_, dir)| Self { dir }).ok_or(ClusterError::NoPostgres)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -51,9 +45,7 @@ impl PgBin {
 /// True when this process runs as root, so servers must run as `postgres`.
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 fn command(program: &Path) -> Command {
@@ -67,21 +59,11 @@ fn command(program: &Path) -> Command {
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<Output, ClusterError> {
-    let out = cmd.output().map_err(|e| ClusterError::Command {
-        what: what.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| ClusterError::Command { what: what.to_owned(), detail: e.to_string() })?;
     if !out.status.success() {
-        let detail = format!(
-            "{}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return Err(ClusterError::Command {
-            what: what.to_owned(),
-            detail,
-        });
+        let detail =
+            format!("{}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        return Err(ClusterError::Command { what: what.to_owned(), detail });
     }
     Ok(out)
 }
@@ -98,11 +80,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        Self {
-            max_prepared_transactions: 64,
-            max_connections: 200,
-            unsafe_fast: false,
-        }
+        Self { max_prepared_transactions: 64, max_connections: 200, unsafe_fast: false }
     }
 }
 
@@ -123,10 +101,7 @@ impl PgInstance {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         if !data_dir.join("PG_VERSION").exists() {
             if running_as_root() {
-                run(
-                    "chown",
-                    Command::new("chown").args(["postgres:postgres"]).arg(dir),
-                )?;
+                run("chown", Command::new("chown").args(["postgres:postgres"]).arg(dir))?;
             }
             run(
                 "initdb",
@@ -157,19 +132,9 @@ impl PgInstance {
             std::fs::write(&conf_path, text).map_err(io_err(&conf_path))?;
         }
         if running_as_root() {
-            run(
-                "chown",
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(dir),
-            )?;
+            run("chown", Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
         }
-        Ok(Self {
-            bin: bin.clone(),
-            data_dir,
-            port: 0,
-            log,
-        })
+        Ok(Self { bin: bin.clone(), data_dir, port: 0, log })
     }
 
     /// Starts the server on `port` and waits until it accepts connections.
@@ -181,21 +146,19 @@ impl PgInstance {
         self.port = port;
         run(
             "pg_ctl start",
-            command(&self.bin.path("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data_dir)
-                .arg("-l")
-                .arg(&self.log)
-                .args(["-w", "-t", "60", "-o", &format!("-p {port}"), "start"]),
+            command(&self.bin.path("pg_ctl")).arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log).args([
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &format!("-p {port}"),
+                "start",
+            ]),
         )
         .map_err(|e| match e {
             ClusterError::Command { what, detail } => ClusterError::Command {
                 what,
-                detail: format!(
-                    "{detail}\nlast lines of {}:\n{}",
-                    self.log.display(),
-                    tail(&self.log, 20)
-                ),
+                detail: format!("{detail}\nlast lines of {}:\n{}", self.log.display(), tail(&self.log, 20)),
             },
             other => other,
         })?;
@@ -215,10 +178,7 @@ impl PgInstance {
     pub fn stop(&self) -> Result<(), ClusterError> {
         run(
             "pg_ctl stop",
-            command(&self.bin.path("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data_dir)
-                .args(["-m", "fast", "-w", "stop"]),
+            command(&self.bin.path("pg_ctl")).arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]),
         )?;
         Ok(())
     }
@@ -238,7 +198,5 @@ fn tail(path: &Path, lines: usize) -> String {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16, ClusterError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(io_err(Path::new("127.0.0.1:0")))
+    l.local_addr().map(|a| a.port()).map_err(io_err(Path::new("127.0.0.1:0")))
 }

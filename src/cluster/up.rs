@@ -50,9 +50,7 @@ pub fn node_config_toml(
     key: &Path,
     schema: Option<&Path>,
 ) -> String {
-    let schema = schema
-        .map(|s| format!("schema = {:?}\n", s.display().to_string()))
-        .unwrap_or_default();
+    let schema = schema.map(|s| format!("schema = {:?}\n", s.display().to_string())).unwrap_or_default();
     format!(
         r#"# Written by `pgmix up`; regenerated on every start.
 node_name = "{name}"
@@ -90,31 +88,15 @@ pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
         }
     }
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
-    let data_dir = opts
-        .data_dir
-        .canonicalize()
-        .map_err(io_err(&opts.data_dir))?;
+    let data_dir = opts.data_dir.canonicalize().map_err(io_err(&opts.data_dir))?;
     let (cert, key) = certs::ensure_self_signed(&data_dir)?;
     let schema = match &opts.schema {
         Some(s) => Some(s.canonicalize().map_err(io_err(s))?),
         None => None,
     };
 
-    let mut cluster = Cluster {
-        pgs: Vec::new(),
-        nodes: Vec::new(),
-    };
-    match start_each(
-        opts,
-        &bin,
-        &data_dir,
-        &cert,
-        &key,
-        schema.as_deref(),
-        &mut cluster,
-    )
-    .await
-    {
+    let mut cluster = Cluster { pgs: Vec::new(), nodes: Vec::new() };
+    match start_each(opts, &bin, &data_dir, &cert, &key, schema.as_deref(), &mut cluster).await {
         Ok(()) => Ok(cluster),
         Err(e) => {
             // Leave nothing running behind a failed start.
@@ -137,22 +119,16 @@ async fn start_each(
         let name = format!("node{i}");
         let dir = data_dir.join(&name);
         let fresh = !dir.join("pgdata/PG_VERSION").exists();
-        say!(
-            "pgmix: {name}: {} Postgres in {}",
-            if fresh { "initializing" } else { "reusing" },
-            dir.display()
-        );
+        say!("pgmix: {name}: {} Postgres in {}", if fresh { "initializing" } else { "reusing" }, dir.display());
         let mut pg = PgInstance::init(bin, &dir, &PgOptions::default())?;
         let pg_port = free_port()?;
         pg.start(pg_port)?;
         say!("pgmix: {name}: Postgres running on port {pg_port}");
-        ensure_database(&pg, DEV_DATABASE)
-            .await
-            .map_err(|detail| ClusterError::Bootstrap {
-                node: name.clone(),
-                db: DEV_DATABASE.into(),
-                detail,
-            })?;
+        ensure_database(&pg, DEV_DATABASE).await.map_err(|detail| ClusterError::Bootstrap {
+            node: name.clone(),
+            db: DEV_DATABASE.into(),
+            detail,
+        })?;
         cluster.pgs.push(pg);
 
         let port = opts.base_port + i - 1;
@@ -181,14 +157,8 @@ fn metrics_port(base: u16, i: u16) -> u16 {
 
 async fn ensure_database(pg: &PgInstance, db: &str) -> Result<(), String> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(pg.socket_dir())
-        .port(pg.port)
-        .user("postgres")
-        .dbname("postgres");
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    cfg.host_path(pg.socket_dir()).port(pg.port).user("postgres").dbname("postgres");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
@@ -208,12 +178,7 @@ impl Cluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| {
-                format!(
-                    "postgres://{DEV_USER}:{DEV_PASSWORD}@127.0.0.1:{}/{DEV_DATABASE}",
-                    n.addr.port()
-                )
-            })
+            .map(|n| format!("postgres://{DEV_USER}:{DEV_PASSWORD}@127.0.0.1:{}/{DEV_DATABASE}", n.addr.port()))
             .collect()
     }
 
@@ -225,11 +190,7 @@ impl Cluster {
                 format!(
                     "{} [{}] sessions={} connections={} refused={}",
                     n.name,
-                    if m.backend_up.load(Relaxed) {
-                        "up"
-                    } else {
-                        "POSTGRES DOWN"
-                    },
+                    if m.backend_up.load(Relaxed) { "up" } else { "POSTGRES DOWN" },
                     m.connections_active.load(Relaxed),
                     m.connections_total.load(Relaxed),
                     m.refused_total.load(Relaxed),
@@ -261,15 +222,9 @@ pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
     for url in cluster.urls() {
         say!("{url}");
     }
-    say!(
-        "pgmix: cluster ready ({} nodes; Ctrl-C stops it)",
-        cluster.nodes.len()
-    );
+    say!("pgmix: cluster ready ({} nodes; Ctrl-C stops it)", cluster.nodes.len());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ClusterError::Command {
-            what: "installing SIGTERM handler".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| ClusterError::Command { what: "installing SIGTERM handler".into(), detail: e.to_string() })?;
     let every = Duration::from_secs(opts.status_every.max(1));
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;

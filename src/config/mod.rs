@@ -6,6 +6,4 @@ mod file;
 mod validate;
 
 pub use file::{AuthMethod, TlsMode};
-pub use validate::{
-    BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, from_toml_str, load,
-};
+pub use validate::{BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, from_toml_str, load};

@@ -14,18 +14,11 @@ use crate::frontend::scram::ScramVerifier;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {reason}")]
-    Invalid {
-        file: String,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: String, key: String, reason: String },
 }
 
 /// Where the local Postgres listens.
@@ -56,6 +49,32 @@ pub struct BackendConfig {
     pub database: String,
 }
 
+impl BackendConfig {
+    /// A tokio-postgres config for pgmix's own connections (catalog checks, metadata).
+    pub fn client_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        match &self.addr {
+            BackendAddr::Tcp { host, port } => {
+                c.host(host).port(*port);
+            }
+            BackendAddr::Unix(path) => {
+                let port = path
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| f.rsplit('.').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(5432);
+                c.host_path(path.parent().unwrap_or(Path::new("/"))).port(port);
+            }
+        }
+        c.user(&self.user).dbname(&self.database).application_name("pgmix");
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
 /// TLS material, loaded and checked at start-up.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -66,9 +85,7 @@ pub struct TlsSettings {
 
 impl std::fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSettings")
-            .field("cert_der_len", &self.cert_der.len())
-            .finish()
+        f.debug_struct("TlsSettings").field("cert_der_len", &self.cert_der.len()).finish()
     }
 }
 
@@ -100,44 +117,28 @@ pub struct NodeConfig {
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     from_toml_str(&text, &file, base)
 }
 
 /// Validates config text; `file` names it in errors and relative paths resolve against `base`.
 pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, ConfigError> {
-    let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        file: file.to_owned(),
-        message: e.to_string(),
-    })?;
-    let invalid = |key: &str, reason: String| ConfigError::Invalid {
-        file: file.to_owned(),
-        key: key.to_owned(),
-        reason,
-    };
+    let raw: FileConfig =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })?;
+    let invalid =
+        |key: &str, reason: String| ConfigError::Invalid { file: file.to_owned(), key: key.to_owned(), reason };
 
     if raw.node_name.trim().is_empty() {
         return Err(invalid("node_name", "must not be empty".into()));
     }
-    let listen: SocketAddr = raw.listen.parse().map_err(|e| {
-        invalid(
-            "listen",
-            format!(
-                "`{}` is not an address like 127.0.0.1:6432 ({e})",
-                raw.listen
-            ),
-        )
-    })?;
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("listen", format!("`{}` is not an address like 127.0.0.1:6432 ({e})", raw.listen)))?;
     let metrics_listen = match &raw.metrics_listen {
         None => None,
-        Some(a) => Some(
-            a.parse()
-                .map_err(|e| invalid("metrics_listen", format!("`{a}` is not an address ({e})")))?,
-        ),
+        Some(a) => Some(a.parse().map_err(|e| invalid("metrics_listen", format!("`{a}` is not an address ({e})")))?),
     };
 
     let b = &raw.backend;
@@ -147,33 +148,20 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
     let addr = if b.host.starts_with('/') {
         BackendAddr::Unix(Path::new(&b.host).join(format!(".s.PGSQL.{}", b.port)))
     } else if b.host.is_empty() {
-        return Err(invalid(
-            "backend.host",
-            "must be a host name, an IP address or a socket directory".into(),
-        ));
+        return Err(invalid("backend.host", "must be a host name, an IP address or a socket directory".into()));
     } else {
-        BackendAddr::Tcp {
-            host: b.host.clone(),
-            port: b.port,
-        }
+        BackendAddr::Tcp { host: b.host.clone(), port: b.port }
     };
-    let backend = BackendConfig {
-        addr,
-        user: b.user.clone(),
-        password: b.password.clone(),
-        database: b.database.clone(),
-    };
+    let backend =
+        BackendConfig { addr, user: b.user.clone(), password: b.password.clone(), database: b.database.clone() };
 
     let tls = match (raw.tls.mode, &raw.tls.cert, &raw.tls.key) {
         (TlsMode::Disable, _, _) => None,
-        (_, Some(cert), Some(key)) => {
-            Some(load_tls(&base.join(cert), &base.join(key)).map_err(|r| invalid(r.0, r.1))?)
-        }
+        (_, Some(cert), Some(key)) => Some(load_tls(&base.join(cert), &base.join(key)).map_err(|r| invalid(r.0, r.1))?),
         (mode, _, _) => {
             return Err(invalid(
                 "tls",
-                format!("mode `{mode:?}` needs both `tls.cert` and `tls.key` (PEM files)")
-                    .to_lowercase(),
+                format!("mode `{mode:?}` needs both `tls.cert` and `tls.key` (PEM files)").to_lowercase(),
             ));
         }
     };
@@ -185,52 +173,27 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
             return Err(invalid(&format!("{key}.name"), "must not be empty".into()));
         }
         let scram = match (&u.scram, &u.password) {
-            (Some(v), _) => ScramVerifier::parse(v)
-                .map_err(|e| invalid(&format!("{key}.scram"), e.to_string()))?,
+            (Some(v), _) => ScramVerifier::parse(v).map_err(|e| invalid(&format!("{key}.scram"), e.to_string()))?,
             (None, Some(p)) => ScramVerifier::from_password(p),
             (None, None) => {
-                return Err(invalid(
-                    &key,
-                    format!("user `{}` needs `scram` (a verifier) or `password`", u.name),
-                ));
+                return Err(invalid(&key, format!("user `{}` needs `scram` (a verifier) or `password`", u.name)));
             }
         };
         if raw.auth.method == AuthMethod::Password && u.password.is_none() {
             return Err(invalid(
                 &key,
-                format!(
-                    "auth.method = \"password\" needs a plain `password` for user `{}`",
-                    u.name
-                ),
+                format!("auth.method = \"password\" needs a plain `password` for user `{}`", u.name),
             ));
         }
-        if users
-            .insert(
-                u.name.clone(),
-                UserAuth {
-                    scram,
-                    plain: u.password.clone(),
-                },
-            )
-            .is_some()
-        {
-            return Err(invalid(
-                &format!("{key}.name"),
-                format!("user `{}` is listed twice", u.name),
-            ));
+        if users.insert(u.name.clone(), UserAuth { scram, plain: u.password.clone() }).is_some() {
+            return Err(invalid(&format!("{key}.name"), format!("user `{}` is listed twice", u.name)));
         }
     }
     if users.is_empty() {
-        return Err(invalid(
-            "users",
-            "at least one [[users]] entry is needed, or no client can log in".into(),
-        ));
+        return Err(invalid("users", "at least one [[users]] entry is needed, or no client can log in".into()));
     }
     if raw.limits.max_message_bytes < 1024 {
-        return Err(invalid(
-            "limits.max_message_bytes",
-            "must be at least 1024".into(),
-        ));
+        return Err(invalid("limits.max_message_bytes", "must be at least 1024".into()));
     }
 
     Ok(NodeConfig {
@@ -255,25 +218,13 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsSettings, (&'static str, Strin
 
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            (
-                "tls.cert",
-                format!("cannot read PEM certificates from {}: {e}", cert.display()),
-            )
-        })?;
+        .map_err(|e| ("tls.cert", format!("cannot read PEM certificates from {}: {e}", cert.display())))?;
     let Some(leaf) = certs.first() else {
-        return Err((
-            "tls.cert",
-            format!("{} holds no certificate", cert.display()),
-        ));
+        return Err(("tls.cert", format!("{} holds no certificate", cert.display())));
     };
     let cert_der = leaf.as_ref().to_vec();
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            "tls.key",
-            format!("cannot read a PEM private key from {}: {e}", key.display()),
-        )
-    })?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ("tls.key", format!("cannot read a PEM private key from {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -281,10 +232,7 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsSettings, (&'static str, Strin
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| ("tls.key", format!("key does not fit the certificate: {e}")))?;
-    Ok(TlsSettings {
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        cert_der,
-    })
+    Ok(TlsSettings { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), cert_der })
 }
 
 #[cfg(test)]
@@ -309,10 +257,7 @@ password = "secret"
     #[test]
     fn minimal_config_is_valid_with_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(
-            c.backend.addr,
-            BackendAddr::Unix("/tmp/.s.PGSQL.5432".into())
-        );
+        assert_eq!(c.backend.addr, BackendAddr::Unix("/tmp/.s.PGSQL.5432".into()));
         assert_eq!(c.tls_mode, TlsMode::Disable);
         assert_eq!(c.auth_method, AuthMethod::ScramSha256);
         assert!(c.users.contains_key("app"));
@@ -320,73 +265,48 @@ password = "secret"
 
     #[test]
     fn unknown_key_is_rejected_with_file_and_key() {
-        let err = parse(&GOOD.replace("listen =", "lisen = \"x\"\nlisten ="))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("listen =", "lisen = \"x\"\nlisten =")).unwrap_err().to_string();
         assert!(err.starts_with("proxy.toml:"), "{err}");
         assert!(err.contains("lisen"), "{err}");
     }
 
     #[test]
     fn bad_listen_address_names_the_key() {
-        let err = parse(&GOOD.replace("127.0.0.1:6432", "nowhere"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("127.0.0.1:6432", "nowhere")).unwrap_err().to_string();
         assert!(err.contains("key `listen`"), "{err}");
     }
 
     #[test]
     fn tls_without_files_is_an_error() {
-        let err = parse(&format!("{GOOD}\n[tls]\nmode = \"require\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("key `tls`") && err.contains("tls.cert"),
-            "{err}"
-        );
+        let err = parse(&format!("{GOOD}\n[tls]\nmode = \"require\"\n")).unwrap_err().to_string();
+        assert!(err.contains("key `tls`") && err.contains("tls.cert"), "{err}");
     }
 
     #[test]
     fn tls_with_missing_file_names_the_path() {
-        let err = parse(&format!(
-            "{GOOD}\n[tls]\nmode = \"allow\"\ncert = \"/nonexistent.pem\"\nkey = \"/k.pem\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("tls.cert") && err.contains("/nonexistent.pem"),
-            "{err}"
-        );
+        let err = parse(&format!("{GOOD}\n[tls]\nmode = \"allow\"\ncert = \"/nonexistent.pem\"\nkey = \"/k.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.cert") && err.contains("/nonexistent.pem"), "{err}");
     }
 
     #[test]
     fn user_without_credentials_or_duplicate_is_rejected() {
-        let err = parse(&GOOD.replace("password = \"secret\"", ""))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("password = \"secret\"", "")).unwrap_err().to_string();
         assert!(err.contains("users[0]"), "{err}");
         let twice = format!("{GOOD}\n[[users]]\nname = \"app\"\npassword = \"x\"\n");
-        assert!(
-            parse(&twice)
-                .unwrap_err()
-                .to_string()
-                .contains("listed twice")
-        );
+        assert!(parse(&twice).unwrap_err().to_string().contains("listed twice"));
     }
 
     #[test]
     fn bad_scram_verifier_is_rejected() {
-        let err = parse(&GOOD.replace("password = \"secret\"", "scram = \"SCRAM-SHA-256$x\""))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace("password = \"secret\"", "scram = \"SCRAM-SHA-256$x\"")).unwrap_err().to_string();
         assert!(err.contains("users[0].scram"), "{err}");
     }
 
     #[test]
     fn unknown_tls_mode_is_rejected() {
-        let err = parse(&format!("{GOOD}\n[tls]\nmode = \"maybe\"\n"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{GOOD}\n[tls]\nmode = \"maybe\"\n")).unwrap_err().to_string();
         assert!(err.contains("maybe"), "{err}");
     }
 }
@@ -406,15 +326,12 @@ mod example_file {
         let app = &cfg.users["app"];
         assert!(app.plain.is_none());
         // The verifier in the example really is the one for the documented password.
-        let mut server =
-            crate::frontend::scram::ScramServer::new(Some(app.scram.clone()), "app", None);
+        let mut server = crate::frontend::scram::ScramServer::new(Some(app.scram.clone()), "app", None);
         let mut client = postgres_protocol::authentication::sasl::ScramSha256::new(
             b"change-me",
             postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
         );
-        let first = server
-            .client_first("SCRAM-SHA-256", client.message())
-            .unwrap();
+        let first = server.client_first("SCRAM-SHA-256", client.message()).unwrap();
         client.update(first.as_bytes()).unwrap();
         assert!(server.client_final(client.message()).is_ok());
     }

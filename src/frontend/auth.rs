@@ -47,11 +47,7 @@ pub async fn authenticate(
             messages::auth_md5(salt, &mut buf);
             send(stream, &mut buf).await?;
             let body = read_password_message(stream).await?;
-            let expected = postgres_protocol::authentication::md5_hash(
-                user.as_bytes(),
-                password.as_bytes(),
-                salt,
-            );
+            let expected = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
             if messages::cstr(&body).map(|(s, _)| s) != Some(expected.as_str()) {
                 return Err(failed(user));
             }
@@ -70,11 +66,7 @@ async fn scram(
     tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
-    let binding = if tls {
-        cfg.tls.as_ref().map(|t| tls_server_end_point(&t.cert_der))
-    } else {
-        None
-    };
+    let binding = if tls { cfg.tls.as_ref().map(|t| tls_server_end_point(&t.cert_der)) } else { None };
     let mut server = ScramServer::new(cfg.users.get(user).map(|u| u.scram.clone()), user, binding);
     messages::auth_sasl(server.mechanisms(), buf);
     send(stream, buf).await?;
@@ -82,16 +74,12 @@ async fn scram(
     let body = read_password_message(stream).await?;
     let (mechanism, data) = messages::sasl_initial_response(&body)
         .ok_or_else(|| protocol_violation("malformed SASLInitialResponse message"))?;
-    let server_first = server
-        .client_first(mechanism, data)
-        .map_err(|e| scram_error(e, user))?;
+    let server_first = server.client_first(mechanism, data).map_err(|e| scram_error(e, user))?;
     messages::auth_sasl_continue(server_first.as_bytes(), buf);
     send(stream, buf).await?;
 
     let body = read_password_message(stream).await?;
-    let server_final = server
-        .client_final(&body)
-        .map_err(|e| scram_error(e, user))?;
+    let server_final = server.client_final(&body).map_err(|e| scram_error(e, user))?;
     messages::auth_sasl_final(server_final.as_bytes(), buf);
     Ok(())
 }
@@ -99,9 +87,9 @@ async fn scram(
 fn scram_error(e: ScramError, user: &str) -> FrontendError {
     match e {
         ScramError::WrongPassword => failed(user),
-        ScramError::ChannelBinding(_) | ScramError::Mechanism => FrontendError::Refused(
-            ClientError::fatal(code::INVALID_AUTHORIZATION, e.to_string()),
-        ),
+        ScramError::ChannelBinding(_) | ScramError::Mechanism => {
+            FrontendError::Refused(ClientError::fatal(code::INVALID_AUTHORIZATION, e.to_string()))
+        }
         ScramError::Malformed(_) | ScramError::BadVerifier(_) => protocol_violation(&e.to_string()),
     }
 }
@@ -121,16 +109,11 @@ async fn send(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<(), Front
 async fn read_password_message(stream: &mut ClientStream) -> Result<Vec<u8>, FrontendError> {
     let tag = stream.read_u8().await?;
     if tag != b'p' {
-        return Err(protocol_violation(&format!(
-            "expected password response, got message type {}",
-            tag as char
-        )));
+        return Err(protocol_violation(&format!("expected password response, got message type {}", tag as char)));
     }
     let len = stream.read_i32().await?;
     if len < 4 || len as usize > MAX_AUTH_MESSAGE {
-        return Err(protocol_violation(&format!(
-            "invalid password message length {len}"
-        )));
+        return Err(protocol_violation(&format!("invalid password message length {len}")));
     }
     let mut body = vec![0u8; len as usize - 4];
     stream.read_exact(&mut body).await?;

@@ -39,18 +39,12 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
         };
         match messages::decode_first_packet(&body) {
             Some(FirstPacket::SslRequest) if !super::stream::is_tls(&stream) => {
-                let Some(tls) = cfg
-                    .tls
-                    .as_ref()
-                    .filter(|_| cfg.tls_mode != TlsMode::Disable)
-                else {
+                let Some(tls) = cfg.tls.as_ref().filter(|_| cfg.tls_mode != TlsMode::Disable) else {
                     stream.write_all(b"N").await?;
                     continue;
                 };
                 stream.write_all(b"S").await?;
-                let Either::Left(tcp) = stream else {
-                    unreachable!("checked plaintext above")
-                };
+                let Either::Left(tcp) = stream else { unreachable!("checked plaintext above") };
                 let tls_stream = tls.acceptor.accept(tcp).await.map_err(FrontendError::Tls)?;
                 stream = Either::Right(Box::new(tls_stream));
             }
@@ -60,14 +54,8 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
             Some(FirstPacket::Cancel { pid, secret }) => {
                 return Ok(Handshake::Cancel { pid, secret });
             }
-            Some(FirstPacket::Startup {
-                major: 3,
-                minor,
-                params,
-            }) => {
-                return startup(stream, cfg, minor, params)
-                    .await
-                    .map(Handshake::Session);
+            Some(FirstPacket::Startup { major: 3, minor, params }) => {
+                return startup(stream, cfg, minor, params).await.map(Handshake::Session);
             }
             Some(FirstPacket::Startup { major, minor, .. }) => {
                 let e = ClientError::fatal(
@@ -77,8 +65,7 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
                 return refuse(&mut stream, e).await;
             }
             _ => {
-                let e =
-                    ClientError::fatal(code::PROTOCOL_VIOLATION, "invalid startup packet layout");
+                let e = ClientError::fatal(code::PROTOCOL_VIOLATION, "invalid startup packet layout");
                 return refuse(&mut stream, e).await;
             }
         }
@@ -95,10 +82,7 @@ async fn startup(
     if cfg.tls_mode == TlsMode::Require && !tls {
         let e = ClientError::fatal(
             code::INVALID_AUTHORIZATION,
-            format!(
-                "pgmix node \"{}\" requires TLS: plaintext connections are refused",
-                cfg.node_name
-            ),
+            format!("pgmix node \"{}\" requires TLS: plaintext connections are refused", cfg.node_name),
         )
         .with_hint("Connect with sslmode=require (or verify-ca / verify-full).");
         return refuse(&mut stream, e).await;
@@ -112,13 +96,8 @@ async fn startup(
             "user" => user = Some(v),
             "database" => database = Some(v),
             "replication" if v != "false" && v != "0" && v != "off" && v != "no" => {
-                let e = ClientError::fatal(
-                    code::FEATURE_NOT_SUPPORTED,
-                    "pgmix does not serve replication connections",
-                )
-                .with_hint(
-                    "Connect to the local Postgres directly for physical or logical replication.",
-                );
+                let e = ClientError::fatal(code::FEATURE_NOT_SUPPORTED, "pgmix does not serve replication connections")
+                    .with_hint("Connect to the local Postgres directly for physical or logical replication.");
                 return refuse(&mut stream, e).await;
             }
             "replication" => {}
@@ -132,27 +111,17 @@ async fn startup(
         stream.write_all(&buf).await?;
     }
     let Some(user) = user.filter(|u| !u.is_empty()) else {
-        let e = ClientError::fatal(
-            code::INVALID_AUTHORIZATION,
-            "no PostgreSQL user name specified in startup packet",
-        );
+        let e = ClientError::fatal(code::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet");
         return refuse(&mut stream, e).await;
     };
-    let database = database
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
+    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
     if let Err(e) = auth::authenticate(&mut stream, cfg, &user, tls).await {
         return match e {
             FrontendError::Refused(ce) => refuse(&mut stream, ce).await,
             other => Err(other),
         };
     }
-    Ok(ClientHello {
-        stream,
-        user,
-        database,
-        params: rest,
-    })
+    Ok(ClientHello { stream, user, database, params: rest })
 }
 
 async fn read_startup_packet(stream: &mut ClientStream) -> Result<Vec<u8>, FrontendError> {
@@ -169,10 +138,7 @@ async fn read_startup_packet(stream: &mut ClientStream) -> Result<Vec<u8>, Front
 }
 
 /// Sends a FATAL error and reports it; the caller closes the connection.
-pub(crate) async fn refuse<T>(
-    stream: &mut ClientStream,
-    e: ClientError,
-) -> Result<T, FrontendError> {
+pub(crate) async fn refuse<T>(stream: &mut ClientStream, e: ClientError) -> Result<T, FrontendError> {
     let mut buf = BytesMut::new();
     e.encode(&mut buf);
     // The client may already be gone; the refusal is logged either way.

@@ -44,39 +44,22 @@ impl std::fmt::Debug for ScramVerifier {
 impl ScramVerifier {
     /// Parses Postgres's stored form `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
     pub fn parse(s: &str) -> Result<Self, ScramError> {
-        let rest = s
-            .strip_prefix("SCRAM-SHA-256$")
-            .ok_or(ScramError::BadVerifier("must start with SCRAM-SHA-256$"))?;
-        let (params, keys) = rest
-            .split_once('$')
-            .ok_or(ScramError::BadVerifier("missing `$` before the keys"))?;
-        let (iter, salt) = params
-            .split_once(':')
-            .ok_or(ScramError::BadVerifier("missing `:` after the iterations"))?;
-        let (stored, server) = keys
-            .split_once(':')
-            .ok_or(ScramError::BadVerifier("missing `:` between the keys"))?;
-        let iterations: u32 = iter
-            .parse()
-            .map_err(|_| ScramError::BadVerifier("iterations is not a number"))?;
+        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(ScramError::BadVerifier("must start with SCRAM-SHA-256$"))?;
+        let (params, keys) = rest.split_once('$').ok_or(ScramError::BadVerifier("missing `$` before the keys"))?;
+        let (iter, salt) = params.split_once(':').ok_or(ScramError::BadVerifier("missing `:` after the iterations"))?;
+        let (stored, server) = keys.split_once(':').ok_or(ScramError::BadVerifier("missing `:` between the keys"))?;
+        let iterations: u32 = iter.parse().map_err(|_| ScramError::BadVerifier("iterations is not a number"))?;
         if iterations == 0 {
             return Err(ScramError::BadVerifier("iterations must be positive"));
         }
-        let salt = B64
-            .decode(salt)
-            .map_err(|_| ScramError::BadVerifier("salt is not base64"))?;
+        let salt = B64.decode(salt).map_err(|_| ScramError::BadVerifier("salt is not base64"))?;
         let key = |k: &str| -> Result<[u8; 32], ScramError> {
             B64.decode(k)
                 .ok()
                 .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
                 .ok_or(ScramError::BadVerifier("keys must be 32 bytes of base64"))
         };
-        Ok(Self {
-            iterations,
-            salt,
-            stored_key: key(stored)?,
-            server_key: key(server)?,
-        })
+        Ok(Self { iterations, salt, stored_key: key(stored)?, server_key: key(server)? })
     }
 
     /// Derives a verifier from a plain password, with a random salt, as `ALTER ROLE ... PASSWORD` does.
@@ -92,19 +75,13 @@ impl ScramVerifier {
         let salt = Sha256::digest(format!("pgmix-mock-salt:{user}").as_bytes())[..16].to_vec();
         let mut stored_key = [0u8; 32];
         rand::rng().fill_bytes(&mut stored_key);
-        Self {
-            iterations: 4096,
-            salt,
-            stored_key,
-            server_key: [0u8; 32],
-        }
+        Self { iterations: 4096, salt, stored_key, server_key: [0u8; 32] }
     }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length, so this cannot fail.
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -116,12 +93,7 @@ pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
 
 enum State {
     Initial,
-    SentFirst {
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-        gs2_header: String,
-    },
+    SentFirst { client_first_bare: String, server_first: String, nonce: String, gs2_header: String },
     Done,
 }
 
@@ -135,28 +107,15 @@ pub struct ScramServer {
 }
 
 impl ScramServer {
-    pub fn new(
-        verifier: Option<ScramVerifier>,
-        user: &str,
-        channel_binding: Option<Vec<u8>>,
-    ) -> Self {
+    pub fn new(verifier: Option<ScramVerifier>, user: &str, channel_binding: Option<Vec<u8>>) -> Self {
         let user_exists = verifier.is_some();
         let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(user));
-        Self {
-            verifier,
-            user_exists,
-            channel_binding,
-            state: State::Initial,
-        }
+        Self { verifier, user_exists, channel_binding, state: State::Initial }
     }
 
     /// The mechanisms to offer: `-PLUS` only where channel binding is possible (TLS).
     pub fn mechanisms(&self) -> &'static [&'static str] {
-        if self.channel_binding.is_some() {
-            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
-        } else {
-            &[SCRAM_SHA_256]
-        }
+        if self.channel_binding.is_some() { &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256] } else { &[SCRAM_SHA_256] }
     }
 
     /// Handles the client-first message; returns the server-first message.
@@ -167,52 +126,35 @@ impl ScramServer {
             _ => return Err(ScramError::Mechanism),
         };
         let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (flag, rest) = text
-            .split_once(',')
-            .ok_or(ScramError::Malformed("missing GS2 header"))?;
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or(ScramError::Malformed("missing GS2 header"))?;
+        let (flag, rest) = text.split_once(',').ok_or(ScramError::Malformed("missing GS2 header"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("missing GS2 header"))?;
         match (flag, plus) {
             ("n", false) => {}
             // The client could bind but believes we cannot; we offered -PLUS, so this is a downgrade.
             ("y", false) if self.channel_binding.is_some() => {
-                return Err(ScramError::ChannelBinding(
-                    "client thinks the server does not support channel binding",
-                ));
+                return Err(ScramError::ChannelBinding("client thinks the server does not support channel binding"));
             }
             ("y", false) => {}
             ("p=tls-server-end-point", true) => {}
             (f, true) if !f.starts_with("p=") => {
-                return Err(ScramError::ChannelBinding(
-                    "SCRAM-SHA-256-PLUS requires channel binding data",
-                ));
+                return Err(ScramError::ChannelBinding("SCRAM-SHA-256-PLUS requires channel binding data"));
             }
             (f, _) if f.starts_with("p=") => {
-                return Err(ScramError::ChannelBinding(
-                    "unsupported or unexpected channel binding type",
-                ));
+                return Err(ScramError::ChannelBinding("unsupported or unexpected channel binding type"));
             }
             _ => return Err(ScramError::Malformed("unexpected GS2 channel binding flag")),
         }
         if !authzid.is_empty() {
-            return Err(ScramError::Malformed(
-                "authorization identity is not supported",
-            ));
+            return Err(ScramError::Malformed("authorization identity is not supported"));
         }
         let mut client_nonce = None;
         for (i, attr) in bare.split(',').enumerate() {
             match (i, attr.split_at_checked(2)) {
                 (0, Some(("n=", _))) => {}
                 (0, Some(("m=", _))) => {
-                    return Err(ScramError::Malformed(
-                        "mandatory extensions are not supported",
-                    ));
+                    return Err(ScramError::Malformed("mandatory extensions are not supported"));
                 }
-                (1, Some(("r=", n)))
-                    if !n.is_empty()
-                        && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') =>
-                {
+                (1, Some(("r=", n))) if !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') => {
                     client_nonce = Some(n)
                 }
                 (0 | 1, _) => return Err(ScramError::Malformed("expected n= and r= attributes")),
@@ -223,11 +165,7 @@ impl ScramServer {
         let mut server_part = [0u8; 18];
         rand::rng().fill_bytes(&mut server_part);
         let nonce = format!("{client_nonce}{}", B64.encode(server_part));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&self.verifier.salt), self.verifier.iterations);
         let gs2_header = format!("{flag},{authzid},");
         self.state = State::SentFirst {
             client_first_bare: bare.to_owned(),
@@ -240,41 +178,25 @@ impl ScramServer {
 
     /// Handles the client-final message; returns the server-final message when the proof is right.
     pub fn client_final(&mut self, message: &[u8]) -> Result<String, ScramError> {
-        let State::SentFirst {
-            client_first_bare,
-            server_first,
-            nonce,
-            gs2_header,
-        } = std::mem::replace(&mut self.state, State::Done)
+        let State::SentFirst { client_first_bare, server_first, nonce, gs2_header } =
+            std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(ScramError::Malformed("unexpected message order"));
         };
         let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) = text
-            .rsplit_once(",p=")
-            .ok_or(ScramError::Malformed("missing proof"))?;
+        let (without_proof, proof) = text.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
         let mut attrs = without_proof.split(',');
-        let cbind = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("c="))
-            .ok_or(ScramError::Malformed("missing c="))?;
-        let their_nonce = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("r="))
-            .ok_or(ScramError::Malformed("missing r="))?;
+        let cbind = attrs.next().and_then(|a| a.strip_prefix("c=")).ok_or(ScramError::Malformed("missing c="))?;
+        let their_nonce = attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(ScramError::Malformed("missing r="))?;
 
-        let cbind = B64
-            .decode(cbind)
-            .map_err(|_| ScramError::Malformed("c= is not base64"))?;
+        let cbind = B64.decode(cbind).map_err(|_| ScramError::Malformed("c= is not base64"))?;
         let mut expected = gs2_header.clone().into_bytes();
         if gs2_header.starts_with("p=") {
             // Only set when the client chose -PLUS, which `client_first` allowed only over TLS.
             expected.extend_from_slice(self.channel_binding.as_deref().unwrap_or_default());
         }
         if cbind != expected {
-            return Err(ScramError::ChannelBinding(
-                "channel binding data does not match this TLS connection",
-            ));
+            return Err(ScramError::ChannelBinding("channel binding data does not match this TLS connection"));
         }
         if their_nonce != nonce {
             return Err(ScramError::Malformed("nonce does not match"));
@@ -293,10 +215,7 @@ impl ScramServer {
         }
         let stored: [u8; 32] = Sha256::digest(client_key).into();
         // Constant-time comparison: a timing difference must not reveal how much of the key matched.
-        let diff = stored
-            .iter()
-            .zip(self.verifier.stored_key)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = stored.iter().zip(self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 || !self.user_exists {
             return Err(ScramError::WrongPassword);
         }
@@ -321,65 +240,34 @@ mod tests {
         let mut server = ScramServer::new(verifier, "alice", tls_cert.map(tls_server_end_point));
         let mut client = ScramSha256::new(client_pw.as_bytes(), client_cb);
         let first = server.client_first(mechanism, client.message())?;
-        client
-            .update(first.as_bytes())
-            .map_err(|_| ScramError::Malformed("client rejected server-first"))?;
+        client.update(first.as_bytes()).map_err(|_| ScramError::Malformed("client rejected server-first"))?;
         let last = server.client_final(client.message())?;
-        client
-            .finish(last.as_bytes())
-            .map_err(|_| ScramError::Malformed("client rejected server signature"))
+        client.finish(last.as_bytes()).map_err(|_| ScramError::Malformed("client rejected server signature"))
     }
 
     #[test]
     fn right_password_authenticates_and_server_proves_itself() {
-        assert_eq!(
-            run(
-                Some("pw"),
-                "pw",
-                None,
-                ChannelBinding::unsupported(),
-                SCRAM_SHA_256
-            ),
-            Ok(())
-        );
+        assert_eq!(run(Some("pw"), "pw", None, ChannelBinding::unsupported(), SCRAM_SHA_256), Ok(()));
     }
 
     #[test]
     fn wrong_password_is_refused() {
         assert_eq!(
-            run(
-                Some("pw"),
-                "nope",
-                None,
-                ChannelBinding::unsupported(),
-                SCRAM_SHA_256
-            ),
+            run(Some("pw"), "nope", None, ChannelBinding::unsupported(), SCRAM_SHA_256),
             Err(ScramError::WrongPassword)
         );
     }
 
     #[test]
     fn unknown_user_looks_like_a_wrong_password() {
-        assert_eq!(
-            run(
-                None,
-                "pw",
-                None,
-                ChannelBinding::unsupported(),
-                SCRAM_SHA_256
-            ),
-            Err(ScramError::WrongPassword)
-        );
+        assert_eq!(run(None, "pw", None, ChannelBinding::unsupported(), SCRAM_SHA_256), Err(ScramError::WrongPassword));
     }
 
     #[test]
     fn plus_with_matching_certificate_authenticates() {
         let cert = b"certificate bytes";
         let cb = ChannelBinding::tls_server_end_point(tls_server_end_point(cert));
-        assert_eq!(
-            run(Some("pw"), "pw", Some(cert), cb, SCRAM_SHA_256_PLUS),
-            Ok(())
-        );
+        assert_eq!(run(Some("pw"), "pw", Some(cert), cb, SCRAM_SHA_256_PLUS), Ok(()));
     }
 
     #[test]
@@ -394,10 +282,7 @@ mod tests {
     #[test]
     fn plus_is_never_accepted_without_tls() {
         let cb = ChannelBinding::tls_server_end_point(vec![1; 32]);
-        assert_eq!(
-            run(Some("pw"), "pw", None, cb, SCRAM_SHA_256_PLUS),
-            Err(ScramError::Mechanism)
-        );
+        assert_eq!(run(Some("pw"), "pw", None, cb, SCRAM_SHA_256_PLUS), Err(ScramError::Mechanism));
         let server = ScramServer::new(None, "a", None);
         assert_eq!(server.mechanisms(), &[SCRAM_SHA_256]);
     }
@@ -406,13 +291,7 @@ mod tests {
     fn downgrade_from_plus_is_detected() {
         // 'y' means: I could bind, but I think you cannot. Over TLS we offered -PLUS.
         assert!(matches!(
-            run(
-                Some("pw"),
-                "pw",
-                Some(b"cert"),
-                ChannelBinding::unrequested(),
-                SCRAM_SHA_256
-            ),
+            run(Some("pw"), "pw", Some(b"cert"), ChannelBinding::unrequested(), SCRAM_SHA_256),
             Err(ScramError::ChannelBinding(_))
         ));
     }
@@ -420,15 +299,7 @@ mod tests {
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let mut s = ScramServer::new(None, "a", None);
-        for junk in [
-            &b""[..],
-            b"n",
-            b"n,,",
-            b"x,,n=,r=abc",
-            b"n,,r=abc",
-            b"n,a=b,n=,r=x",
-            b"\xff\xfe",
-        ] {
+        for junk in [&b""[..], b"n", b"n,,", b"x,,n=,r=abc", b"n,,r=abc", b"n,a=b,n=,r=x", b"\xff\xfe"] {
             assert!(s.client_first(SCRAM_SHA_256, junk).is_err(), "{junk:?}");
         }
         assert!(s.client_final(b"c=biws,r=x,p=AAAA").is_err());

@@ -37,10 +37,7 @@ pub struct Framer {
 
 impl Framer {
     pub fn new(max_whole: usize) -> Self {
-        Self {
-            pending: 0,
-            max_whole,
-        }
+        Self { pending: 0, max_whole }
     }
 
     /// True while the stream is inside a message, so nothing may be injected into it.
@@ -50,11 +47,7 @@ impl Framer {
 
     /// Scans the front of `buf`. `inspect(tag)` says whether a message of that type must be seen
     /// whole; others may be passed through in pieces.
-    pub fn step<'a>(
-        &mut self,
-        buf: &'a [u8],
-        inspect: impl Fn(u8) -> bool,
-    ) -> Result<Step<'a>, FrameError> {
+    pub fn step<'a>(&mut self, buf: &'a [u8], inspect: impl Fn(u8) -> bool) -> Result<Step<'a>, FrameError> {
         if self.pending > 0 {
             if buf.is_empty() {
                 return Ok(Step::Incomplete);
@@ -73,19 +66,11 @@ impl Framer {
         }
         let len = raw_len as usize + 1;
         if buf.len() >= len {
-            return Ok(Step::Message {
-                tag,
-                body: &buf[5..len],
-                len,
-            });
+            return Ok(Step::Message { tag, body: &buf[5..len], len });
         }
         if inspect(tag) {
             if len > self.max_whole {
-                return Err(FrameError::TooLarge {
-                    tag,
-                    len,
-                    max: self.max_whole,
-                });
+                return Err(FrameError::TooLarge { tag, len, max: self.max_whole });
             }
             return Ok(Step::Incomplete);
         }
@@ -110,13 +95,9 @@ mod tests {
         let mut buf = msg(b'Q', b"select 1\0");
         buf.extend(msg(b'Z', b"I"));
         let mut f = Framer::new(1024);
-        let Step::Message { tag, body, len } = f.step(&buf, |_| true).unwrap() else {
-            panic!()
-        };
+        let Step::Message { tag, body, len } = f.step(&buf, |_| true).unwrap() else { panic!() };
         assert_eq!((tag, body, len), (b'Q', &b"select 1\0"[..], 14));
-        let Step::Message { tag, body, .. } = f.step(&buf[len..], |_| true).unwrap() else {
-            panic!()
-        };
+        let Step::Message { tag, body, .. } = f.step(&buf[len..], |_| true).unwrap() else { panic!() };
         assert_eq!((tag, body), (b'Z', &b"I"[..]));
         assert_eq!(f.step(&buf[len + 6..], |_| true).unwrap(), Step::Incomplete);
     }
@@ -133,9 +114,7 @@ mod tests {
         rest.extend(msg(b'Z', b"T"));
         assert_eq!(f.step(&rest, |t| t == b'Z').unwrap(), Step::Pass(45));
         assert!(!f.mid_message());
-        let Step::Message { tag, .. } = f.step(&rest[45..], |t| t == b'Z').unwrap() else {
-            panic!()
-        };
+        let Step::Message { tag, .. } = f.step(&rest[45..], |t| t == b'Z').unwrap() else { panic!() };
         assert_eq!(tag, b'Z');
     }
 
@@ -145,23 +124,13 @@ mod tests {
         let mut f = Framer::new(1024);
         assert_eq!(f.step(&q[..10], |_| true).unwrap(), Step::Incomplete);
         let mut small = Framer::new(16);
-        assert_eq!(
-            small.step(&q[..10], |_| true),
-            Err(FrameError::TooLarge {
-                tag: b'Q',
-                len: 45,
-                max: 16
-            })
-        );
+        assert_eq!(small.step(&q[..10], |_| true), Err(FrameError::TooLarge { tag: b'Q', len: 45, max: 16 }));
     }
 
     #[test]
     fn length_below_four_is_malformed() {
         let mut f = Framer::new(1024);
-        assert_eq!(
-            f.step(&[b'Q', 0, 0, 0, 2, 0], |_| true),
-            Err(FrameError::BadLength { tag: b'Q', len: 2 })
-        );
+        assert_eq!(f.step(&[b'Q', 0, 0, 0, 2, 0], |_| true), Err(FrameError::BadLength { tag: b'Q', len: 2 }));
         assert_eq!(
             f.step(&[b'Q', 0xff, 0xff, 0xff, 0xff], |_| true),
             Err(FrameError::BadLength { tag: b'Q', len: -1 })
@@ -172,10 +141,7 @@ mod tests {
     fn arbitrary_splits_yield_the_same_messages() {
         let mut stream = Vec::new();
         for i in 0..50u8 {
-            stream.extend(msg(
-                if i % 3 == 0 { b'Z' } else { b'D' },
-                &vec![i; i as usize * 7],
-            ));
+            stream.extend(msg(if i % 3 == 0 { b'Z' } else { b'D' }, &vec![i; i as usize * 7]));
         }
         for chunk in [1usize, 2, 3, 5, 7, 64, 1000] {
             let mut f = Framer::new(1 << 20);
@@ -200,11 +166,7 @@ mod tests {
                 }
             }
             assert_eq!(passed, stream.len(), "chunk {chunk}");
-            assert_eq!(
-                seen.iter().filter(|t| **t == b'Z').count(),
-                17,
-                "chunk {chunk}"
-            );
+            assert_eq!(seen.iter().filter(|t| **t == b'Z').count(), 17, "chunk {chunk}");
         }
     }
 }

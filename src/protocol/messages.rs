@@ -23,15 +23,8 @@ pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
 pub enum FirstPacket {
     SslRequest,
     GssEncRequest,
-    Cancel {
-        pid: i32,
-        secret: i32,
-    },
-    Startup {
-        major: u16,
-        minor: u16,
-        params: Vec<(String, String)>,
-    },
+    Cancel { pid: i32, secret: i32 },
+    Startup { major: u16, minor: u16, params: Vec<(String, String)> },
 }
 
 /// Decodes a start-up packet body (after its length word).
@@ -52,11 +45,7 @@ pub fn decode_first_packet(body: &[u8]) -> Option<FirstPacket> {
             let minor = (code & 0xffff) as u16;
             if major != 3 {
                 // Refused by the caller as an unsupported version; its layout is unknown.
-                return Some(FirstPacket::Startup {
-                    major,
-                    minor,
-                    params: Vec::new(),
-                });
+                return Some(FirstPacket::Startup { major, minor, params: Vec::new() });
             }
             let mut rest = &body[4..];
             let mut params = Vec::new();
@@ -69,11 +58,7 @@ pub fn decode_first_packet(body: &[u8]) -> Option<FirstPacket> {
                 params.push((key.to_owned(), value.to_owned()));
                 rest = after;
             }
-            Some(FirstPacket::Startup {
-                major,
-                minor,
-                params,
-            })
+            Some(FirstPacket::Startup { major, minor, params })
         }
     }
 }
@@ -98,24 +83,15 @@ pub fn auth_md5(salt: [u8; 4], buf: &mut BytesMut) {
 }
 
 pub fn auth_sasl(mechanisms: &[&str], buf: &mut BytesMut) {
-    encode(
-        &Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()),
-        buf,
-    );
+    encode(&Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()), buf);
 }
 
 pub fn auth_sasl_continue(data: &[u8], buf: &mut BytesMut) {
-    encode(
-        &Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)),
-        buf,
-    );
+    encode(&Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)), buf);
 }
 
 pub fn auth_sasl_final(data: &[u8], buf: &mut BytesMut) {
-    encode(
-        &Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)),
-        buf,
-    );
+    encode(&Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)), buf);
 }
 
 pub fn backend_key_data(pid: i32, secret: i32, buf: &mut BytesMut) {
@@ -186,10 +162,7 @@ mod tests {
             Some(FirstPacket::Startup {
                 major: 3,
                 minor: 0,
-                params: vec![
-                    ("user".into(), "alice".into()),
-                    ("database".into(), "shop".into())
-                ]
+                params: vec![("user".into(), "alice".into()), ("database".into(), "shop".into())]
             })
         );
     }
@@ -207,14 +180,8 @@ mod tests {
         let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         body.extend_from_slice(&7i32.to_be_bytes());
         body.extend_from_slice(&(-9i32).to_be_bytes());
-        assert_eq!(
-            decode_first_packet(&body),
-            Some(FirstPacket::Cancel { pid: 7, secret: -9 })
-        );
-        assert_eq!(
-            decode_first_packet(&SSL_REQUEST_CODE.to_be_bytes()),
-            Some(FirstPacket::SslRequest)
-        );
+        assert_eq!(decode_first_packet(&body), Some(FirstPacket::Cancel { pid: 7, secret: -9 }));
+        assert_eq!(decode_first_packet(&SSL_REQUEST_CODE.to_be_bytes()), Some(FirstPacket::SslRequest));
     }
 
     #[test]
@@ -222,20 +189,14 @@ mod tests {
         let mut body = b"SCRAM-SHA-256\0".to_vec();
         body.extend_from_slice(&3i32.to_be_bytes());
         body.extend_from_slice(b"abc");
-        assert_eq!(
-            sasl_initial_response(&body),
-            Some(("SCRAM-SHA-256", &b"abc"[..]))
-        );
+        assert_eq!(sasl_initial_response(&body), Some(("SCRAM-SHA-256", &b"abc"[..])));
         body.push(b'x');
         assert_eq!(sasl_initial_response(&body), None);
     }
 
     #[test]
     fn parse_and_close_bodies() {
-        assert_eq!(
-            parse_message(b"s1\0select $1\0\0\0"),
-            Some(("s1", "select $1"))
-        );
+        assert_eq!(parse_message(b"s1\0select $1\0\0\0"), Some(("s1", "select $1")));
         assert_eq!(close_target(b"Ss1\0"), Some((b'S', "s1")));
         assert_eq!(query_text(b"select 1\0"), Some("select 1"));
     }

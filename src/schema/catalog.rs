@@ -40,11 +40,7 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
     for row in client.query(COLUMNS, &[]).await? {
         let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
         if let Some(t) = tables.get_mut(&name) {
-            t.columns.push(CatalogColumn {
-                name: row.get(2),
-                default: row.get(3),
-                identity: row.get(4),
-            });
+            t.columns.push(CatalogColumn { name: row.get(2), default: row.get(3), identity: row.get(4) });
         }
     }
     for row in client.query(CONSTRAINTS, &[]).await? {
@@ -58,10 +54,8 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
             "u" => t.uniques.push(cols),
             "c" => t.checks.push((row.get(3), cols)),
             "f" => {
-                let target = TableName::new(
-                    row.get::<_, Option<&str>>(5),
-                    row.get::<_, Option<&str>>(6).unwrap_or_default(),
-                );
+                let target =
+                    TableName::new(row.get::<_, Option<&str>>(5), row.get::<_, Option<&str>>(6).unwrap_or_default());
                 t.foreign_keys.push((cols, target));
             }
             _ => {}

@@ -52,19 +52,10 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
         // An unqualified name is looked up along the search_path, as Postgres would.
         let found = match &name.schema {
             Some(_) => catalog.tables.get(name),
-            None => schema
-                .search_path
-                .iter()
-                .find_map(|s| catalog.tables.get(&name.qualify(s))),
+            None => schema.search_path.iter().find_map(|s| catalog.tables.get(&name.qualify(s))),
         };
         let Some(table) = found else { continue };
-        let mut push = |severity, message: String| {
-            out.push(Finding {
-                severity,
-                table: name.clone(),
-                message,
-            })
-        };
+        let mut push = |severity, message: String| out.push(Finding { severity, table: name.clone(), message });
         let columns: HashSet<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
         let mut strong: Vec<&String> = rule.strong_columns.iter().collect();
         strong.sort();
@@ -133,10 +124,7 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
             }
         }
         for col in &table.columns {
-            let serial = col
-                .default
-                .as_deref()
-                .is_some_and(|d| d.starts_with("nextval("));
+            let serial = col.default.as_deref().is_some_and(|d| d.starts_with("nextval("));
             if (serial || col.identity) && table.primary_key.contains(&col.name) {
                 push(
                     Severity::Error,
@@ -156,10 +144,7 @@ mod tests {
     use super::*;
 
     fn col(name: &str) -> CatalogColumn {
-        CatalogColumn {
-            name: name.into(),
-            ..Default::default()
-        }
+        CatalogColumn { name: name.into(), ..Default::default() }
     }
 
     fn schema() -> Schema {
@@ -205,72 +190,26 @@ consistency = "weak"
                 primary_key: vec!["id".into()],
                 uniques: vec![vec!["name".into()], vec!["email".into()]],
                 foreign_keys: vec![(vec!["name".into()], TableName::new(None, "posts"))],
-                checks: vec![
-                    ("range".into(), vec!["lo".into(), "hi".into()]),
-                    ("pos".into(), vec!["lo".into()]),
-                ],
+                checks: vec![("range".into(), vec!["lo".into(), "hi".into()]), ("pos".into(), vec!["lo".into()])],
             },
         );
         cat.tables.insert(
             TableName::new(Some("public"), "posts"),
-            CatalogTable {
-                columns: vec![col("body")],
-                ..Default::default()
-            },
+            CatalogTable { columns: vec![col("body")], ..Default::default() },
         );
         let f = lint(&schema(), &cat, "schema.toml");
-        let errors: Vec<&str> = f
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.message.as_str())
-            .collect();
-        let warnings: Vec<&str> = f
-            .iter()
-            .filter(|f| f.severity == Severity::Warning)
-            .map(|f| f.message.as_str())
-            .collect();
-        assert!(
-            errors.iter().any(|m| m.contains("no column \"missing\"")),
-            "{errors:#?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|m| m.contains("posts has no primary key")),
-            "{errors:#?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|m| m.contains("UNIQUE constraint on (name)")),
-            "{errors:#?}"
-        );
-        assert!(
-            !errors
-                .iter()
-                .any(|m| m.contains("UNIQUE constraint on (email)")),
-            "email is strong: {errors:#?}"
-        );
-        assert!(
-            errors.iter().any(|m| m.contains("CHECK constraint range")),
-            "{errors:#?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|m| m.contains("serial or identity key \"id\"")),
-            "{errors:#?}"
-        );
-        assert!(
-            warnings
-                .iter()
-                .any(|m| m.contains("references weak table posts")),
-            "{warnings:#?}"
-        );
-        assert!(
-            warnings.iter().any(|m| m.contains("CHECK constraint pos")),
-            "{warnings:#?}"
-        );
+        let errors: Vec<&str> =
+            f.iter().filter(|f| f.severity == Severity::Error).map(|f| f.message.as_str()).collect();
+        let warnings: Vec<&str> =
+            f.iter().filter(|f| f.severity == Severity::Warning).map(|f| f.message.as_str()).collect();
+        assert!(errors.iter().any(|m| m.contains("no column \"missing\"")), "{errors:#?}");
+        assert!(errors.iter().any(|m| m.contains("posts has no primary key")), "{errors:#?}");
+        assert!(errors.iter().any(|m| m.contains("UNIQUE constraint on (name)")), "{errors:#?}");
+        assert!(!errors.iter().any(|m| m.contains("UNIQUE constraint on (email)")), "email is strong: {errors:#?}");
+        assert!(errors.iter().any(|m| m.contains("CHECK constraint range")), "{errors:#?}");
+        assert!(errors.iter().any(|m| m.contains("serial or identity key \"id\"")), "{errors:#?}");
+        assert!(warnings.iter().any(|m| m.contains("references weak table posts")), "{warnings:#?}");
+        assert!(warnings.iter().any(|m| m.contains("CHECK constraint pos")), "{warnings:#?}");
         assert!(f.iter().all(|f| f.message.starts_with("schema.toml: ")));
     }
 }

@@ -28,18 +28,11 @@ pub enum Consistency {
 #[derive(Debug, Error)]
 pub enum SchemaError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {reason}")]
-    Invalid {
-        file: String,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: String, key: String, reason: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,39 +115,26 @@ impl Default for Schema {
 impl Schema {
     pub fn load(path: &Path) -> Result<Self, SchemaError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read { file: file.clone(), source })?;
         Self::from_toml_str(&text, &file)
     }
 
     pub fn from_toml_str(text: &str, file: &str) -> Result<Self, SchemaError> {
-        let raw: FileSchema = toml::from_str(text).map_err(|e| SchemaError::Syntax {
-            file: file.to_owned(),
-            message: e.to_string(),
-        })?;
-        let invalid = |key: String, reason: String| SchemaError::Invalid {
-            file: file.to_owned(),
-            key,
-            reason,
-        };
+        let raw: FileSchema =
+            toml::from_str(text).map_err(|e| SchemaError::Syntax { file: file.to_owned(), message: e.to_string() })?;
+        let invalid = |key: String, reason: String| SchemaError::Invalid { file: file.to_owned(), key, reason };
         let search_path: Vec<String> = match raw.search_path {
             Some(sp) => sp.iter().map(|s| fold_ident(s)).collect(),
             None => vec!["public".into()],
         };
         if search_path.is_empty() {
-            return Err(invalid(
-                "search_path".into(),
-                "must name at least one schema".into(),
-            ));
+            return Err(invalid("search_path".into(), "must name at least one schema".into()));
         }
         let mut tables = HashMap::new();
         for (key, t) in raw.tables {
             // A name without a schema stays unqualified: it means that table in whichever schema
             // of the search_path holds it, so it applies to every one of them.
-            let name = parse_qualified(&key)
-                .map_err(|reason| invalid(format!("tables.\"{key}\""), reason))?;
+            let name = parse_qualified(&key).map_err(|reason| invalid(format!("tables.\"{key}\""), reason))?;
             if t.consistency == Consistency::Strong && !t.strong_columns.is_empty() {
                 return Err(invalid(
                     format!("tables.\"{key}\".strong_columns"),
@@ -164,79 +144,41 @@ impl Schema {
             let mut cols = HashSet::new();
             for c in &t.strong_columns {
                 if c.trim().is_empty() {
-                    return Err(invalid(
-                        format!("tables.\"{key}\".strong_columns"),
-                        "empty column name".into(),
-                    ));
+                    return Err(invalid(format!("tables.\"{key}\".strong_columns"), "empty column name".into()));
                 }
                 cols.insert(fold_ident(c));
             }
             if tables.contains_key(&name.qualify(&search_path[0]))
-                || tables.contains_key(&TableName {
-                    schema: None,
-                    name: name.name.clone(),
-                }) && name.schema.as_deref() == Some(&search_path[0])
+                || tables.contains_key(&TableName { schema: None, name: name.name.clone() })
+                    && name.schema.as_deref() == Some(&search_path[0])
             {
                 return Err(invalid(
                     format!("tables.\"{key}\""),
                     format!("table {} is listed twice", name.qualify(&search_path[0])),
                 ));
             }
-            if tables
-                .insert(
-                    name.clone(),
-                    TableRule {
-                        consistency: t.consistency,
-                        strong_columns: cols,
-                    },
-                )
-                .is_some()
-            {
-                return Err(invalid(
-                    format!("tables.\"{key}\""),
-                    format!("table {name} is listed twice"),
-                ));
+            if tables.insert(name.clone(), TableRule { consistency: t.consistency, strong_columns: cols }).is_some() {
+                return Err(invalid(format!("tables.\"{key}\""), format!("table {name} is listed twice")));
             }
         }
         let weak_functions = raw.functions.weak.iter().map(|f| fold_ident(f)).collect();
-        Ok(Self {
-            default: raw.default,
-            search_path,
-            tables,
-            weak_functions,
-            views: HashSet::new(),
-        })
+        Ok(Self { default: raw.default, search_path, tables, weak_functions, views: HashSet::new() })
     }
 
     /// The rule that applies to a table as a statement names it, and the name it resolved to.
     pub fn resolve(&self, t: &TableName) -> (TableName, TableRule) {
-        let strong_default = TableRule {
-            consistency: Consistency::Strong,
-            strong_columns: HashSet::new(),
-        };
+        let strong_default = TableRule { consistency: Consistency::Strong, strong_columns: HashSet::new() };
         let lookup = |q: &TableName| -> Option<TableRule> {
             if self.views.contains(q) {
                 return Some(strong_default.clone());
             }
             self.tables.get(q).cloned()
         };
-        let unqualified = TableName {
-            schema: None,
-            name: t.name.clone(),
-        };
-        let default = || TableRule {
-            consistency: self.default,
-            strong_columns: HashSet::new(),
-        };
+        let unqualified = TableName { schema: None, name: t.name.clone() };
+        let default = || TableRule { consistency: self.default, strong_columns: HashSet::new() };
         if let Some(s) = &t.schema {
             let rule = lookup(t)
-                .or_else(|| {
-                    if self.search_path.contains(s) {
-                        lookup(&unqualified)
-                    } else {
-                        None
-                    }
-                })
+                .or_else(|| if self.search_path.contains(s) { lookup(&unqualified) } else { None })
                 .unwrap_or_else(default);
             return (t.clone(), rule);
         }
@@ -276,26 +218,13 @@ consistency = "weak"
         assert_eq!(rule.consistency, Consistency::Weak);
         let (_, users) = s.resolve(&TableName::new(Some("app"), "users"));
         assert_eq!(users.column("email"), Consistency::Strong);
-        assert_eq!(
-            users.column("balance"),
-            Consistency::Strong,
-            "unquoted names fold to lower case"
-        );
+        assert_eq!(users.column("balance"), Consistency::Strong, "unquoted names fold to lower case");
         assert_eq!(users.column("name"), Consistency::Weak);
         // Quoted identifiers keep their case; the unquoted `mixed` is another table.
-        assert_eq!(
-            s.resolve(&TableName::new(None, "Mixed")).1.consistency,
-            Consistency::Weak
-        );
-        assert_eq!(
-            s.resolve(&TableName::new(None, "mixed")).1.consistency,
-            Consistency::Strong
-        );
+        assert_eq!(s.resolve(&TableName::new(None, "Mixed")).1.consistency, Consistency::Weak);
+        assert_eq!(s.resolve(&TableName::new(None, "mixed")).1.consistency, Consistency::Strong);
         // Unlisted tables take the default.
-        assert_eq!(
-            s.resolve(&TableName::new(None, "other")).1.consistency,
-            Consistency::Strong
-        );
+        assert_eq!(s.resolve(&TableName::new(None, "other")).1.consistency, Consistency::Strong);
     }
 
     #[test]
@@ -312,27 +241,18 @@ consistency = "weak"
 
     #[test]
     fn bad_files_name_file_key_and_reason() {
-        let e = Schema::from_toml_str("default = \"sometimes\"", "s.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Schema::from_toml_str("default = \"sometimes\"", "s.toml").unwrap_err().to_string();
         assert!(e.starts_with("s.toml:") && e.contains("sometimes"), "{e}");
-        let e = Schema::from_toml_str(
-            "[tables.t]\nconsistency = \"weak\"\nstrong_colums = [\"a\"]\n",
-            "s.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("strong_colums"), "{e}");
-        let e = Schema::from_toml_str(
-            "[tables.t]\nconsistency = \"strong\"\nstrong_columns = [\"a\"]\n",
-            "s.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("tables.\"t\".strong_columns"), "{e}");
-        let e = Schema::from_toml_str("[tables.\"a.b.c.d\"]\nconsistency = \"weak\"\n", "s.toml")
+        let e = Schema::from_toml_str("[tables.t]\nconsistency = \"weak\"\nstrong_colums = [\"a\"]\n", "s.toml")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("strong_colums"), "{e}");
+        let e = Schema::from_toml_str("[tables.t]\nconsistency = \"strong\"\nstrong_columns = [\"a\"]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tables.\"t\".strong_columns"), "{e}");
+        let e =
+            Schema::from_toml_str("[tables.\"a.b.c.d\"]\nconsistency = \"weak\"\n", "s.toml").unwrap_err().to_string();
         assert!(e.contains("tables.\"a.b.c.d\""), "{e}");
         let e = Schema::from_toml_str(
             "[tables.t]\nconsistency = \"weak\"\n[tables.\"public.t\"]\nconsistency = \"weak\"\n",

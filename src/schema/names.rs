@@ -11,31 +11,18 @@ pub struct TableName {
 
 impl TableName {
     pub fn new(schema: Option<&str>, name: &str) -> Self {
-        Self {
-            schema: schema.map(str::to_owned),
-            name: name.to_owned(),
-        }
+        Self { schema: schema.map(str::to_owned), name: name.to_owned() }
     }
 
     pub fn qualify(&self, default_schema: &str) -> Self {
-        Self {
-            schema: Some(
-                self.schema
-                    .clone()
-                    .unwrap_or_else(|| default_schema.to_owned()),
-            ),
-            name: self.name.clone(),
-        }
+        Self { schema: Some(self.schema.clone().unwrap_or_else(|| default_schema.to_owned())), name: self.name.clone() }
     }
 }
 
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let part = |s: &str| -> String {
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
                 s.to_owned()
             } else {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -86,19 +73,10 @@ pub fn parse_qualified(s: &str) -> Result<TableName, String> {
         return Err("empty name part; write `table` or `schema.table`".into());
     }
     match parts.as_slice() {
-        [t] => Ok(TableName {
-            schema: None,
-            name: fold_ident(t),
-        }),
-        [s, t] => Ok(TableName {
-            schema: Some(fold_ident(s)),
-            name: fold_ident(t),
-        }),
+        [t] => Ok(TableName { schema: None, name: fold_ident(t) }),
+        [s, t] => Ok(TableName { schema: Some(fold_ident(s)), name: fold_ident(t) }),
         // database.schema.table: the database part must be the current one; keep schema.table.
-        [_, s, t] => Ok(TableName {
-            schema: Some(fold_ident(s)),
-            name: fold_ident(t),
-        }),
+        [_, s, t] => Ok(TableName { schema: Some(fold_ident(s)), name: fold_ident(t) }),
         _ => Err("too many dotted parts; write `table` or `schema.table`".into()),
     }
 }
@@ -109,23 +87,11 @@ mod tests {
 
     #[test]
     fn folding_and_quoting() {
-        assert_eq!(
-            parse_qualified("App.Users").unwrap(),
-            TableName::new(Some("app"), "users")
-        );
-        assert_eq!(
-            parse_qualified("\"App\".\"Us.ers\"").unwrap(),
-            TableName::new(Some("App"), "Us.ers")
-        );
-        assert_eq!(
-            parse_qualified("\"a\"\"b\"").unwrap(),
-            TableName::new(None, "a\"b")
-        );
+        assert_eq!(parse_qualified("App.Users").unwrap(), TableName::new(Some("app"), "users"));
+        assert_eq!(parse_qualified("\"App\".\"Us.ers\"").unwrap(), TableName::new(Some("App"), "Us.ers"));
+        assert_eq!(parse_qualified("\"a\"\"b\"").unwrap(), TableName::new(None, "a\"b"));
         assert!(parse_qualified("a..b").is_err());
         assert!(parse_qualified("\"open").is_err());
-        assert_eq!(
-            TableName::new(Some("App"), "users").to_string(),
-            "\"App\".users"
-        );
+        assert_eq!(TableName::new(Some("App"), "users").to_string(), "\"App\".users");
     }
 }

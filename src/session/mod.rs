@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, MetricsHandle};
 use crate::protocol::frames::{FrameError, Framer, Step};
 use crate::protocol::messages;
 use crate::sqlstate::{ClientError, code};
-use route::Router;
+use route::{Route, Router};
 use state::{Prepared, SessionState, TxStatus};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -63,6 +63,8 @@ pub struct SessionCtx {
     pub drain: CancellationToken,
     /// Stop now.
     pub abort: CancellationToken,
+    pub schema: Arc<crate::schema::Schema>,
+    pub class_cache: Arc<route::ClassCache>,
 }
 
 pub struct Session {
@@ -91,12 +93,13 @@ fn backend_inspects(tag: u8) -> bool {
 impl Session {
     pub fn new(client: ClientStream, backend: BackendConn, ctx: SessionCtx) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
+        let router = Router::new(ctx.schema.clone(), ctx.class_cache.clone(), ctx.metrics.clone());
         let session = Self {
             client,
             backend: backend.stream,
             ctx,
             state: SessionState::default(),
-            router: Router::default(),
+            router,
             client_framer: Framer::new(max),
             backend_framer: Framer::new(max),
             last_backend_tag: 0,
@@ -112,18 +115,12 @@ impl Session {
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
     pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let result = self.pump(bbuf).await;
-        if matches!(
-            result,
-            Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))
-        ) && !self.state.is_quiet()
-        {
+        if matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) && !self.state.is_quiet() {
             // Postgres only notices a closed socket when it next talks to it; a long query would
             // keep running (and its transaction open) after the client is gone. Cancel it, then
             // dropping the connection ends the backend and rolls the transaction back.
             let (pid, secret) = self.backend_key;
-            if let Err(e) =
-                crate::backend::send_cancel(&self.ctx.cfg.backend.addr, pid, secret).await
-            {
+            if let Err(e) = crate::backend::send_cancel(&self.ctx.cfg.backend.addr, pid, secret).await {
                 tracing::warn!(error = %e, "could not cancel the query of a vanished client");
             }
         }
@@ -195,24 +192,28 @@ impl Session {
     /// Frames what the client sent, passes each statement through the routing point, and forwards
     /// every complete or pass-through byte in one write. Returns true when the client terminated.
     async fn forward_client(&mut self, cbuf: &mut BytesMut) -> Result<bool, SessionError> {
+        // Bytes [written, fwd) are ready to go; a replaced message is skipped over.
+        let mut written = 0;
         let mut fwd = 0;
         let mut terminated = false;
         let mut violation = None;
         loop {
             match self.client_framer.step(&cbuf[fwd..], client_inspects) {
                 Ok(Step::Message { tag, body, len }) => {
-                    fwd += len;
                     if tag == b'X' {
+                        fwd += len;
                         terminated = true;
                         break;
                     }
-                    on_client_message(
-                        &mut self.state,
-                        &mut self.router,
-                        &self.ctx.metrics,
-                        tag,
-                        body,
-                    );
+                    let replacement =
+                        on_client_message(&mut self.state, &mut self.router, &self.ctx.metrics, tag, body);
+                    if let Some(replacement) = replacement {
+                        let before = &cbuf[written..fwd];
+                        self.backend.write_all(before).await.map_err(SessionError::Backend)?;
+                        self.backend.write_all(&replacement).await.map_err(SessionError::Backend)?;
+                        written = fwd + len;
+                    }
+                    fwd += len;
                 }
                 Ok(Step::Pass(n)) if n > 0 => fwd += n,
                 Ok(_) => break,
@@ -222,26 +223,16 @@ impl Session {
                 }
             }
         }
-        if fwd > 0 {
-            self.backend
-                .write_all(&cbuf[..fwd])
-                .await
-                .map_err(SessionError::Backend)?;
-            cbuf.advance(fwd);
+        if fwd > written {
+            self.backend.write_all(&cbuf[written..fwd]).await.map_err(SessionError::Backend)?;
         }
+        cbuf.advance(fwd);
         if let Some(e) = violation {
             Metrics::inc(&self.ctx.metrics.protocol_errors_total);
             let ce = match &e {
-                FrameError::TooLarge { .. } => ClientError::fatal(
-                    code::PROGRAM_LIMIT_EXCEEDED,
-                    e.to_string(),
-                )
-                .with_hint(
-                    "Send a smaller statement, or raise limits.max_message_bytes in proxy.toml.",
-                ),
-                FrameError::BadLength { .. } => {
-                    ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string())
-                }
+                FrameError::TooLarge { .. } => ClientError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
+                    .with_hint("Send a smaller statement, or raise limits.max_message_bytes in proxy.toml."),
+                FrameError::BadLength { .. } => ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
             };
             // Wait for the backend to finish what it owes the client, so the error is not spliced
             // into the middle of a message.
@@ -281,15 +272,9 @@ impl Session {
             }
         }
         if fwd > 0 {
-            self.client
-                .write_all(&bbuf[..fwd])
-                .await
-                .map_err(SessionError::Client)?;
+            self.client.write_all(&bbuf[..fwd]).await.map_err(SessionError::Client)?;
             self.client.flush().await.map_err(SessionError::Client)?;
-            self.ctx
-                .metrics
-                .bytes_to_clients
-                .fetch_add(fwd as u64, Relaxed);
+            self.ctx.metrics.bytes_to_clients.fetch_add(fwd as u64, Relaxed);
             bbuf.advance(fwd);
         }
         result
@@ -306,41 +291,65 @@ impl Session {
     }
 }
 
-/// The statement boundary: every Query and Parse passes the routing point here.
+/// The statement boundary: every Query and Parse passes the routing point here. Returns a
+/// message to send instead of this one, for a statement pgmix refuses.
 fn on_client_message(
     state: &mut SessionState,
     router: &mut Router,
     metrics: &Metrics,
     tag: u8,
     body: &[u8],
-) {
+) -> Option<BytesMut> {
     match tag {
         b'Q' => {
             Metrics::inc(&metrics.queries_total);
             state.awaiting_ready += 1;
-            if let Some(sql) = messages::query_text(body) {
-                router.route_query(sql);
-            }
+            let sql = messages::query_text(body)?;
+            let (_, route, reason) = router.route_query(sql);
+            (route == Route::Refuse).then(|| refusal_query(&reason))
         }
         b'P' => {
             Metrics::inc(&metrics.parses_total);
-            if let Some((name, sql)) = messages::parse_message(body) {
-                let route = router.route_parse(name, sql);
-                state.prepared.insert(
-                    name.to_owned(),
-                    Prepared {
-                        sql: Arc::from(sql),
-                        route,
-                    },
-                );
-            }
+            let (name, sql) = messages::parse_message(body)?;
+            let (class, route, reason) = router.route_parse(sql);
+            state.prepared.insert(name.to_owned(), Prepared { sql: Arc::from(sql), class, route });
+            (route == Route::Refuse).then(|| refusal_parse(name, &reason))
         }
         b'C' => {
             if let Some((b'S', name)) = messages::close_target(body) {
                 state.prepared.remove(name);
             }
+            None
         }
-        b'S' => state.awaiting_ready += 1,
-        _ => {}
+        b'S' => {
+            state.awaiting_ready += 1;
+            None
+        }
+        _ => None,
     }
+}
+
+/// A statement that makes the backend raise pgmix's refusal, so the error reaches the client in
+/// its proper place in the response stream, with a real SQLSTATE.
+fn refusal_sql(reason: &str) -> String {
+    let quote = |s: &str| format!("$pgmix${}$pgmix$", s.replace("$pgmix$", ""));
+    format!(
+        "DO $pgmixdo$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}, HINT = {}; END $pgmixdo$",
+        code::FEATURE_NOT_SUPPORTED,
+        quote(reason),
+        quote("Use plain BEGIN/COMMIT: pgmix commits strong transactions atomically on every node itself.")
+    )
+}
+
+fn refusal_query(reason: &str) -> BytesMut {
+    let mut buf = BytesMut::new();
+    // Only fails for a NUL inside the text, which a reason never holds.
+    let _ = postgres_protocol::message::frontend::query(&refusal_sql(reason), &mut buf);
+    buf
+}
+
+fn refusal_parse(name: &str, reason: &str) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let _ = postgres_protocol::message::frontend::parse(name, &refusal_sql(reason), std::iter::empty(), &mut buf);
+    buf
 }

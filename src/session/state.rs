@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::route::Route;
+use crate::classify::Class;
 
 /// Transaction status as the backend last reported it in ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ impl TxStatus {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub sql: Arc<str>,
+    /// Classified once, at Parse.
+    pub class: Class,
     pub route: Route,
 }
 
@@ -42,11 +45,7 @@ pub struct SessionState {
 
 impl Default for SessionState {
     fn default() -> Self {
-        Self {
-            tx: TxStatus::Idle,
-            prepared: HashMap::new(),
-            awaiting_ready: 0,
-        }
+        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0 }
     }
 }
 

@@ -7,41 +7,16 @@ use crate::harness::{PASSWORD, TestNode, USER, psql, sqlstate};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_right_password_connects_wrong_password_gets_28p01() {
     let verifier = postgres_protocol::password::scram_sha_256(b"s3cret");
-    let node = TestNode::start_with(
-        "allow",
-        &format!("[[users]]\nname = \"alice\"\nscram = \"{verifier}\"\n"),
-    )
-    .await;
-    let alice = node
-        .try_client("alice", "s3cret")
-        .await
-        .expect("alice logs in with her verifier");
-    assert_eq!(
-        alice
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    let node = TestNode::start_with("allow", &format!("[[users]]\nname = \"alice\"\nscram = \"{verifier}\"\n")).await;
+    let alice = node.try_client("alice", "s3cret").await.expect("alice logs in with her verifier");
+    assert_eq!(alice.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     let err = node.try_client("alice", "wrong").await.err().unwrap();
     assert_eq!(sqlstate(&err), "28P01");
-    assert!(
-        err.as_db_error()
-            .unwrap()
-            .message()
-            .contains("password authentication failed for user \"alice\"")
-    );
+    assert!(err.as_db_error().unwrap().message().contains("password authentication failed for user \"alice\""));
     // An unknown user gets exactly the same answer.
     let err = node.try_client("mallory", "s3cret").await.err().unwrap();
     assert_eq!(sqlstate(&err), "28P01");
-    assert_eq!(
-        node.handle()
-            .metrics
-            .auth_failures_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(node.handle().metrics.auth_failures_total.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,24 +24,12 @@ async fn tls_required_refuses_plaintext_with_28000_and_accepts_tls() {
     let node = TestNode::start_with("require", "").await;
     let err = node.try_client(USER, PASSWORD).await.err().unwrap();
     assert_eq!(sqlstate(&err), "28000");
-    assert!(
-        err.as_db_error()
-            .unwrap()
-            .message()
-            .contains("requires TLS"),
-        "{err}"
-    );
+    assert!(err.as_db_error().unwrap().message().contains("requires TLS"), "{err}");
 
-    let (ok, out, err) = psql(
-        &node.conninfo(USER, PASSWORD, "require"),
-        &["-c", "SELECT 'over tls'"],
-    );
+    let (ok, out, err) = psql(&node.conninfo(USER, PASSWORD, "require"), &["-c", "SELECT 'over tls'"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "over tls");
-    let (ok, _, err) = psql(
-        &node.conninfo(USER, PASSWORD, "disable"),
-        &["-c", "SELECT 1"],
-    );
+    let (ok, _, err) = psql(&node.conninfo(USER, PASSWORD, "disable"), &["-c", "SELECT 1"]);
     assert!(!ok);
     assert!(err.contains("requires TLS"), "{err}");
 }
@@ -74,80 +37,44 @@ async fn tls_required_refuses_plaintext_with_28000_and_accepts_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_plus_channel_binding_works_over_tls_and_is_never_offered_in_plaintext() {
     let node = TestNode::start_with("allow", "").await;
-    let tls = format!(
-        "{} channel_binding=require",
-        node.conninfo(USER, PASSWORD, "require")
-    );
+    let tls = format!("{} channel_binding=require", node.conninfo(USER, PASSWORD, "require"));
     let (ok, out, err) = psql(&tls, &["-c", "SELECT 'bound'"]);
     assert!(ok, "SCRAM-SHA-256-PLUS over TLS: {err}");
     assert_eq!(out.trim(), "bound");
-    let plain = format!(
-        "{} channel_binding=require",
-        node.conninfo(USER, PASSWORD, "disable")
-    );
+    let plain = format!("{} channel_binding=require", node.conninfo(USER, PASSWORD, "disable"));
     let (ok, _, err) = psql(&plain, &["-c", "SELECT 1"]);
     assert!(!ok, "channel binding must be impossible without TLS");
     assert!(err.contains("channel binding"), "{err}");
-    let (ok, _, err) = psql(
-        &node.conninfo(USER, PASSWORD, "disable"),
-        &["-c", "SELECT 1"],
-    );
+    let (ok, _, err) = psql(&node.conninfo(USER, PASSWORD, "disable"), &["-c", "SELECT 1"]);
     assert!(ok, "plain SCRAM without TLS: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_disabled_answers_ssl_request_with_n() {
     let node = TestNode::start_with("disable", "").await;
-    let (ok, _, err) = psql(
-        &node.conninfo(USER, PASSWORD, "require"),
-        &["-c", "SELECT 1"],
-    );
+    let (ok, _, err) = psql(&node.conninfo(USER, PASSWORD, "require"), &["-c", "SELECT 1"]);
     assert!(!ok);
     assert!(err.contains("does not support SSL"), "{err}");
-    let (ok, _, err) = psql(
-        &node.conninfo(USER, PASSWORD, "prefer"),
-        &["-c", "SELECT 1"],
-    );
+    let (ok, _, err) = psql(&node.conninfo(USER, PASSWORD, "prefer"), &["-c", "SELECT 1"]);
     assert!(ok, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_and_cleartext_work_only_when_configured() {
     let md5 = TestNode::start_with("allow", "[auth]\nmethod = \"md5\"\n").await;
-    assert_eq!(
-        first_auth_request(md5.port, USER),
-        5,
-        "AuthenticationMD5Password"
-    );
+    assert_eq!(first_auth_request(md5.port, USER), 5, "AuthenticationMD5Password");
     md5.try_client(USER, PASSWORD).await.expect("md5 login");
-    assert_eq!(
-        sqlstate(&md5.try_client(USER, "bad").await.err().unwrap()),
-        "28P01"
-    );
+    assert_eq!(sqlstate(&md5.try_client(USER, "bad").await.err().unwrap()), "28P01");
 
     let clear = TestNode::start_with("allow", "[auth]\nmethod = \"password\"\n").await;
-    assert_eq!(
-        first_auth_request(clear.port, USER),
-        3,
-        "AuthenticationCleartextPassword"
-    );
-    let (ok, _, err) = psql(
-        &clear.conninfo(USER, PASSWORD, "require"),
-        &["-c", "SELECT 1"],
-    );
+    assert_eq!(first_auth_request(clear.port, USER), 3, "AuthenticationCleartextPassword");
+    let (ok, _, err) = psql(&clear.conninfo(USER, PASSWORD, "require"), &["-c", "SELECT 1"]);
     assert!(ok, "cleartext login: {err}");
-    assert_eq!(
-        sqlstate(&clear.try_client(USER, "bad").await.err().unwrap()),
-        "28P01"
-    );
+    assert_eq!(sqlstate(&clear.try_client(USER, "bad").await.err().unwrap()), "28P01");
 
     // The default asks for SASL (SCRAM), never md5 or a cleartext password.
     let scram = TestNode::start().await;
-    assert_eq!(
-        first_auth_request(scram.port, USER),
-        10,
-        "AuthenticationSASL"
-    );
+    assert_eq!(first_auth_request(scram.port, USER), 10, "AuthenticationSASL");
 }
 
 /// Sends a start-up packet and returns the code of the authentication request that comes back.
@@ -180,13 +107,7 @@ async fn metrics_endpoint_serves_prometheus_text() {
     .await
     .unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(
-        body.contains("pgmix_connections_active{node=\"test\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("pgmix_queries_total{node=\"test\"} 1"),
-        "{body}"
-    );
+    assert!(body.contains("pgmix_connections_active{node=\"test\"} 1"), "{body}");
+    assert!(body.contains("pgmix_queries_total{node=\"test\"} 1"), "{body}");
     assert!(body.contains("pgmix_backend_up{node=\"test\"} 1"), "{body}");
 }

@@ -25,8 +25,7 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod temp dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         Self(p)
     }
 }
@@ -47,28 +46,17 @@ impl TestPg {
     pub fn start() -> Self {
         let dir = TempDir::new("pg");
         let bin = PgBin::find().expect("PostgreSQL server binaries");
-        let opts = PgOptions {
-            unsafe_fast: true,
-            max_connections: 100,
-            ..PgOptions::default()
-        };
+        let opts = PgOptions { unsafe_fast: true, max_connections: 100, ..PgOptions::default() };
         let mut pg = PgInstance::init(&bin, &dir.0.join("pg"), &opts).expect("initdb");
-        pg.start(free_port().expect("free port"))
-            .expect("start postgres");
+        pg.start(free_port().expect("free port")).expect("start postgres");
         Self { pg, dir }
     }
 
     /// A superuser connection straight to Postgres, bypassing pgmix.
     pub async fn direct(&self) -> tokio_postgres::Client {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host_path(self.pg.socket_dir())
-            .port(self.pg.port)
-            .user("postgres")
-            .dbname("postgres");
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("direct connection");
+        cfg.host_path(self.pg.socket_dir()).port(self.pg.port).user("postgres").dbname("postgres");
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("direct connection");
         tokio::spawn(conn);
         client
     }
@@ -82,11 +70,17 @@ impl Drop for TestPg {
 
 /// Node config text for a test; `extra` is appended (more [[users]], [auth], [limits] ...).
 pub fn node_toml(pg: &TestPg, port: u16, tls_mode: &str, extra: &str) -> String {
+    node_toml_with_top(pg, port, tls_mode, "", extra)
+}
+
+/// Like `node_toml`, with `top` inserted among the top-level keys (e.g. `schema = "..."`).
+pub fn node_toml_with_top(pg: &TestPg, port: u16, tls_mode: &str, top: &str, extra: &str) -> String {
     let (cert, key) = certs::ensure_self_signed(&pg.dir.0).expect("cert");
     format!(
         r#"node_name = "test"
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:0"
+{top}
 [backend]
 host = {socket:?}
 port = {pgport}
@@ -122,15 +116,26 @@ impl TestNode {
     pub async fn start_with(tls_mode: &str, extra: &str) -> Self {
         let pg = TestPg::start();
         let text = node_toml(&pg, 0, tls_mode, extra);
-        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new("."))
-            .expect("valid test config");
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("valid test config");
         let node = node::start(cfg).await.expect("node starts");
         let port = node.addr.port();
-        Self {
-            node: Some(node),
-            port,
-            pg,
+        Self { node: Some(node), port, pg }
+    }
+
+    /// A node with a schema file, after `setup` ran directly on its Postgres.
+    pub async fn start_with_schema(schema: &str, setup: &str) -> Result<Self, pgmix::node::NodeError> {
+        let pg = TestPg::start();
+        if !setup.is_empty() {
+            pg.direct().await.batch_execute(setup).await.expect("setup SQL");
         }
+        let path = pg.dir.0.join("schema.toml");
+        std::fs::write(&path, schema).expect("write schema");
+        let top = format!("schema = {:?}", path.display().to_string());
+        let text = node_toml_with_top(&pg, 0, "allow", &top, "");
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("valid test config");
+        let node = node::start(cfg).await?;
+        let port = node.addr.port();
+        Ok(Self { node: Some(node), port, pg })
     }
 
     pub fn handle(&self) -> &NodeHandle {
@@ -139,28 +144,17 @@ impl TestNode {
 
     /// A libpq connection string to the node.
     pub fn conninfo(&self, user: &str, password: &str, sslmode: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode={sslmode}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode={sslmode}", self.port)
     }
 
     pub fn config(&self) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(self.port)
-            .user(USER)
-            .password(PASSWORD)
-            .dbname("postgres");
+        cfg.host("127.0.0.1").port(self.port).user(USER).password(PASSWORD).dbname("postgres");
         cfg
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = self
-            .config()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect through pgmix");
+        let (client, conn) = self.config().connect(tokio_postgres::NoTls).await.expect("connect through pgmix");
         tokio::spawn(conn);
         client
     }

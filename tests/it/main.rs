@@ -2,6 +2,7 @@
 //! a separate process where memory is measured), real clients over real sockets.
 
 mod auth;
+mod classify;
 mod clients;
 mod harness;
 mod protocol;

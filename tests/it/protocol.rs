@@ -23,18 +23,9 @@ async fn simple_query_with_several_statements_returns_every_result() {
         .collect();
     assert_eq!(rows, ["a", "b"]);
     // An error in the middle of a multi-statement query aborts the rest, as in Postgres.
-    let err = c
-        .simple_query("SELECT 1; SELECT 1/0; SELECT 2")
-        .await
-        .unwrap_err();
+    let err = c.simple_query("SELECT 1; SELECT 1/0; SELECT 2").await.unwrap_err();
     assert_eq!(sqlstate(&err), "22012");
-    assert_eq!(
-        c.query_one("SELECT count(*) FROM t", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0),
-        2
-    );
+    assert_eq!(c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get::<_, i64>(0), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,11 +54,7 @@ async fn extended_protocol_round_trips_many_types_in_binary() {
 async fn server_version_is_the_backends_not_a_proxy_default() {
     let node = TestNode::start().await;
     let direct = node.pg.direct().await;
-    let want: String = direct
-        .query_one("SHOW server_version", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let want: String = direct.query_one("SHOW server_version", &[]).await.unwrap().get(0);
     let (ok, out, err) = crate::harness::psql(
         &node.conninfo("pgmix", "pgmix", "disable"),
         &["-c", "SELECT current_setting('server_version')"],
@@ -75,10 +62,8 @@ async fn server_version_is_the_backends_not_a_proxy_default() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), want);
     // libpq learned it from ParameterStatus at start-up: psql prints it in its banner variables.
-    let (ok, out, _) = crate::harness::psql(
-        &node.conninfo("pgmix", "pgmix", "disable"),
-        &["-c", "\\echo :SERVER_VERSION_NAME"],
-    );
+    let (ok, out, _) =
+        crate::harness::psql(&node.conninfo("pgmix", "pgmix", "disable"), &["-c", "\\echo :SERVER_VERSION_NAME"]);
     assert!(ok);
     assert_eq!(out.trim(), want);
 }
@@ -87,9 +72,7 @@ async fn server_version_is_the_backends_not_a_proxy_default() {
 async fn prepared_statements_outlive_their_transaction_and_pipeline() {
     let node = TestNode::start().await;
     let c = node.client().await;
-    c.batch_execute("CREATE TABLE kv (k int primary key, v int)")
-        .await
-        .unwrap();
+    c.batch_execute("CREATE TABLE kv (k int primary key, v int)").await.unwrap();
     c.batch_execute("BEGIN").await.unwrap();
     let ins = c.prepare("INSERT INTO kv VALUES ($1, $2)").await.unwrap();
     let sel = c.prepare("SELECT v FROM kv WHERE k = $1").await.unwrap();
@@ -107,10 +90,7 @@ async fn prepared_statements_outlive_their_transaction_and_pipeline() {
         assert_eq!(r.unwrap(), 1);
     }
     for k in [1i32, 25, 49] {
-        assert_eq!(
-            c.query_one(&sel, &[&k]).await.unwrap().get::<_, i32>(0),
-            k * 10
-        );
+        assert_eq!(c.query_one(&sel, &[&k]).await.unwrap().get::<_, i32>(0), k * 10);
     }
 }
 
@@ -118,9 +98,7 @@ async fn prepared_statements_outlive_their_transaction_and_pipeline() {
 async fn copy_in_and_copy_out_stream_through() {
     let node = TestNode::start().await;
     let c = node.client().await;
-    c.batch_execute("CREATE TABLE c (id int, name text)")
-        .await
-        .unwrap();
+    c.batch_execute("CREATE TABLE c (id int, name text)").await.unwrap();
     let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     let mut data = String::new();
@@ -131,20 +109,14 @@ async fn copy_in_and_copy_out_stream_through() {
         sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
     assert_eq!(sink.finish().await.unwrap(), 20_000);
-    let out = c
-        .copy_out("COPY (SELECT * FROM c ORDER BY id) TO STDOUT")
-        .await
-        .unwrap();
+    let out = c.copy_out("COPY (SELECT * FROM c ORDER BY id) TO STDOUT").await.unwrap();
     let chunks: Vec<Bytes> = out.try_collect().await.unwrap();
     let copied: Vec<u8> = chunks.concat();
     assert_eq!(copied, data.as_bytes());
     // A COPY the backend rejects comes back as its error, and the session goes on.
     let err = c.simple_query("COPY missing FROM STDIN").await.unwrap_err();
     assert_eq!(sqlstate(&err), "42P01");
-    assert_eq!(
-        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
-        1
-    );
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,10 +131,7 @@ async fn listen_notify_and_notices_reach_the_client() {
         }
     });
     listener.batch_execute("LISTEN jobs").await.unwrap();
-    listener
-        .batch_execute("DO $$ BEGIN RAISE NOTICE 'careful: %', 42; END $$")
-        .await
-        .unwrap();
+    listener.batch_execute("DO $$ BEGIN RAISE NOTICE 'careful: %', 42; END $$").await.unwrap();
     let talker = node.client().await;
     talker.batch_execute("NOTIFY jobs, 'job-7'").await.unwrap();
 
@@ -202,17 +171,8 @@ async fn cancel_request_cancels_the_query_on_the_backend() {
     canceller.await.unwrap().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(25));
     // The session is still usable.
-    assert_eq!(
-        c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
-        7
-    );
-    assert_eq!(
-        node.handle()
-            .metrics
-            .cancel_requests_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    assert_eq!(node.handle().metrics.cancel_requests_total.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,18 +184,8 @@ async fn database_created_through_pgmix_can_be_connected_to() {
     cfg.dbname("shop");
     let (shop, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    assert_eq!(
-        shop.query_one("SELECT current_database()", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "shop"
-    );
+    assert_eq!(shop.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0), "shop");
     cfg.dbname("nope");
-    let err = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("unknown database refused");
+    let err = cfg.connect(tokio_postgres::NoTls).await.err().expect("unknown database refused");
     assert_eq!(sqlstate(&err), "3D000");
 }

@@ -11,18 +11,14 @@ fn read_error_code(s: &mut std::net::TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     loop {
         let mut head = [0u8; 5];
-        s.read_exact(&mut head)
-            .expect("a message before the connection closes");
+        s.read_exact(&mut head).expect("a message before the connection closes");
         let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut body = vec![0u8; len - 4];
         s.read_exact(&mut body).unwrap();
         if head[0] == b'E' {
             let mut fields = body.split(|b| *b == 0);
             return fields
-                .find_map(|f| {
-                    f.strip_prefix(b"C")
-                        .map(|c| String::from_utf8_lossy(c).into_owned())
-                })
+                .find_map(|f| f.strip_prefix(b"C").map(|c| String::from_utf8_lossy(c).into_owned()))
                 .expect("error has a code");
         }
     }
@@ -44,11 +40,7 @@ fn raw_login(port: u16) -> std::net::TcpStream {
     s.write_all(&pkt).unwrap();
     let mut head = [0u8; 9];
     s.read_exact(&mut head).unwrap();
-    assert_eq!(
-        i32::from_be_bytes([head[5], head[6], head[7], head[8]]),
-        3,
-        "cleartext password requested"
-    );
+    assert_eq!(i32::from_be_bytes([head[5], head[6], head[7], head[8]]), 3, "cleartext password requested");
     let pw = format!("{PASSWORD}\0");
     let mut msg = vec![b'p'];
     msg.extend(((pw.len() + 4) as i32).to_be_bytes());
@@ -71,11 +63,8 @@ fn raw_login(port: u16) -> std::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bytes_get_protocol_errors_and_the_node_keeps_serving() {
-    let node = TestNode::start_with(
-        "allow",
-        "[auth]\nmethod = \"password\"\n[limits]\nmax_message_bytes = 65536\n",
-    )
-    .await;
+    let node =
+        TestNode::start_with("allow", "[auth]\nmethod = \"password\"\n[limits]\nmax_message_bytes = 65536\n").await;
     let port = node.port;
     tokio::task::spawn_blocking(move || {
         // A start-up packet whose length is impossible.
@@ -127,19 +116,11 @@ async fn malformed_bytes_get_protocol_errors_and_the_node_keeps_serving() {
     .unwrap();
 
     // Everyone else is unaffected.
-    let (ok, out, err) = crate::harness::psql(
-        &node.conninfo(USER, PASSWORD, "require"),
-        &["-c", "SELECT 'still here'"],
-    );
+    let (ok, out, err) =
+        crate::harness::psql(&node.conninfo(USER, PASSWORD, "require"), &["-c", "SELECT 'still here'"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "still here");
-    assert!(
-        node.handle()
-            .metrics
-            .protocol_errors_total
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    );
+    assert!(node.handle().metrics.protocol_errors_total.load(std::sync::atomic::Ordering::Relaxed) >= 2);
 }
 
 async fn pgmix_backends(direct: &tokio_postgres::Client) -> i64 {
@@ -157,16 +138,10 @@ async fn pgmix_backends(direct: &tokio_postgres::Client) -> i64 {
 async fn client_vanishing_mid_transaction_rolls_back_and_releases_the_backend() {
     let node = TestNode::start().await;
     let direct = node.pg.direct().await;
-    direct
-        .batch_execute("CREATE TABLE acct (id int primary key, balance int)")
-        .await
-        .unwrap();
+    direct.batch_execute("CREATE TABLE acct (id int primary key, balance int)").await.unwrap();
     let (client, conn) = node.config().connect(tokio_postgres::NoTls).await.unwrap();
     let conn_task = tokio::spawn(conn);
-    client
-        .batch_execute("BEGIN; INSERT INTO acct VALUES (1, 100)")
-        .await
-        .unwrap();
+    client.batch_execute("BEGIN; INSERT INTO acct VALUES (1, 100)").await.unwrap();
     let running = tokio::spawn(async move {
         let _ = client.batch_execute("SELECT pg_sleep(60)").await;
     });
@@ -184,17 +159,9 @@ async fn client_vanishing_mid_transaction_rolls_back_and_releases_the_backend() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, 0, "the backend connection is released");
-    let rows: i64 = direct
-        .query_one("SELECT count(*) FROM acct", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = direct.query_one("SELECT count(*) FROM acct", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0, "the open transaction was rolled back");
-    let prepared: i64 = direct
-        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let prepared: i64 = direct.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).await.unwrap().get(0);
     assert_eq!(prepared, 0);
 }
 
@@ -203,34 +170,17 @@ async fn backend_killed_under_a_session_gives_an_error_and_the_node_keeps_servin
     let node = TestNode::start().await;
     let direct = node.pg.direct().await;
     let c = node.client().await;
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    direct
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    direct.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
     let err = c.simple_query("SELECT 1").await.unwrap_err();
     // Postgres's own FATAL 57P01 arrives, or the connection is simply closed.
     if let Some(db) = err.as_db_error() {
         assert_eq!(db.code().code(), "57P01");
     } else {
-        assert!(
-            err.is_closed() || err.to_string().contains("closed"),
-            "{err}"
-        );
+        assert!(err.is_closed() || err.to_string().contains("closed"), "{err}");
     }
     let fresh = node.client().await;
-    assert_eq!(
-        fresh
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(fresh.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,56 +191,31 @@ async fn local_postgres_down_refuses_clients_with_57p03_until_it_returns() {
     assert_eq!(sqlstate(&err), "57P03");
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("cannot use its local Postgres"), "{msg}");
-    assert!(
-        !node
-            .handle()
-            .metrics
-            .backend_up
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
+    assert!(!node.handle().metrics.backend_up.load(std::sync::atomic::Ordering::Relaxed));
 
     let port = node.pg.pg.port;
     node.pg.pg.start(port).unwrap();
     let c = node.client().await;
-    assert_eq!(
-        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
-        1
-    );
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_transaction_finish_then_closes_sessions() {
     let mut node = TestNode::start().await;
     let direct = node.pg.direct().await;
-    direct
-        .batch_execute("CREATE TABLE s (id int)")
-        .await
-        .unwrap();
+    direct.batch_execute("CREATE TABLE s (id int)").await.unwrap();
     let busy = node.client().await;
     let idle = node.client().await;
-    busy.batch_execute("BEGIN; INSERT INTO s VALUES (1)")
-        .await
-        .unwrap();
+    busy.batch_execute("BEGIN; INSERT INTO s VALUES (1)").await.unwrap();
     let handle = node.node.take().unwrap();
     handle.shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New connections are no longer accepted.
     assert!(node.try_client(USER, PASSWORD).await.is_err());
     // The open transaction may still commit.
-    busy.batch_execute("INSERT INTO s VALUES (2); COMMIT")
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle.wait())
-        .await
-        .expect("node stops after draining");
-    assert!(
-        idle.simple_query("SELECT 1").await.is_err(),
-        "idle session was closed"
-    );
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM s", &[])
-        .await
-        .unwrap()
-        .get(0);
+    busy.batch_execute("INSERT INTO s VALUES (2); COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle.wait()).await.expect("node stops after draining");
+    assert!(idle.simple_query("SELECT 1").await.is_err(), "idle session was closed");
+    let n: i64 = direct.query_one("SELECT count(*) FROM s", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
 }

@@ -26,10 +26,7 @@ impl NodeProcess {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pgmix process did not start listening"
-            );
+            assert!(Instant::now() < deadline, "pgmix process did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, port }
@@ -39,14 +36,7 @@ impl NodeProcess {
     fn status_kb(&self, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
+            .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{field} in /proc status"))
     }
 }
@@ -58,27 +48,17 @@ impl Drop for NodeProcess {
     }
 }
 
-const ONE_GB_QUERY: &str =
-    "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 1050000)) TO STDOUT";
+const ONE_GB_QUERY: &str = "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 1050000)) TO STDOUT";
 
 #[test]
 fn one_gigabyte_result_streams_through_with_flat_memory() {
     let pg = TestPg::start();
     let node = NodeProcess::start(&pg, "");
     let before = node.status_kb("VmRSS:");
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=postgres sslmode=disable",
-        node.port
-    );
+    let conninfo =
+        format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=postgres sslmode=disable", node.port);
     let mut psql = Command::new("psql")
-        .args([
-            conninfo.as_str(),
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            ONE_GB_QUERY,
-        ])
+        .args([conninfo.as_str(), "-X", "-v", "ON_ERROR_STOP=1", "-c", ONE_GB_QUERY])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -98,10 +78,7 @@ fn one_gigabyte_result_streams_through_with_flat_memory() {
     assert!(total >= 1_000_000_000, "streamed {total} bytes");
     let peak = node.status_kb("VmHWM:");
     eprintln!("pgmix RSS before {before} kB, peak {peak} kB after {total} bytes");
-    assert!(
-        peak < before + 64 * 1024,
-        "pgmix peak RSS grew from {before} kB to {peak} kB: the result was buffered"
-    );
+    assert!(peak < before + 64 * 1024, "pgmix peak RSS grew from {before} kB to {peak} kB: the result was buffered");
 }
 
 #[test]
@@ -111,9 +88,7 @@ fn a_client_that_stops_reading_slows_the_backend_instead_of_filling_memory() {
     let before = node.status_kb("VmRSS:");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
     let mut body = 196608i32.to_be_bytes().to_vec();
-    body.extend_from_slice(
-        format!("user\0{USER}\0database\0postgres\0application_name\0stalled\0\0").as_bytes(),
-    );
+    body.extend_from_slice(format!("user\0{USER}\0database\0postgres\0application_name\0stalled\0\0").as_bytes());
     let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     pkt.extend(body);
     s.write_all(&pkt).unwrap();
@@ -128,10 +103,7 @@ fn a_client_that_stops_reading_slows_the_backend_instead_of_filling_memory() {
     msg.extend(q.as_bytes());
     s.write_all(&msg).unwrap();
     // Now read nothing. Postgres must end up blocked writing to pgmix.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let waiting = rt.block_on(async {
         let direct = pg.direct().await;
         for _ in 0..100 {
@@ -151,16 +123,10 @@ fn a_client_that_stops_reading_slows_the_backend_instead_of_filling_memory() {
         }
         false
     });
-    assert!(
-        waiting,
-        "the backend should be blocked on ClientWrite while the client does not read"
-    );
+    assert!(waiting, "the backend should be blocked on ClientWrite while the client does not read");
     std::thread::sleep(Duration::from_millis(500));
     let now = node.status_kb("VmRSS:");
     eprintln!("pgmix RSS before {before} kB, with a stalled 3 GB result {now} kB");
-    assert!(
-        now < before + 32 * 1024,
-        "pgmix RSS grew from {before} kB to {now} kB"
-    );
+    assert!(now < before + 32 * 1024, "pgmix RSS grew from {before} kB to {now} kB");
     drop(s);
 }

@@ -8,14 +8,7 @@ use crate::harness::TempDir;
 
 fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgmix"))
-        .args([
-            "up",
-            "--nodes",
-            "2",
-            "--port",
-            &port.to_string(),
-            "--data-dir",
-        ])
+        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
         .env("PGMIX_LOG", "warn")
         .stdout(Stdio::piped())
@@ -35,10 +28,7 @@ fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>
 }
 
 fn stop(mut child: std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
@@ -56,70 +46,34 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
     let dir = TempDir::new("up");
     let port = pgmix::cluster::pg::free_port().unwrap();
     // Two consecutive ports: pick a base whose successor is free too.
-    let port = if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-        port
-    } else {
-        port + 2
-    };
+    let port = if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() { port } else { port + 2 };
     let (child, lines) = run_up(&dir.0, port);
-    let urls: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("postgres://"))
-        .collect();
+    let urls: Vec<&String> = lines.iter().filter(|l| l.starts_with("postgres://")).collect();
     assert_eq!(urls.len(), 2, "{lines:#?}");
-    assert_eq!(
-        urls[0],
-        &format!("postgres://pgmix:pgmix@127.0.0.1:{port}/pgmix")
-    );
+    assert_eq!(urls[0], &format!("postgres://pgmix:pgmix@127.0.0.1:{port}/pgmix"));
 
     for url in &urls {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to printed URL");
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to printed URL");
         tokio::spawn(conn);
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS hello (id int)")
-            .await
-            .unwrap();
-        let su: bool = client
-            .query_one(
-                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        client.batch_execute("CREATE TABLE IF NOT EXISTS hello (id int)").await.unwrap();
+        let su: bool =
+            client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await.unwrap().get(0);
         assert!(su, "backend role can create schemas and extensions");
-        let prepared: String = client
-            .query_one("SHOW max_prepared_transactions", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let prepared: String = client.query_one("SHOW max_prepared_transactions", &[]).await.unwrap().get(0);
         assert_ne!(prepared, "0");
     }
     stop(child);
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "node port closed after stop"
-    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "node port closed after stop");
 
     // Again: the data directory is reused, and the table made last time is still there.
     let (child, lines) = run_up(&dir.0, port);
-    assert!(
-        lines.iter().any(|l| l.contains("reusing Postgres")),
-        "{lines:#?}"
-    );
-    let (client, conn) = tokio_postgres::connect(
-        &format!("postgres://pgmix:pgmix@127.0.0.1:{port}/pgmix"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
+    assert!(lines.iter().any(|l| l.contains("reusing Postgres")), "{lines:#?}");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("postgres://pgmix:pgmix@127.0.0.1:{port}/pgmix"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    client
-        .query("SELECT * FROM hello", &[])
-        .await
-        .expect("table survived the restart");
+    client.query("SELECT * FROM hello", &[]).await.expect("table survived the restart");
     drop(client);
     stop(child);
 }

@@ -1,0 +1,140 @@
+//! Classification at the node: every statement is classified and counted, client two-phase commit
+//! is refused with a clear error, the schema file is checked against the database at start-up, and
+//! `pgmix explain` works without a database.
+
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+
+use pgmix::classify::Class;
+
+use crate::harness::{TempDir, TestNode, sqlstate};
+
+const SCHEMA: &str = r#"
+default = "strong"
+[tables.posts]
+consistency = "weak"
+[tables.accounts]
+consistency = "strong"
+[tables.users]
+consistency = "weak"
+strong_columns = ["email"]
+"#;
+
+const SETUP: &str = "CREATE TABLE posts (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), title text);
+    CREATE TABLE accounts (id int PRIMARY KEY, balance int);
+    CREATE TABLE users (id uuid PRIMARY KEY, name text, email text);";
+
+fn count(node: &TestNode, class: Class) -> u64 {
+    let i = Class::ALL.iter().position(|c| *c == class).unwrap();
+    node.handle().metrics.statements_by_class[i].load(Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_classified_at_the_routing_point_and_counted() {
+    let node = TestNode::start_with_schema(SCHEMA, SETUP).await.expect("node starts");
+    let c = node.client().await;
+    c.simple_query("SELECT title FROM posts").await.unwrap();
+    c.simple_query("INSERT INTO posts (title) VALUES ('a')").await.unwrap();
+    c.simple_query("UPDATE accounts SET balance = 1 WHERE id = 1").await.unwrap();
+    // Extended protocol: classified once at Parse, then executed three times.
+    let stmt = c.prepare("SELECT email FROM users WHERE id::text = $1").await.unwrap();
+    for _ in 0..3 {
+        c.query(&stmt, &[&uuid_like()]).await.unwrap();
+    }
+    assert_eq!(count(&node, Class::WeakRead), 1);
+    assert_eq!(count(&node, Class::WeakWrite), 1);
+    assert_eq!(count(&node, Class::StrongWrite), 1);
+    assert_eq!(count(&node, Class::StrongRead), 1, "prepared once, classified once");
+}
+
+fn uuid_like() -> String {
+    "00000000-0000-0000-0000-000000000000".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_two_phase_commit_is_refused_with_a_clear_error() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    let err = c.simple_query("PREPARE TRANSACTION 'mine'").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().contains("two-phase commit"), "{}", db.message());
+    assert!(db.hint().unwrap_or_default().contains("BEGIN/COMMIT"), "{:?}", db.hint());
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // The extended protocol gets the same answer.
+    let err = c.execute("COMMIT PREPARED 'mine'", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    let direct = node.pg.direct().await;
+    let prepared: i64 = direct.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).await.unwrap().get(0);
+    assert_eq!(prepared, 0, "nothing was prepared");
+    assert_eq!(count(&node, Class::Refused), 2);
+    // The session is fine afterwards.
+    assert_eq!(c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get::<_, i64>(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_file_that_breaks_the_contract_stops_the_node_with_file_table_and_fix() {
+    // A weak table without a primary key, and a strong column that does not exist.
+    let schema =
+        "[tables.logs]\nconsistency = \"weak\"\n[tables.users]\nconsistency = \"weak\"\nstrong_columns = [\"emial\"]\n";
+    let setup = "CREATE TABLE logs (line text); CREATE TABLE users (id uuid PRIMARY KEY, email text);";
+    let err = TestNode::start_with_schema(schema, setup).await.err().expect("start-up refused").to_string();
+    assert!(err.contains("schema.toml"), "{err}");
+    assert!(err.contains("logs has no primary key") && err.contains("ADD PRIMARY KEY"), "{err}");
+    assert!(err.contains("no column \"emial\""), "{err}");
+
+    // Tables that do not exist yet are fine: they may be created through pgmix later.
+    let later = "[tables.future]\nconsistency = \"weak\"\nstrong_columns = [\"x\"]\n";
+    TestNode::start_with_schema(later, "").await.expect("missing tables are allowed");
+
+    let bad = "[tables.t]\nconsistency = \"weak\"\nstrong_colums = [\"a\"]\n";
+    let err = TestNode::start_with_schema(bad, "").await.err().expect("unknown key refused").to_string();
+    assert!(err.contains("schema.toml") && err.contains("strong_colums"), "{err}");
+}
+
+fn explain(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmix")).arg("explain").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_prints_json_for_scripts_and_needs_no_database() {
+    let dir = TempDir::new("explain");
+    let path = dir.0.join("schema.toml");
+    std::fs::write(&path, SCHEMA).unwrap();
+    let schema = path.to_str().unwrap();
+    let (ok, out, err) =
+        explain(&["--schema", schema, "--json", "UPDATE users SET email = 'x', name = 'y' WHERE id = $1"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["class"], "strong_write");
+    assert_eq!(v["writes"], serde_json::json!(["users.email", "users.name"]));
+    assert_eq!(v["reads"], serde_json::json!(["users.id"]));
+    assert!(v["reason"].as_str().unwrap().contains("users.email"), "{v}");
+
+    let (ok, out, _) = explain(&["--schema", schema, "--json", "SELECT title FROM posts"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["class"], "weak_read");
+
+    // Without a schema file every table is strong.
+    let (ok, out, _) = explain(&["--json", "SELECT title FROM posts"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["class"], "strong_read");
+
+    // Human-readable output names the class and the reason.
+    let (ok, out, _) = explain(&["--schema", schema, "COMMIT PREPARED 'x'"]);
+    assert!(ok);
+    assert!(out.contains("class:  refused") && out.contains("two-phase"), "{out}");
+
+    // A broken schema file is an error naming the file and the key.
+    std::fs::write(&path, "[tables.t]\nconsistency = \"maybe\"\n").unwrap();
+    let (ok, _, err) = explain(&["--schema", schema, "SELECT 1"]);
+    assert!(!ok);
+    assert!(err.contains("schema.toml") && err.contains("maybe"), "{err}");
+}

@@ -228,6 +228,14 @@ consistency = "weak"
     }
 
     #[test]
+    fn the_shipped_example_schema_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.example.toml");
+        let s = Schema::load(&path).unwrap();
+        assert_eq!(s.resolve(&TableName::new(Some("app"), "users")).1.column("email"), Consistency::Strong);
+        assert!(s.weak_functions.contains("slugify"));
+    }
+
+    #[test]
     fn search_path_decides_unqualified_names() {
         let s = Schema::from_toml_str(
             "default = \"strong\"\nsearch_path = [\"app\", \"public\"]\n[tables.\"app.users\"]\nconsistency = \"weak\"\n",

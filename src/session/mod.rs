@@ -131,8 +131,11 @@ impl Session {
         let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
         bbuf.reserve(READ_CHUNK);
         let mut draining = false;
-        let drain = self.ctx.drain.clone();
-        let abort = self.ctx.abort.clone();
+        // Made once: a fresh `cancelled()` per loop turn would register with the node-wide token
+        // (a shared mutex) on every message, in every session.
+        let drain = self.ctx.drain.clone().cancelled_owned();
+        let abort = self.ctx.abort.clone().cancelled_owned();
+        tokio::pin!(drain, abort);
         if !bbuf.is_empty() {
             self.forward_backend(&mut bbuf).await?;
         }
@@ -148,8 +151,8 @@ impl Session {
             cbuf.reserve(READ_CHUNK);
             bbuf.reserve(READ_CHUNK);
             tokio::select! {
-                _ = drain.cancelled(), if !draining => draining = true,
-                _ = abort.cancelled() => {
+                _ = &mut drain, if !draining => draining = true,
+                _ = &mut abort => {
                     if !self.backend_framer.mid_message() {
                         self.goodbye(ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down")).await;
                     }

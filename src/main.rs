@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
     about = "Mixed-consistency replicated PostgreSQL: one wire-protocol proxy node per local Postgres"
 )]
 struct Cli {
+    /// Worker threads of the async runtime. The default is half the cores (at least one): a node
+    /// shares its machine with its local Postgres, which needs the rest.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,7 +67,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = cli.threads.unwrap_or((cores / 2).max(1)).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
             Command::Up { nodes, base_port, data_dir, schema, status_every } => {

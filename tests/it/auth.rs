@@ -80,11 +80,7 @@ async fn md5_and_cleartext_work_only_when_configured() {
 /// Sends a start-up packet and returns the code of the authentication request that comes back.
 fn first_auth_request(port: u16, user: &str) -> i32 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    body.extend_from_slice(format!("user\0{user}\0\0").as_bytes());
-    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    pkt.extend(body);
-    s.write_all(&pkt).unwrap();
+    s.write_all(&crate::harness::startup_packet(&[("user", user)])).unwrap();
     let mut head = [0u8; 9];
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[0], b'R', "an Authentication message");

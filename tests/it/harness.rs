@@ -207,3 +207,24 @@ pub fn python() -> PathBuf {
     );
     venv
 }
+
+/// A protocol 3.0 start-up packet with these parameters, for raw-socket tests.
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(format!("{k}\0{v}\0").as_bytes());
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    pkt.extend(body);
+    pkt
+}
+
+/// A typed message whose body is one NUL-terminated string (PasswordMessage 'p', Query 'Q').
+pub fn string_message(tag: u8, text: &str) -> Vec<u8> {
+    let mut msg = vec![tag];
+    msg.extend(((text.len() + 5) as i32).to_be_bytes());
+    msg.extend(text.as_bytes());
+    msg.push(0);
+    msg
+}

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::harness::{PASSWORD, TestNode, USER, sqlstate};
+use crate::harness::{PASSWORD, TestNode, USER, sqlstate, startup_packet, string_message};
 
 /// Reads messages until an ErrorResponse; returns its SQLSTATE.
 fn read_error_code(s: &mut std::net::TcpStream) -> String {
@@ -33,19 +33,11 @@ fn connected_closed(s: &mut std::net::TcpStream) -> bool {
 /// through a node configured for cleartext passwords.
 fn raw_login(port: u16) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    body.extend_from_slice(format!("user\0{USER}\0database\0postgres\0\0").as_bytes());
-    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    pkt.extend(body);
-    s.write_all(&pkt).unwrap();
+    s.write_all(&startup_packet(&[("user", USER), ("database", "postgres")])).unwrap();
     let mut head = [0u8; 9];
     s.read_exact(&mut head).unwrap();
     assert_eq!(i32::from_be_bytes([head[5], head[6], head[7], head[8]]), 3, "cleartext password requested");
-    let pw = format!("{PASSWORD}\0");
-    let mut msg = vec![b'p'];
-    msg.extend(((pw.len() + 4) as i32).to_be_bytes());
-    msg.extend(pw.as_bytes());
-    s.write_all(&msg).unwrap();
+    s.write_all(&string_message(b'p', PASSWORD)).unwrap();
     // Read up to the first ReadyForQuery.
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     loop {

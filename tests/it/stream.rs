@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{PASSWORD, TestPg, USER, node_toml};
+use crate::harness::{PASSWORD, TestPg, USER, node_toml, startup_packet, string_message};
 
 /// A pgmix node running as its own process, so its memory can be measured alone.
 struct NodeProcess {
@@ -87,21 +87,10 @@ fn a_client_that_stops_reading_slows_the_backend_instead_of_filling_memory() {
     let node = NodeProcess::start(&pg, "[auth]\nmethod = \"password\"\n");
     let before = node.status_kb("VmRSS:");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    body.extend_from_slice(format!("user\0{USER}\0database\0postgres\0application_name\0stalled\0\0").as_bytes());
-    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    pkt.extend(body);
-    s.write_all(&pkt).unwrap();
-    let pw = format!("{PASSWORD}\0");
-    let mut msg = vec![b'p'];
-    msg.extend(((pw.len() + 4) as i32).to_be_bytes());
-    msg.extend(pw.as_bytes());
-    s.write_all(&msg).unwrap();
-    let q = "SELECT repeat('x', 1000) FROM generate_series(1, 3000000)\0";
-    let mut msg = vec![b'Q'];
-    msg.extend(((q.len() + 4) as i32).to_be_bytes());
-    msg.extend(q.as_bytes());
-    s.write_all(&msg).unwrap();
+    let params = [("user", USER), ("database", "postgres"), ("application_name", "stalled")];
+    s.write_all(&startup_packet(&params)).unwrap();
+    s.write_all(&string_message(b'p', PASSWORD)).unwrap();
+    s.write_all(&string_message(b'Q', "SELECT repeat('x', 1000) FROM generate_series(1, 3000000)")).unwrap();
     // Now read nothing. Postgres must end up blocked writing to pgmix.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let waiting = rt.block_on(async {

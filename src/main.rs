@@ -58,7 +58,15 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Errors are for people: the cause chain on one line, no backtrace.
+    if let Err(e) = run() {
+        eprintln!("pgmix: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -69,11 +77,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = cli.threads.unwrap_or((cores / 2).max(1)).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // One thread: a current-thread runtime drives I/O and tasks on one thread with no cross-thread
+    // wake-ups, which is what a proxy on a small machine wants.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder.enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
             Command::Up { nodes, base_port, data_dir, schema, status_every } => {

@@ -28,8 +28,8 @@ use crate::session::{Session, SessionCtx};
 
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: std::io::Error },
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
     #[error("the schema file does not fit the database:\n{0}")]
@@ -104,14 +104,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let schema = Arc::new(load_schema(&cfg).await?);
     let cfg = Arc::new(cfg);
     let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+        TcpListener::bind(cfg.listen).await.map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
+    let addr = listener.local_addr().map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
     let metrics: MetricsHandle = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 
     let metrics_addr = match cfg.metrics_listen {
         Some(a) => {
-            let l = metrics::bind(a).await.map_err(|source| NodeError::Bind { addr: a, source })?;
+            let l = metrics::bind(a).await.map_err(|cause| NodeError::Bind { addr: a, cause })?;
             let bound = l.local_addr().ok();
             tokio::spawn(metrics::serve(l, metrics.clone(), cfg.node_name.clone(), shutdown.clone()));
             bound

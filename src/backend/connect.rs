@@ -27,7 +27,7 @@ pub struct BackendConn {
 }
 
 pub async fn open_stream(addr: &BackendAddr) -> Result<BackendStream, BackendError> {
-    let unreachable = |source| BackendError::Unreachable { addr: addr.to_string(), source };
+    let unreachable = |cause| BackendError::Unreachable { addr: addr.to_string(), cause };
     match addr {
         BackendAddr::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await.map_err(unreachable)?;

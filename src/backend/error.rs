@@ -4,8 +4,8 @@ use crate::sqlstate::{ClientError, code};
 
 #[derive(Debug, Error)]
 pub enum BackendError {
-    #[error("cannot reach the local Postgres at {addr}: {source}")]
-    Unreachable { addr: String, source: std::io::Error },
+    #[error("cannot reach the local Postgres at {addr}: {cause}")]
+    Unreachable { addr: String, cause: std::io::Error },
     #[error("local Postgres connection failed: {0}")]
     Io(#[from] std::io::Error),
     /// Postgres refused the connection with this ErrorResponse (unknown database, too many

@@ -12,8 +12,8 @@ pub enum ClusterError {
     NoPostgres,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("cannot generate a TLS certificate: {0}")]
     Cert(String),
     #[error("port {port} is already in use; pass --port to choose another base port")]
@@ -27,5 +27,5 @@ pub enum ClusterError {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io { path: path.to_owned(), source }
+    move |cause| ClusterError::Io { path: path.to_owned(), cause }
 }

@@ -13,8 +13,8 @@ use crate::frontend::scram::ScramVerifier;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {reason}")]
@@ -117,7 +117,7 @@ pub struct NodeConfig {
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { file: file.clone(), cause })?;
     let base = path.parent().unwrap_or(Path::new("."));
     from_toml_str(&text, &file, base)
 }

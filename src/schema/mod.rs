@@ -27,8 +27,8 @@ pub enum Consistency {
 
 #[derive(Debug, Error)]
 pub enum SchemaError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: key `{key}`: {reason}")]
@@ -115,7 +115,7 @@ impl Default for Schema {
 impl Schema {
     pub fn load(path: &Path) -> Result<Self, SchemaError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| SchemaError::Read { file: file.clone(), cause })?;
         Self::from_toml_str(&text, &file)
     }
 

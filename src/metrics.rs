@@ -24,6 +24,7 @@ pub struct Metrics {
     pub bytes_to_clients: AtomicU64,
     pub protocol_errors_total: AtomicU64,
     pub backend_up: AtomicBool,
+    pub schema_errors: AtomicU64,
     /// Statements by consistency class, indexed like `Class::ALL`.
     pub statements_by_class: [AtomicU64; 7],
 }

@@ -24,6 +24,7 @@ use crate::frontend::{self, FrontendError, Handshake};
 use crate::metrics::{self, Metrics, MetricsHandle};
 use crate::protocol::messages;
 use crate::schema::Schema;
+use crate::schema::live::LiveSchema;
 use crate::session::{Session, SessionCtx};
 
 #[derive(Debug, Error)]
@@ -38,40 +39,23 @@ pub enum NodeError {
 
 /// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
 /// node from starting; warnings are logged. Views found in the catalog are treated as strong.
-pub async fn load_schema(cfg: &NodeConfig) -> Result<Schema, NodeError> {
-    let Some(path) = &cfg.schema_path else {
-        info!(node = %cfg.node_name, "no schema file: every table is strong");
-        return Ok(Schema::default());
-    };
-    let mut schema = Schema::load(path)?;
-    let file = path.display().to_string();
-    let catalog = async {
-        let (client, conn) = cfg.backend.client_config().connect(tokio_postgres::NoTls).await?;
-        let conn = tokio::spawn(conn);
-        let cat = crate::schema::catalog::read(&client).await;
-        drop(client);
-        let _ = conn.await;
-        cat
-    };
-    match catalog.await {
-        Ok(cat) => {
-            let mut errors = Vec::new();
-            for f in crate::schema::lint::lint(&schema, &cat, &file) {
-                match f.severity {
-                    crate::schema::lint::Severity::Error => errors.push(f.message),
-                    crate::schema::lint::Severity::Warning => warn!(table = %f.table, "{}", f.message),
-                }
-            }
-            if !errors.is_empty() {
-                return Err(NodeError::SchemaCheck(errors.join("\n")));
-            }
-            schema.views = cat.views;
+pub async fn load_schema(cfg: &NodeConfig, metrics: MetricsHandle) -> Result<LiveSchema, NodeError> {
+    let (schema, file) = match &cfg.schema_path {
+        Some(path) => (Schema::load(path)?, Some(path.display().to_string())),
+        None => {
+            info!(node = %cfg.node_name, "no schema file: every table is strong");
+            (Schema::default(), None)
         }
+    };
+    let live = LiveSchema::new(schema, file, cfg.backend.clone(), metrics);
+    match live.check().await {
+        Ok(errors) if !errors.is_empty() => return Err(NodeError::SchemaCheck(errors.join("\n"))),
+        Ok(_) => {}
         Err(e) => {
             warn!(error = %e, "cannot read the catalog of the local Postgres: the schema file is not checked against it")
         }
     }
-    Ok(schema)
+    Ok(live)
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -101,12 +85,11 @@ impl NodeHandle {
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
-    let schema = Arc::new(load_schema(&cfg).await?);
-    let cfg = Arc::new(cfg);
-    let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
-    let addr = listener.local_addr().map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
     let metrics: MetricsHandle = Arc::new(Metrics::default());
+    let schema = Arc::new(load_schema(&cfg, metrics.clone()).await?);
+    let cfg = Arc::new(cfg);
+    let listener = TcpListener::bind(cfg.listen).await.map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
+    let addr = listener.local_addr().map_err(|cause| NodeError::Bind { addr: cfg.listen, cause })?;
     let shutdown = CancellationToken::new();
 
     let metrics_addr = match cfg.metrics_listen {
@@ -126,7 +109,6 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
         schema,
-        class_cache: Arc::new(crate::session::route::ClassCache::default()),
     };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");

@@ -9,6 +9,7 @@
 //! VACUUM with options, FOR NO KEY UPDATE / FOR KEY SHARE) at token level, parse the rest, collect
 //! relations, columns, functions and write targets (`walk`), and decide (`decide`).
 
+pub mod cache;
 mod decide;
 mod functions;
 mod split;

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod lint;
+pub mod live;
 mod names;
 
 use std::collections::{HashMap, HashSet};

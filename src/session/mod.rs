@@ -63,8 +63,7 @@ pub struct SessionCtx {
     pub drain: CancellationToken,
     /// Stop now.
     pub abort: CancellationToken,
-    pub schema: Arc<crate::schema::Schema>,
-    pub class_cache: Arc<route::ClassCache>,
+    pub schema: Arc<crate::schema::live::LiveSchema>,
 }
 
 pub struct Session {
@@ -93,7 +92,7 @@ fn backend_inspects(tag: u8) -> bool {
 impl Session {
     pub fn new(client: ClientStream, backend: BackendConn, ctx: SessionCtx) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let router = Router::new(ctx.schema.clone(), ctx.class_cache.clone(), ctx.metrics.clone());
+        let router = Router::new(ctx.schema.clone(), ctx.metrics.clone());
         let session = Self {
             client,
             backend: backend.stream,
@@ -261,6 +260,11 @@ impl Session {
                             self.state.tx = tx;
                         }
                         self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
+                        // The DDL has committed or rolled back: let the node re-read the catalog.
+                        if self.state.ddl_pending && self.state.is_quiet() {
+                            self.state.ddl_pending = false;
+                            self.router.ddl_done();
+                        }
                     }
                 }
                 Ok(Step::Pass(n)) if n > 0 => {
@@ -308,13 +312,15 @@ fn on_client_message(
             Metrics::inc(&metrics.queries_total);
             state.awaiting_ready += 1;
             let sql = messages::query_text(body)?;
-            let (_, route, reason) = router.route_query(sql);
+            let (class, route, reason) = router.route_query(sql);
+            state.ddl_pending |= class == crate::classify::Class::Ddl;
             (route == Route::Refuse).then(|| refusal_query(&reason))
         }
         b'P' => {
             Metrics::inc(&metrics.parses_total);
             let (name, sql) = messages::parse_message(body)?;
             let (class, route, reason) = router.route_parse(sql);
+            state.ddl_pending |= class == crate::classify::Class::Ddl;
             state.prepared.insert(name.to_owned(), Prepared { sql: Arc::from(sql), class, route });
             (route == Route::Refuse).then(|| refusal_parse(name, &reason))
         }

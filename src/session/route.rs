@@ -5,12 +5,11 @@
 //! two-phase commit) are turned into an error here. Everything else runs on the local Postgres for
 //! now; this is where relaying to the leader will go.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::classify::{self, Class};
+use crate::classify::Class;
 use crate::metrics::Metrics;
-use crate::schema::Schema;
+use crate::schema::live::LiveSchema;
 
 /// Where a statement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,48 +20,24 @@ pub enum Route {
     Refuse,
 }
 
-/// Classes of recently seen SQL texts, shared by a node's sessions: applications send the same
-/// texts again and again, and parsing is the expensive part of classification.
-#[derive(Default)]
-pub struct ClassCache {
-    map: Mutex<HashMap<Box<str>, (Class, Arc<str>)>>,
-}
-
-const CACHE_ENTRIES: usize = 4096;
-
-impl ClassCache {
-    fn get_or_classify(&self, sql: &str, schema: &Schema) -> (Class, Arc<str>) {
-        if let Some(hit) = self.map.lock().ok().and_then(|m| m.get(sql).cloned()) {
-            return hit;
-        }
-        let all = classify::classify(sql, schema);
-        let class = classify::combined(&all);
-        let reason: Arc<str> = Arc::from(all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; "));
-        if let Ok(mut m) = self.map.lock() {
-            if m.len() >= CACHE_ENTRIES {
-                // Crude but bounded: a workload with more distinct texts than this re-parses.
-                m.clear();
-            }
-            m.insert(sql.into(), (class, reason.clone()));
-        }
-        (class, reason)
-    }
-}
-
 /// Per-session routing decisions.
 pub struct Router {
-    schema: Arc<Schema>,
-    cache: Arc<ClassCache>,
+    schema: Arc<LiveSchema>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(schema: Arc<Schema>, cache: Arc<ClassCache>, metrics: Arc<Metrics>) -> Self {
-        Self { schema, cache, metrics }
+    pub fn new(schema: Arc<LiveSchema>, metrics: Arc<Metrics>) -> Self {
+        Self { schema, metrics }
+    }
+
+    /// After DDL has finished in this session: the catalog may have changed.
+    pub fn ddl_done(&self) {
+        self.schema.refresh_in_background();
     }
 
     fn decide(&mut self, sql: &str) -> (Class, Route, Arc<str>) {
-        let (class, reason) = self.cache.get_or_classify(sql, &self.schema);
+        let (class, reason) = self.schema.classify(sql);
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };

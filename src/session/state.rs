@@ -41,11 +41,13 @@ pub struct SessionState {
     pub prepared: HashMap<String, Prepared>,
     /// Sync or Query messages sent whose ReadyForQuery has not come back yet.
     pub awaiting_ready: usize,
+    /// DDL went through and the catalog has not been re-read since.
+    pub ddl_pending: bool,
 }
 
 impl Default for SessionState {
     fn default() -> Self {
-        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0 }
+        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0, ddl_pending: false }
     }
 }
 

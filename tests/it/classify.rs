@@ -138,3 +138,37 @@ fn explain_prints_json_for_scripts_and_needs_no_database() {
     assert!(!ok);
     assert!(err.contains("schema.toml") && err.contains("maybe"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_through_pgmix_is_rechecked_new_views_become_strong_and_problems_are_counted() {
+    let schema = "default = \"weak\"\n[tables.logs]\nconsistency = \"weak\"\n";
+    let node = TestNode::start_with_schema(schema, "").await.expect("node starts");
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE base (id int PRIMARY KEY, v int)").await.unwrap();
+    c.simple_query("SELECT v FROM base").await.unwrap();
+    assert_eq!(count(&node, Class::WeakRead), 1, "a weak table by default");
+    c.batch_execute("CREATE VIEW summary AS SELECT * FROM base").await.unwrap();
+    // The catalog is re-read in the background once the DDL is done; the view then reads strong.
+    let mut strong = false;
+    for _ in 0..50 {
+        c.simple_query("SELECT v FROM summary").await.unwrap();
+        if count(&node, Class::StrongRead) > 0 {
+            strong = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(strong, "a view created through pgmix is treated as strong");
+    // A weak table created without a primary key breaks the contract: counted, since the node is
+    // already serving.
+    c.batch_execute("CREATE TABLE logs (line text)").await.unwrap();
+    let mut errors = 0;
+    for _ in 0..50 {
+        errors = node.handle().metrics.schema_errors.load(Relaxed);
+        if errors > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(errors, 1, "the missing primary key of weak table logs is reported");
+}

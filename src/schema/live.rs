@@ -1,0 +1,115 @@
+//! The schema a running node classifies against: the schema file plus what the local catalog
+//! says (views), re-checked after DDL.
+//!
+//! At start-up a failed check stops the node. After DDL the check runs again in the background
+//! once the session that ran it is idle (so the DDL has committed or rolled back); new views
+//! become strong at once, and problems the DDL introduced (a weak table created without a primary
+//! key, say) are logged as errors and counted in `pgmix_schema_errors`, because the node is
+//! already serving and refusing the DDL after the fact is not possible.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use tracing::{error, info, warn};
+
+use super::lint::{Severity, lint};
+use super::{Schema, catalog};
+use crate::classify::Class;
+use crate::classify::cache::ClassCache;
+use crate::config::BackendConfig;
+use crate::metrics::MetricsHandle;
+
+pub struct LiveSchema {
+    /// As the file says, before the catalog is consulted.
+    file_schema: Schema,
+    file: Option<String>,
+    current: RwLock<Arc<Schema>>,
+    cache: ClassCache,
+    backend: BackendConfig,
+    refreshing: AtomicBool,
+    wanted: AtomicBool,
+    /// `schema_errors` there: errors found by the last check.
+    metrics: MetricsHandle,
+}
+
+impl LiveSchema {
+    pub fn new(file_schema: Schema, file: Option<String>, backend: BackendConfig, metrics: MetricsHandle) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(file_schema.clone())),
+            file_schema,
+            file,
+            cache: ClassCache::default(),
+            backend,
+            refreshing: AtomicBool::new(false),
+            wanted: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Schema> {
+        self.current.read().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Classifies a Query or Parse text (cached by text).
+    pub fn classify(&self, sql: &str) -> (Class, Arc<str>) {
+        self.cache.get_or_classify(sql, &self.current())
+    }
+
+    /// Reads the catalog, checks the schema file against it and installs the result. Returns the
+    /// error messages (warnings are logged); Err when the catalog cannot be read.
+    pub async fn check(&self) -> Result<Vec<String>, tokio_postgres::Error> {
+        let (client, conn) = self.backend.client_config().connect(tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        let cat = catalog::read(&client).await;
+        drop(client);
+        let _ = conn.await;
+        let cat = cat?;
+        let mut errors = Vec::new();
+        if let Some(file) = &self.file {
+            for f in lint(&self.file_schema, &cat, file) {
+                match f.severity {
+                    Severity::Error => errors.push(f.message),
+                    Severity::Warning => warn!(table = %f.table, "{}", f.message),
+                }
+            }
+        }
+        let mut schema = self.file_schema.clone();
+        schema.views = cat.views;
+        if let Ok(mut cur) = self.current.write() {
+            *cur = Arc::new(schema);
+        }
+        self.cache.clear();
+        self.metrics.schema_errors.store(errors.len() as u64, Relaxed);
+        Ok(errors)
+    }
+
+    /// After DDL: check again in the background. One check runs at a time; DDL that arrives
+    /// while one runs gets a check of its own after it.
+    pub fn refresh_in_background(self: &Arc<Self>) {
+        self.wanted.store(true, Relaxed);
+        if self.refreshing.swap(true, Relaxed) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while me.wanted.swap(false, Relaxed) {
+                    match me.check().await {
+                        Ok(errors) if errors.is_empty() => info!("schema re-checked after DDL"),
+                        Ok(errors) => {
+                            for e in errors {
+                                error!("after DDL: {e}");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "cannot re-read the catalog after DDL"),
+                    }
+                }
+                me.refreshing.store(false, Relaxed);
+                // A request that came in between the last check and the store above.
+                if !me.wanted.load(Relaxed) || me.refreshing.swap(true, Relaxed) {
+                    return;
+                }
+            }
+        });
+    }
+}

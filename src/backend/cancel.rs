@@ -70,14 +70,6 @@ impl CancelRegistry {
         send_cancel(&target.addr, target.pid, target.secret).await?;
         Ok(true)
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Asks the local Postgres to cancel whatever backend `pid` is running.

@@ -107,10 +107,6 @@ impl Session {
         (session, backend.leftover)
     }
 
-    pub fn tx_status(&self) -> TxStatus {
-        self.state.tx
-    }
-
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
     pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let result = self.pump(bbuf).await;

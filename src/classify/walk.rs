@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
 use sqlparser::ast::{
     AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, Query,
@@ -48,11 +49,13 @@ pub struct Collected {
     pub aliases: HashMap<String, TableName>,
     pub ctes: HashSet<String>,
     /// (qualifier parts, column, tables an unqualified column may belong to).
-    pub columns: Vec<(Vec<String>, String, Vec<TableName>)>,
+    pub columns: Vec<(Vec<String>, String, Rc<Vec<TableName>>)>,
     /// Wildcards: `t.*` with its qualifier, or `*` with the tables of its FROM.
     pub wildcards: Vec<(Option<Vec<String>>, Vec<TableName>)>,
     /// Name scopes: the tables each enclosing SELECT/UPDATE/DELETE/INSERT/MERGE brings.
     scopes: Vec<Scope>,
+    /// `visible()` for the current scope stack, shared by the identifiers within it.
+    visible_now: Option<Rc<Vec<TableName>>>,
     pub functions: Vec<String>,
     pub writes: Vec<(TableName, WriteKind)>,
     /// Row locks (FOR UPDATE/SHARE); `Some(t)` when restricted with OF.
@@ -129,6 +132,7 @@ impl Visitor for Collected {
 
     fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
         self.scopes.pop();
+        self.visible_now = None;
         ControlFlow::Continue(())
     }
 
@@ -138,6 +142,7 @@ impl Visitor for Collected {
         let mut tables = Vec::new();
         body_tables(&q.body, &mut tables);
         self.scopes.push(Scope { tables, opaque: false, query: true });
+        self.visible_now = None;
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(fold(&cte.alias.name));
@@ -163,17 +168,20 @@ impl Visitor for Collected {
             }
         }
         self.scopes.push(Scope { tables, opaque: false, query: false });
+        self.visible_now = None;
         ControlFlow::Continue(())
     }
 
     fn post_visit_select(&mut self, _s: &Select) -> ControlFlow<()> {
         self.scopes.pop();
+        self.visible_now = None;
         ControlFlow::Continue(())
     }
 
     fn post_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
         if scope_of(s).is_some() {
             self.scopes.pop();
+            self.visible_now = None;
         }
         ControlFlow::Continue(())
     }
@@ -193,13 +201,20 @@ impl Visitor for Collected {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
             Expr::Identifier(id) => {
-                let visible = self.visible();
+                let visible = match &self.visible_now {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = Rc::new(self.visible());
+                        self.visible_now = Some(v.clone());
+                        v
+                    }
+                };
                 self.columns.push((Vec::new(), fold(id), visible));
             }
             Expr::CompoundIdentifier(parts) => {
                 let mut parts: Vec<String> = parts.iter().map(fold).collect();
                 if let Some(col) = parts.pop() {
-                    self.columns.push((parts, col, Vec::new()));
+                    self.columns.push((parts, col, Rc::default()));
                 }
             }
             Expr::Function(f) => {
@@ -215,6 +230,7 @@ impl Visitor for Collected {
     fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
         if let Some(scope) = scope_of(s) {
             self.scopes.push(scope);
+            self.visible_now = None;
         }
         match s {
             Statement::Insert(Insert { table, columns, on, table_alias, .. }) => {
@@ -274,7 +290,7 @@ impl Visitor for Collected {
                     self.wildcards.push((Some(idents(name)), Vec::new()));
                 } else {
                     let q = idents(name);
-                    self.columns.extend(columns.iter().map(|c| (q.clone(), fold(c), Vec::new())));
+                    self.columns.extend(columns.iter().map(|c| (q.clone(), fold(c), Rc::default())));
                 }
             }
             _ => {}

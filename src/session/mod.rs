@@ -110,7 +110,8 @@ impl Session {
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
     pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let result = self.pump(bbuf).await;
-        if matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) && !self.state.is_quiet() {
+        let running = self.state.awaiting_ready > 0;
+        if running && matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) {
             // Postgres only notices a closed socket when it next talks to it; a long query would
             // keep running (and its transaction open) after the client is gone. Cancel it, then
             // dropping the connection ends the backend and rolls the transaction back.

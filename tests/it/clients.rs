@@ -33,7 +33,9 @@ SELECT count(*) FROM notes;
 }
 
 fn pgbench(node: &TestNode, args: &[&str]) -> String {
-    let out = Command::new("pgbench")
+    // Next to initdb when the server binaries are not on PATH (Debian: /usr/lib/postgresql/NN/bin).
+    let beside = pgmix::cluster::pg::PgBin::find().map(|b| b.path("pgbench")).ok().filter(|p| p.is_file());
+    let out = Command::new(beside.unwrap_or_else(|| "pgbench".into()))
         .args(["-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", USER])
         .args(args)
         .arg("postgres")

@@ -15,3 +15,4 @@ pub mod protocol;
 pub mod schema;
 pub mod session;
 pub mod sqlstate;
+pub mod tomlfile;

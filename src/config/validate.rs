@@ -6,20 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use thiserror::Error;
-
 use super::file::{AuthMethod, FileConfig, TlsMode};
 use crate::frontend::scram::ScramVerifier;
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {cause}")]
-    Read { file: String, cause: std::io::Error },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: key `{key}`: {reason}")]
-    Invalid { file: String, key: String, reason: String },
-}
+/// A problem with `proxy.toml`: file, key and reason.
+pub type ConfigError = crate::tomlfile::FileError;
 
 /// Where the local Postgres listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,18 +107,15 @@ pub struct NodeConfig {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { file: file.clone(), cause })?;
+    let (text, file) = crate::tomlfile::read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     from_toml_str(&text, &file, base)
 }
 
 /// Validates config text; `file` names it in errors and relative paths resolve against `base`.
 pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, ConfigError> {
-    let raw: FileConfig =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })?;
-    let invalid =
-        |key: &str, reason: String| ConfigError::Invalid { file: file.to_owned(), key: key.to_owned(), reason };
+    let raw: FileConfig = crate::tomlfile::parse(text, file)?;
+    let invalid = |key: &str, reason: String| crate::tomlfile::invalid(file, key, reason);
 
     if raw.node_name.trim().is_empty() {
         return Err(invalid("node_name", "must not be empty".into()));

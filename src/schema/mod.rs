@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Deserialize;
-use thiserror::Error;
 
 pub use names::{TableName, fold_ident, parse_qualified};
 
@@ -26,15 +25,8 @@ pub enum Consistency {
     Weak,
 }
 
-#[derive(Debug, Error)]
-pub enum SchemaError {
-    #[error("{file}: cannot read: {cause}")]
-    Read { file: String, cause: std::io::Error },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: key `{key}`: {reason}")]
-    Invalid { file: String, key: String, reason: String },
-}
+/// A problem with the schema file: file, key and reason.
+pub type SchemaError = crate::tomlfile::FileError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,15 +107,13 @@ impl Default for Schema {
 
 impl Schema {
     pub fn load(path: &Path) -> Result<Self, SchemaError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|cause| SchemaError::Read { file: file.clone(), cause })?;
+        let (text, file) = crate::tomlfile::read(path)?;
         Self::from_toml_str(&text, &file)
     }
 
     pub fn from_toml_str(text: &str, file: &str) -> Result<Self, SchemaError> {
-        let raw: FileSchema =
-            toml::from_str(text).map_err(|e| SchemaError::Syntax { file: file.to_owned(), message: e.to_string() })?;
-        let invalid = |key: String, reason: String| SchemaError::Invalid { file: file.to_owned(), key, reason };
+        let raw: FileSchema = crate::tomlfile::parse(text, file)?;
+        let invalid = |key: String, reason: String| crate::tomlfile::invalid(file, key, reason);
         let search_path: Vec<String> = match raw.search_path {
             Some(sp) => sp.iter().map(|s| fold_ident(s)).collect(),
             None => vec!["public".into()],

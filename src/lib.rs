@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod schema;
 pub mod session;
 pub mod sqlstate;
+pub mod status;
 pub mod tomlfile;

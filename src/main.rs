@@ -51,6 +51,15 @@ enum Command {
         /// The SQL (several statements separated by `;` are allowed).
         sql: String,
     },
+    /// Show each node's health, sessions and statement classes, from its metrics endpoint.
+    Status {
+        /// Metrics addresses (host:port). Default: those of `pgmix up` with the default ports.
+        #[arg(long = "metrics", value_delimiter = ',')]
+        metrics: Vec<std::net::SocketAddr>,
+        /// Read the metrics address from a node config instead.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run one node with a config file (see proxy.toml).
     Serve {
         #[arg(long)]
@@ -98,6 +107,7 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Serve { config } => serve(config).await?,
             Command::Explain { schema, json, sql } => explain(schema, json, &sql)?,
+            Command::Status { metrics, config } => status(metrics, config)?,
         }
         Ok(())
     })
@@ -149,5 +159,30 @@ fn explain(schema: Option<PathBuf>, json: bool, sql: &str) -> anyhow::Result<()>
             println!("transaction: {tx:?}");
         }
     }
+    Ok(())
+}
+
+fn status(mut addrs: Vec<std::net::SocketAddr>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = config {
+        let cfg = pgmix::config::load(&path)?;
+        let addr =
+            cfg.metrics_listen.with_context(|| format!("{}: no metrics_listen, so no status", path.display()))?;
+        addrs.push(addr);
+    }
+    if addrs.is_empty() {
+        // `pgmix up` serves node i's metrics on 7432+i-1 (base port 6432 + 1000).
+        addrs = (0..3).map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 7432 + i))).collect();
+    }
+    let mut failed = 0;
+    for addr in addrs {
+        match pgmix::status::fetch(addr) {
+            Ok(st) => println!("{st}"),
+            Err(e) => {
+                failed += 1;
+                println!("{e}");
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} node(s) did not answer");
     Ok(())
 }

@@ -97,6 +97,21 @@ impl Metrics {
             self.protocol_errors_total.load(Relaxed),
         );
         counter("backend_up", "1 when the local Postgres answers.", "gauge", self.backend_up.load(Relaxed) as u64);
+        counter(
+            "schema_errors",
+            "Problems of the schema file against the catalog found by the last check (after DDL).",
+            "gauge",
+            self.schema_errors.load(Relaxed),
+        );
+        out.push_str("# HELP pgmix_statements_total Statements by consistency class.\n");
+        out.push_str("# TYPE pgmix_statements_total counter\n");
+        for (class, n) in crate::classify::Class::ALL.iter().zip(&self.statements_by_class) {
+            out.push_str(&format!(
+                "pgmix_statements_total{{node=\"{node}\",class=\"{}\"}} {}\n",
+                class.as_str(),
+                n.load(Relaxed)
+            ));
+        }
         out
     }
 }

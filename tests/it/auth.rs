@@ -106,4 +106,27 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(body.contains("pgmix_connections_active{node=\"test\"} 1"), "{body}");
     assert!(body.contains("pgmix_queries_total{node=\"test\"} 1"), "{body}");
     assert!(body.contains("pgmix_backend_up{node=\"test\"} 1"), "{body}");
+    assert!(body.contains("pgmix_statements_total{node=\"test\",class=\"weak_read\"} 1"), "{body}");
+    assert!(body.contains("pgmix_schema_errors{node=\"test\"} 0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_summarises_each_node_from_its_metrics() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let addr = node.handle().metrics_addr.expect("metrics address").to_string();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgmix")).args(["status", "--metrics", &addr]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("test postgres=up sessions=1"), "{text}");
+    assert!(text.contains("weak_read=1"), "{text}");
+    // A node that does not answer makes the command fail, naming the address.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmix"))
+        .args(["status", "--metrics", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:1: cannot read metrics"));
 }

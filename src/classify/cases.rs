@@ -262,6 +262,12 @@ local ¦ - ¦ - ¦ RELEASE SAVEPOINT sp1
 local ¦ - ¦ - ¦ ROLLBACK TO SAVEPOINT sp1
 local ¦ - ¦ - ¦ SET TRANSACTION ISOLATION LEVEL SERIALIZABLE
 local ¦ - ¦ - ¦ SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY
+ddl ¦ - ¦ - ¦ SELECT * INTO newt FROM posts
+ddl ¦ - ¦ - ¦ SELECT id INTO TEMP scratch FROM accounts
+weak_read ¦ - ¦ - ¦ SELECT * FROM generate_series(1, 3) g
+strong_write ¦ - ¦ - ¦ SELECT * FROM my_writer(1)
+strong_read ¦ accounts.* ¦ - ¦ SELECT * FROM generate_series(1, 3) g, accounts
+weak_read ¦ - ¦ - ¦ SELECT set_config('search_path', 'app', false)
 refused ¦ - ¦ - ¦ PREPARE TRANSACTION 'tx1'
 refused ¦ - ¦ - ¦ COMMIT PREPARED 'tx1'
 refused ¦ - ¦ - ¦ ROLLBACK PREPARED 'tx1'

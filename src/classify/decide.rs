@@ -82,9 +82,12 @@ fn display(name: &TableName, schema: &Schema) -> String {
 
 /// Reads, writes, functions and locks of a DML or query statement.
 pub fn data(c: &Collected, schema: &Schema) -> Classification {
+    if c.creates_table {
+        return Classification::simple(Kind::Ddl, Class::Ddl, "SELECT ... INTO creates a table: DDL is always strong");
+    }
     let mut rels: Vec<Resolved> = Vec::new();
     for r in &c.relations {
-        if r.schema.is_none() && c.ctes.contains(&r.name) {
+        if (r.schema.is_none() && c.ctes.contains(&r.name)) || c.table_functions.contains(r) {
             continue;
         }
         if rels.iter().any(|x| &x.written == r) {

@@ -61,6 +61,10 @@ pub struct Collected {
     /// Row locks (FOR UPDATE/SHARE); `Some(t)` when restricted with OF.
     pub locks: Vec<Option<TableName>>,
     pub has_lock: bool,
+    /// Names in FROM that are set-returning function calls, not tables.
+    pub table_functions: Vec<TableName>,
+    /// SELECT ... INTO creates a table.
+    pub creates_table: bool,
 }
 
 /// The tables one clause makes visible to unqualified column names.
@@ -156,6 +160,7 @@ impl Visitor for Collected {
     }
 
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        self.creates_table |= s.into.is_some();
         let mut tables = Vec::new();
         from_tables(&s.from, &mut tables);
         for item in &s.projection {
@@ -192,8 +197,19 @@ impl Visitor for Collected {
     }
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Table { name, alias: Some(alias), .. } = t {
-            self.aliases.insert(fold(&alias.name), table_name(name));
+        match t {
+            // `FROM f(...)`: a set-returning function, not a table. It is judged as a function
+            // call (a user function may write), and its name is not a relation.
+            TableFactor::Table { name, args: Some(_), .. } => {
+                if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                    self.functions.push(fold(last));
+                }
+                self.table_functions.push(table_name(name));
+            }
+            TableFactor::Table { name, alias: Some(alias), .. } => {
+                self.aliases.insert(fold(&alias.name), table_name(name));
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     }

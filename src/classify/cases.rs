@@ -268,6 +268,12 @@ weak_read ¦ - ¦ - ¦ SELECT * FROM generate_series(1, 3) g
 strong_write ¦ - ¦ - ¦ SELECT * FROM my_writer(1)
 strong_read ¦ accounts.* ¦ - ¦ SELECT * FROM generate_series(1, 3) g, accounts
 weak_read ¦ - ¦ - ¦ SELECT set_config('search_path', 'app', false)
+strong_read ¦ app.users.*,app.users.u ¦ - ¦ SELECT row_to_json(u) FROM app.users u
+strong_read ¦ app.users.*,app.users.u ¦ - ¦ SELECT u FROM app.users u
+strong_read ¦ app.users.*,app.users.users ¦ - ¦ SELECT to_jsonb(app.users) FROM app.users
+strong_read ¦ app.users.* ¦ - ¦ SELECT array_agg(u.*) FROM app.users u
+weak_read ¦ posts.*,posts.p ¦ - ¦ SELECT row_to_json(p) FROM posts p
+weak_read ¦ - ¦ - ¦ SELECT count(*) FROM app.users
 refused ¦ - ¦ - ¦ PREPARE TRANSACTION 'tx1'
 refused ¦ - ¦ - ¦ COMMIT PREPARED 'tx1'
 refused ¦ - ¦ - ¦ ROLLBACK PREPARED 'tx1'

@@ -124,6 +124,23 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
     let visible =
         |names: &[TableName]| -> Vec<&Resolved> { rels.iter().filter(|r| names.contains(&r.written)).collect() };
     for (q, col, scope) in &c.columns {
+        // A whole-row reference (`u` for an alias, `app.users` for a table, as in `row_to_json(u)`)
+        // reads every column of that table.
+        let whole_row: Vec<&Resolved> = match q.as_slice() {
+            [] if c.aliases.contains_key(col) || rels.iter().any(|r| r.written.name == *col) => {
+                find(std::slice::from_ref(col)).unwrap_or_default()
+            }
+            [.., s] => {
+                rels.iter().filter(|r| r.written.name == *col && r.written.schema.as_deref() == Some(s)).collect()
+            }
+            _ => Vec::new(),
+        };
+        for r in whole_row {
+            reads.insert(format!("{}.*", r.display));
+            if strong_read.is_none() && r.rule.has_strong() {
+                strong_read = Some(format!("reads whole rows of {}, which has strong columns", r.display));
+            }
+        }
         // An unresolvable qualifier (a row variable, a function result) counts against every table.
         let targets = if q.is_empty() { visible(scope) } else { find(q).unwrap_or_else(|| rels.iter().collect()) };
         for r in targets {

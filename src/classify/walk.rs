@@ -7,9 +7,9 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, Query,
-    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UpdateTableFromKind, Visit, Visitor,
+    AssignmentTarget, CopySource, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert,
+    ObjectName, OnConflictAction, OnInsert, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind, Visit, Visitor,
 };
 
 use crate::schema::TableName;
@@ -236,6 +236,16 @@ impl Visitor for Collected {
             Expr::Function(f) => {
                 if let Some(last) = f.name.0.last().and_then(|p| p.as_ident()) {
                     self.functions.push(fold(last));
+                }
+                // `f(u.*)` passes whole rows; `count(*)` reads no column.
+                if let FunctionArguments::List(list) = &f.args {
+                    for arg in &list.args {
+                        if let FunctionArg::Unnamed(FunctionArgExpr::QualifiedWildcard(n))
+                        | FunctionArg::Named { arg: FunctionArgExpr::QualifiedWildcard(n), .. } = arg
+                        {
+                            self.wildcards.push((Some(idents(n)), Vec::new()));
+                        }
+                    }
                 }
             }
             _ => {}

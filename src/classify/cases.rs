@@ -132,7 +132,7 @@ weak_write ¦ posts.id,comments.post_id,comments.body ¦ posts.title ¦ UPDATE p
 weak_write ¦ posts.id ¦ posts.* ¦ DELETE FROM posts WHERE id = 1
 weak_write ¦ - ¦ posts.* ¦ DELETE FROM posts
 weak_write ¦ posts.id,comments.post_id ¦ posts.* ¦ DELETE FROM posts p USING comments c WHERE c.post_id = p.id
-weak_write ¦ posts.id ¦ posts.* ¦ DELETE FROM posts WHERE id = 1 RETURNING *
+weak_write ¦ posts.id,posts.* ¦ posts.* ¦ DELETE FROM posts WHERE id = 1 RETURNING *
 weak_write ¦ - ¦ posts.* ¦ TRUNCATE posts
 weak_write ¦ - ¦ posts.*,comments.* ¦ TRUNCATE TABLE posts, comments
 weak_write ¦ - ¦ posts.* ¦ COPY posts FROM STDIN
@@ -274,6 +274,10 @@ strong_read ¦ app.users.*,app.users.users ¦ - ¦ SELECT to_jsonb(app.users) FR
 strong_read ¦ app.users.* ¦ - ¦ SELECT array_agg(u.*) FROM app.users u
 weak_read ¦ posts.*,posts.p ¦ - ¦ SELECT row_to_json(p) FROM posts p
 weak_read ¦ - ¦ - ¦ SELECT count(*) FROM app.users
+strong_write ¦ app.users.*,app.users.id ¦ app.users.name ¦ UPDATE app.users SET name = 'x' WHERE id = 1 RETURNING *
+strong_write ¦ app.users.* ¦ app.users.name ¦ UPDATE app.users u SET name = 'x' RETURNING u.*
+strong_write ¦ app.users.email ¦ app.users.name ¦ UPDATE app.users SET name = 'x' RETURNING email
+weak_write ¦ posts.* ¦ posts.* ¦ DELETE FROM posts RETURNING *
 refused ¦ - ¦ - ¦ PREPARE TRANSACTION 'tx1'
 refused ¦ - ¦ - ¦ COMMIT PREPARED 'tx1'
 refused ¦ - ¦ - ¦ ROLLBACK PREPARED 'tx1'

@@ -255,6 +255,22 @@ impl Visitor for Collected {
 
     fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
         if let Some(scope) = scope_of(s) {
+            // `RETURNING *` reads every column of the tables the statement sees.
+            let returning = match s {
+                Statement::Insert(i) => i.returning.as_ref(),
+                Statement::Update(u) => u.returning.as_ref(),
+                Statement::Delete(d) => d.returning.as_ref(),
+                _ => None,
+            };
+            for item in returning.into_iter().flatten() {
+                match item {
+                    SelectItem::Wildcard(_) => self.wildcards.push((None, scope.tables.clone())),
+                    SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                        self.wildcards.push((Some(idents(n)), Vec::new()))
+                    }
+                    _ => {}
+                }
+            }
             self.scopes.push(scope);
             self.visible_now = None;
         }

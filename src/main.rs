@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         nodes: u16,
         /// Node i listens on BASE+i-1.
-        #[arg(long = "port", default_value_t = 6432)]
+        #[arg(long = "port", default_value_t = pgmix::cluster::up::DEFAULT_BASE_PORT)]
         base_port: u16,
         /// Where the Postgres data directories, certificates and node configs live.
         #[arg(long, default_value = "./.pgmix")]
@@ -170,8 +170,9 @@ fn status(mut addrs: Vec<std::net::SocketAddr>, config: Option<PathBuf>) -> anyh
         addrs.push(addr);
     }
     if addrs.is_empty() {
-        // `pgmix up` serves node i's metrics on 7432+i-1 (base port 6432 + 1000).
-        addrs = (0..3).map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 7432 + i))).collect();
+        use pgmix::cluster::up::{DEFAULT_BASE_PORT, metrics_port};
+        addrs =
+            (1..=3).map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port(DEFAULT_BASE_PORT, i)))).collect();
     }
     let mut failed = 0;
     for addr in addrs {

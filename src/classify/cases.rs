@@ -184,6 +184,7 @@ strong_write ¦ - ¦ - ¦ CALL transfer(1, 2, 10)
 strong_write ¦ - ¦ - ¦ EXECUTE q(1)
 strong_write ¦ - ¦ - ¦ SELEC title FROM posts
 strong_write ¦ - ¦ - ¦ UPDATE posts SET WHERE
+strong_write ¦ - ¦ - ¦ SELECT title FROM posts trailing garbage here
 strong_write ¦ - ¦ - ¦ LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE
 strong_write ¦ accounts.id ¦ accounts.balance ¦ EXPLAIN ANALYZE UPDATE accounts SET balance = 1 WHERE id = 1
 strong_write ¦ accounts.id ¦ accounts.balance ¦ PREPARE up(int) AS UPDATE accounts SET balance = 0 WHERE id = $1

@@ -131,10 +131,14 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
     match stmt {
         split::Stmt::Known(c) => c,
         split::Stmt::Tokens(tokens) => {
+            // `parse_statement` stops after one statement; what follows it must be nothing, or
+            // the text was not understood (trailing tokens would otherwise be ignored).
             let parse = |tokens: Vec<sqlparser::tokenizer::Token>| {
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .with_tokens(tokens)
-                    .parse_statement()
+                let dialect = sqlparser::dialect::PostgreSqlDialect {};
+                let mut parser = sqlparser::parser::Parser::new(&dialect).with_tokens(tokens);
+                let stmt = parser.parse_statement()?;
+                parser.expect_token(&sqlparser::tokenizer::Token::EOF)?;
+                Ok::<_, sqlparser::parser::ParserError>(stmt)
             };
             let copy = split::copy_without_options(&tokens);
             let parsed = match parse(tokens) {

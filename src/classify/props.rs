@@ -208,11 +208,16 @@ fn garbage_is_never_weak() {
         let n = 1 + r.below(12);
         let sql: Vec<&str> = (0..n).map(|_| *r.pick(&words)).collect();
         let sql = sql.join(" ");
-        for c in classify(&sql, &schema) {
-            // Unparseable text must not come out weak; parseable text is judged by its meaning.
-            if c.reason.contains("not understood") || c.reason.contains("cannot tokenize") {
-                assert_eq!(c.class, Class::StrongWrite, "{sql}");
-            }
+        // A weak class needs a statement the parser understood: text that does not parse as a
+        // whole may only come out weak through a statement that parses on its own.
+        let parses =
+            |text: &str| sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, text).is_ok();
+        let weak = classify(&sql, &schema).iter().any(|c| matches!(c.class, Class::WeakRead | Class::WeakWrite));
+        if weak && !parses(&sql) {
+            assert!(
+                sql.split(';').any(|part| !part.trim().is_empty() && parses(part)),
+                "unparseable text classified weak: {sql}"
+            );
         }
     }
 }

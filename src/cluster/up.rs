@@ -35,6 +35,9 @@ pub struct Cluster {
     pub nodes: Vec<NodeHandle>,
 }
 
+/// The default base port of `pgmix up`.
+pub const DEFAULT_BASE_PORT: u16 = 6432;
+
 /// The default development login.
 pub const DEV_USER: &str = "pgmix";
 pub const DEV_PASSWORD: &str = "pgmix";
@@ -151,7 +154,8 @@ async fn start_each(
     Ok(())
 }
 
-fn metrics_port(base: u16, i: u16) -> u16 {
+/// Where `pgmix up` serves node `i`'s (1-based) metrics, for base port `base`.
+pub fn metrics_port(base: u16, i: u16) -> u16 {
     base.wrapping_add(1000).wrapping_add(i - 1)
 }
 

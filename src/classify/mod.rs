@@ -133,9 +133,9 @@ fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {
         split::Stmt::Tokens(tokens) => {
             // `parse_statement` stops after one statement; what follows it must be nothing, or
             // the text was not understood (trailing tokens would otherwise be ignored).
-            let parse = |tokens: Vec<sqlparser::tokenizer::Token>| {
+            let parse = |tokens: Vec<sqlparser::tokenizer::TokenWithSpan>| {
                 let dialect = sqlparser::dialect::PostgreSqlDialect {};
-                let mut parser = sqlparser::parser::Parser::new(&dialect).with_tokens(tokens);
+                let mut parser = sqlparser::parser::Parser::new(&dialect).with_tokens_with_locations(tokens);
                 let stmt = parser.parse_statement()?;
                 parser.expect_token(&sqlparser::tokenizer::Token::EOF)?;
                 Ok::<_, sqlparser::parser::ParserError>(stmt)

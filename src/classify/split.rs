@@ -2,15 +2,15 @@
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::{Class, Classification, Kind, TxOptions};
 
 pub enum Stmt {
     /// Decided from its tokens alone.
     Known(Classification),
-    /// To be parsed.
-    Tokens(Vec<Token>),
+    /// To be parsed. Spans are kept so that parse errors can say where.
+    Tokens(Vec<TokenWithSpan>),
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -25,8 +25,11 @@ fn word(t: &Token) -> Option<String> {
 }
 
 pub fn statements(sql: &str) -> Vec<Stmt> {
-    let tokens = match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() {
-        Ok(t) => t,
+    // One token per ~4 bytes is typical SQL (words, spaces, punctuation); sizing the buffer once
+    // saves the reallocations that otherwise copy it several times for a long statement.
+    let mut tokens = Vec::with_capacity(sql.len() / 4 + 8);
+    match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location_into_buf(&mut tokens) {
+        Ok(()) => {}
         Err(e) => {
             return vec![Stmt::Known(Classification::simple(
                 Kind::Write,
@@ -36,9 +39,14 @@ pub fn statements(sql: &str) -> Vec<Stmt> {
         }
     };
     let mut out = Vec::new();
+    if !tokens.iter().any(|t| t.token == Token::SemiColon) {
+        // The common case, one statement: hand the buffer over without copying it.
+        push(&mut out, tokens);
+        return out;
+    }
     let mut cur = Vec::new();
     for t in tokens {
-        if t == Token::SemiColon {
+        if t.token == Token::SemiColon {
             push(&mut out, std::mem::take(&mut cur));
         } else {
             cur.push(t);
@@ -48,9 +56,9 @@ pub fn statements(sql: &str) -> Vec<Stmt> {
     out
 }
 
-fn push(out: &mut Vec<Stmt>, tokens: Vec<Token>) {
+fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
     let words: Vec<String> =
-        tokens.iter().filter(|t| !is_trivia(t)).take(3).map(|t| word(t).unwrap_or_default()).collect();
+        tokens.iter().filter(|t| !is_trivia(&t.token)).take(3).map(|t| word(&t.token).unwrap_or_default()).collect();
     if words.is_empty() {
         return;
     }
@@ -105,8 +113,8 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<Token>) {
 }
 
 /// READ ONLY / READ WRITE, ISOLATION LEVEL ..., [NOT] DEFERRABLE, in any order.
-fn tx_options(tokens: &[Token]) -> TxOptions {
-    let words: Vec<String> = tokens.iter().filter_map(word).collect();
+fn tx_options(tokens: &[TokenWithSpan]) -> TxOptions {
+    let words: Vec<String> = tokens.iter().filter_map(|t| word(&t.token)).collect();
     let mut o = TxOptions::default();
     let mut i = 0;
     while i < words.len() {
@@ -135,17 +143,17 @@ fn tx_options(tokens: &[Token]) -> TxOptions {
 /// sqlparser knows FOR UPDATE and FOR SHARE but not FOR NO KEY UPDATE or FOR KEY SHARE. The
 /// weaker lock strengths lock the same rows, so for classification they are the same thing: drop
 /// `NO KEY` / `KEY` exactly where they sit between FOR and UPDATE/SHARE, and nowhere else.
-fn rewrite_lock_strength(tokens: Vec<Token>) -> Vec<Token> {
-    let is_key = |t: &Token| matches!(t, Token::Word(w) if w.keyword == Keyword::KEY);
+fn rewrite_lock_strength(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_key = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::KEY);
     if !tokens.iter().any(is_key) {
         return tokens;
     }
-    let kw = |t: &Token| match t {
+    let kw = |t: &TokenWithSpan| match &t.token {
         Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
         _ => None,
     };
     // Indexes of the meaningful tokens, so lookahead can skip whitespace.
-    let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i])).collect();
+    let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i].token)).collect();
     let mut drop = vec![false; tokens.len()];
     for w in sig.windows(4) {
         let k: Vec<Option<Keyword>> = w.iter().map(|&i| kw(&tokens[i])).collect();
@@ -170,14 +178,14 @@ fn rewrite_lock_strength(tokens: Vec<Token>) -> Vec<Token> {
 /// sqlparser rejects many COPY options (`WITH (FREEZE ON)`, `ENCODING`, ...). What matters for
 /// classification is the table, its columns and the direction, so for a COPY the tokens up to
 /// `FROM STDIN` / `TO STDOUT` (or a file name) are enough. None when this is not a COPY.
-pub fn copy_without_options(tokens: &[Token]) -> Option<Vec<Token>> {
-    let mut sig = tokens.iter().enumerate().filter(|(_, t)| !is_trivia(t));
-    if sig.next().and_then(|(_, t)| word(t)).as_deref() != Some("COPY") {
+pub fn copy_without_options(tokens: &[TokenWithSpan]) -> Option<Vec<TokenWithSpan>> {
+    let mut sig = tokens.iter().filter(|t| !is_trivia(&t.token));
+    if sig.next().and_then(|t| word(&t.token)).as_deref() != Some("COPY") {
         return None;
     }
     let mut depth = 0i32;
     let mut after_direction = false;
-    for (i, t) in tokens.iter().enumerate() {
+    for (i, t) in tokens.iter().map(|t| &t.token).enumerate() {
         match t {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,

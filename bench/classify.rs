@@ -8,6 +8,9 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
+// The same allocator as the pgmix binary, so the figures are the node's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use pgmix::classify::{Classification, classify};
 use pgmix::schema::Schema;

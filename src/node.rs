@@ -112,6 +112,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
+    if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
+        tracing::warn!(reason = %e, "SCRAM-SHA-256-PLUS (channel binding) is not offered: {e}; clients that require channel binding cannot log in");
+    }
     Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), shutdown, task })
 }
 

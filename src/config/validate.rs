@@ -70,13 +70,14 @@ impl BackendConfig {
 #[derive(Clone)]
 pub struct TlsSettings {
     pub acceptor: tokio_rustls::TlsAcceptor,
-    /// DER of the leaf certificate, for SCRAM-SHA-256-PLUS (`tls-server-end-point`) binding.
-    pub cert_der: Vec<u8>,
+    /// SCRAM-SHA-256-PLUS `tls-server-end-point` binding data of the leaf certificate, or why the
+    /// certificate has none (then -PLUS is not offered).
+    pub end_point: Result<Vec<u8>, crate::frontend::endpoint::EndPointError>,
 }
 
 impl std::fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSettings").field("cert_der_len", &self.cert_der.len()).finish()
+        f.debug_struct("TlsSettings").field("end_point", &self.end_point.as_ref().map(Vec::len)).finish()
     }
 }
 
@@ -210,7 +211,7 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsSettings, (&'static str, Strin
     let Some(leaf) = certs.first() else {
         return Err(("tls.cert", format!("{} holds no certificate", cert.display())));
     };
-    let cert_der = leaf.as_ref().to_vec();
+    let end_point = crate::frontend::endpoint::tls_server_end_point(leaf.as_ref());
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ("tls.key", format!("cannot read a PEM private key from {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -220,7 +221,7 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsSettings, (&'static str, Strin
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| ("tls.key", format!("key does not fit the certificate: {e}")))?;
-    Ok(TlsSettings { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), cert_der })
+    Ok(TlsSettings { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), end_point })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::FrontendError;
-use super::scram::{ScramError, ScramServer, tls_server_end_point};
+use super::scram::{ScramError, ScramServer};
 use super::stream::ClientStream;
 use crate::config::{AuthMethod, NodeConfig};
 use crate::protocol::messages;
@@ -66,7 +66,7 @@ async fn scram(
     tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
-    let binding = if tls { cfg.tls.as_ref().map(|t| tls_server_end_point(&t.cert_der)) } else { None };
+    let binding = if tls { cfg.tls.as_ref().and_then(|t| t.end_point.clone().ok()) } else { None };
     let mut server = ScramServer::new(cfg.users.get(user).map(|u| u.scram.clone()), user, binding);
     messages::auth_sasl(server.mechanisms(), buf);
     send(stream, buf).await?;

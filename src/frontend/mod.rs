@@ -2,6 +2,7 @@
 //! an authenticated [`ClientHello`] that the session takes over, or a cancel request.
 
 pub mod auth;
+pub mod endpoint;
 pub mod error;
 pub mod handshake;
 pub mod scram;

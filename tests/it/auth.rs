@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use crate::harness::{PASSWORD, TestNode, USER, psql, sqlstate};
+use crate::harness::{PASSWORD, TestNode, TestPg, USER, psql, sqlstate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_right_password_connects_wrong_password_gets_28p01() {
@@ -129,4 +129,40 @@ async fn status_command_summarises_each_node_from_its_metrics() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:1: cannot read metrics"));
+}
+
+/// Writes a self-signed certificate with this signature algorithm where the node will find it.
+fn install_cert(pg: &TestPg, alg: &'static rcgen::SignatureAlgorithm) {
+    let key = rcgen::KeyPair::generate_for(alg).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(pg.dir.0.join("cert.pem"), cert.pem()).expect("write cert");
+    std::fs::write(pg.dir.0.join("key.pem"), key.serialize_pem()).expect("write key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_hashes_with_the_certificate_signature_hash() {
+    // libpq binds to the certificate hashed with its signature's hash (SHA-384 here); a server
+    // that always used SHA-256 would fail this login.
+    let pg = TestPg::start();
+    install_cert(&pg, &rcgen::PKCS_ECDSA_P384_SHA384);
+    let node = TestNode::start_on(pg, "allow", "").await;
+    let tls = format!("{} channel_binding=require", node.conninfo(USER, PASSWORD, "require"));
+    let (ok, out, err) = psql(&tls, &["-c", "SELECT 'bound'"]);
+    assert!(ok, "SCRAM-SHA-256-PLUS with a P-384/SHA-384 certificate: {err}");
+    assert_eq!(out.trim(), "bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_defined_binding_plus_is_not_offered_and_plain_scram_still_works() {
+    let pg = TestPg::start();
+    install_cert(&pg, &rcgen::PKCS_ED25519);
+    let node = TestNode::start_on(pg, "allow", "").await;
+    let required = format!("{} channel_binding=require", node.conninfo(USER, PASSWORD, "require"));
+    let (ok, _, err) = psql(&required, &["-c", "SELECT 1"]);
+    assert!(!ok, "an Ed25519 certificate has no tls-server-end-point hash, so binding cannot be offered");
+    assert!(err.contains("channel binding"), "{err}");
+    let (ok, out, err) = psql(&node.conninfo(USER, PASSWORD, "require"), &["-c", "SELECT 'tls'"]);
+    assert!(ok, "SCRAM over TLS without binding: {err}");
+    assert_eq!(out.trim(), "tls");
 }

@@ -114,7 +114,11 @@ impl TestNode {
     }
 
     pub async fn start_with(tls_mode: &str, extra: &str) -> Self {
-        let pg = TestPg::start();
+        Self::start_on(TestPg::start(), tls_mode, extra).await
+    }
+
+    /// A node in front of `pg`; a `cert.pem`/`key.pem` already in its directory is used as is.
+    pub async fn start_on(pg: TestPg, tls_mode: &str, extra: &str) -> Self {
         let text = node_toml(&pg, 0, tls_mode, extra);
         let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("valid test config");
         let node = node::start(cfg).await.expect("node starts");

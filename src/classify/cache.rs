@@ -1,5 +1,14 @@
 //! Classes of recently seen SQL texts. Applications send the same texts again and again, and
 //! parsing is the expensive part of classification.
+//!
+//! Bounded with two generations: new entries go into `young`; when it is full it becomes `old`
+//! and the previous `old` is dropped. A hit in `old` moves the entry back into `young`, so texts
+//! in steady use survive and a burst of one-off texts evicts only other one-off texts.
+//!
+//! A schema change installs the new schema and then bumps `epoch` (`clear`). A lookup reads the
+//! epoch before it reads the schema, and stores its class only if the epoch has not moved since:
+//! so a class computed against the old schema while the new one was being installed is returned
+//! to its caller but never lingers in the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,54 +16,141 @@ use std::sync::{Arc, Mutex};
 use super::{Class, classify, combined};
 use crate::schema::Schema;
 
-const ENTRIES: usize = 4096;
+/// Entries per generation; the cache holds at most twice this.
+const GENERATION: usize = 2048;
+
+type Entry = (Class, Arc<str>);
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<Box<str>, Entry>,
+    old: HashMap<Box<str>, Entry>,
+    epoch: u64,
+}
 
 #[derive(Default)]
 pub struct ClassCache {
-    map: Mutex<HashMap<Box<str>, (Class, Arc<str>)>>,
+    inner: Mutex<Generations>,
 }
 
 impl ClassCache {
-    /// The combined class of `sql` and the reasons, from the cache or freshly classified.
-    pub fn get_or_classify(&self, sql: &str, schema: &Schema) -> (Class, Arc<str>) {
-        if let Some(hit) = self.map.lock().ok().and_then(|m| m.get(sql).cloned()) {
-            return hit;
-        }
-        let all = classify(sql, schema);
-        let class = combined(&all);
-        let reason: Arc<str> = Arc::from(all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; "));
-        if let Ok(mut m) = self.map.lock() {
-            if m.len() >= ENTRIES {
-                // Crude but bounded: a workload with more distinct texts than this re-parses.
-                m.clear();
+    /// The combined class of `sql` and the reasons, from the cache or freshly classified against
+    /// the schema `current` returns (asked only on a miss, and only after the epoch is read).
+    pub fn get_or_classify(&self, sql: &str, current: impl FnOnce() -> Arc<Schema>) -> Entry {
+        match self.lookup(sql) {
+            Ok(hit) => hit,
+            Err(epoch) => {
+                // Classified outside the lock: it is the slow part, and other sessions need the cache.
+                let entry = fresh(sql, &current());
+                self.store(sql, entry.clone(), epoch);
+                entry
             }
-            m.insert(sql.into(), (class, reason.clone()));
         }
-        (class, reason)
+    }
+
+    /// A cached entry, or the epoch to store a fresh one under.
+    fn lookup(&self, sql: &str) -> Result<Entry, u64> {
+        let Ok(mut g) = self.inner.lock() else { return Err(u64::MAX) };
+        if let Some(hit) = g.young.get(sql) {
+            return Ok(hit.clone());
+        }
+        if let Some((key, hit)) = g.old.remove_entry(sql) {
+            g.insert(key, hit.clone());
+            return Ok(hit);
+        }
+        Err(g.epoch)
+    }
+
+    fn store(&self, sql: &str, entry: Entry, epoch: u64) {
+        if let Ok(mut g) = self.inner.lock()
+            && g.epoch == epoch
+        {
+            g.insert(sql.into(), entry);
+        }
     }
 
     /// Forgets everything: the schema the classes were computed against has changed.
     pub fn clear(&self) {
-        if let Ok(mut m) = self.map.lock() {
-            m.clear();
+        if let Ok(mut g) = self.inner.lock() {
+            g.young.clear();
+            g.old.clear();
+            g.epoch += 1;
         }
     }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().map(|g| g.young.len() + g.old.len()).unwrap_or(0)
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, key: Box<str>, entry: Entry) {
+        if self.young.len() >= GENERATION {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, entry);
+    }
+}
+
+fn fresh(sql: &str, schema: &Schema) -> Entry {
+    let all = classify(sql, schema);
+    let reason = all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; ");
+    (combined(&all), Arc::from(reason))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn schemas() -> (impl Fn() -> Arc<Schema>, impl Fn() -> Arc<Schema>) {
+        let weak = Arc::new(Schema::from_toml_str("default = \"weak\"", "s.toml").unwrap());
+        let strong = Arc::new(Schema::default());
+        (move || weak.clone(), move || strong.clone())
+    }
+
     #[test]
     fn cached_class_is_the_classified_one_until_cleared() {
         let cache = ClassCache::default();
-        let weak = Schema::from_toml_str("default = \"weak\"", "s.toml").unwrap();
-        let strong = Schema::default();
+        let (weak, strong) = schemas();
         assert_eq!(cache.get_or_classify("SELECT a FROM t", &weak).0, Class::WeakRead);
         // A hit does not look at the schema again...
         assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::WeakRead);
         // ...which is why a schema change must clear the cache.
         cache.clear();
         assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::StrongRead);
+    }
+
+    #[test]
+    fn bounded_and_texts_in_use_survive_a_flood_of_one_off_texts() {
+        let cache = ClassCache::default();
+        let (weak, strong) = schemas();
+        cache.get_or_classify("SELECT hot FROM t", &weak);
+        for i in 0..10 * GENERATION {
+            cache.get_or_classify(&format!("SELECT {i} FROM t"), &weak);
+            if i % (GENERATION / 2) == 0 {
+                cache.get_or_classify("SELECT hot FROM t", &weak);
+            }
+            assert!(cache.len() <= 2 * GENERATION);
+        }
+        // Still cached: a lookup under another schema returns the class computed under `weak`.
+        assert_eq!(cache.get_or_classify("SELECT hot FROM t", &strong).0, Class::WeakRead);
+        // A one-off text from the start of the flood is gone and is classified afresh.
+        assert_eq!(cache.get_or_classify("SELECT 0 FROM t", &strong).0, Class::StrongRead);
+    }
+
+    #[test]
+    fn a_class_computed_before_a_schema_change_is_not_stored() {
+        let cache = ClassCache::default();
+        let (weak, strong) = schemas();
+        // A session missed and read the epoch; then the schema changed while it classified.
+        let epoch = cache.lookup("SELECT a FROM t").expect_err("a miss");
+        cache.clear();
+        cache.store("SELECT a FROM t", fresh("SELECT a FROM t", &weak()), epoch);
+        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::StrongRead);
+        // Without a change in between, the entry is kept.
+        let epoch = cache.lookup("SELECT b FROM t").expect_err("a miss");
+        cache.store("SELECT b FROM t", fresh("SELECT b FROM t", &weak()), epoch);
+        assert_eq!(cache.get_or_classify("SELECT b FROM t", &strong).0, Class::WeakRead);
     }
 }

@@ -217,7 +217,12 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         let locked: Vec<&Resolved> = if c.locks.iter().any(Option::is_none) {
             rels.iter().collect()
         } else {
-            c.locks.iter().flatten().filter_map(|t| find(&[t.name.clone()]).map(|v| v.into_iter())).flatten().collect()
+            c.locks
+                .iter()
+                .flatten()
+                .filter_map(|t| find(std::slice::from_ref(&t.name)).map(|v| v.into_iter()))
+                .flatten()
+                .collect()
         };
         if let Some(r) = locked.iter().find(|r| r.rule.has_strong()) {
             strong_write.get_or_insert_with(|| {

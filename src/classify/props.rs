@@ -79,7 +79,7 @@ fn table(r: &mut Rng, t: usize) -> String {
         1 => format!("T{t}"),
         _ => format!("\"t{t}\""),
     };
-    if t % 2 == 0 && r.chance(50) {
+    if t.is_multiple_of(2) && r.chance(50) {
         format!("{}.{bare}", r.pick(&["app", "APP", "\"app\""]))
     } else if t % 2 == 1 && r.chance(30) {
         format!("public.{bare}")

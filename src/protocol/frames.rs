@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn uninspected_large_message_passes_in_pieces() {
-        let big = msg(b'D', &vec![7u8; 100]);
+        let big = msg(b'D', &[7u8; 100]);
         let mut f = Framer::new(16);
         assert_eq!(f.step(&big[..30], |t| t == b'Z').unwrap(), Step::Pass(30));
         assert!(f.mid_message());
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn inspected_message_waits_until_whole_and_respects_limit() {
-        let q = msg(b'Q', &vec![b'x'; 40]);
+        let q = msg(b'Q', &[b'x'; 40]);
         let mut f = Framer::new(1024);
         assert_eq!(f.step(&q[..10], |_| true).unwrap(), Step::Incomplete);
         let mut small = Framer::new(16);

@@ -52,7 +52,7 @@ impl LiveSchema {
 
     /// Classifies a Query or Parse text (cached by text).
     pub fn classify(&self, sql: &str) -> (Class, Arc<str>) {
-        self.cache.get_or_classify(sql, &self.current())
+        self.cache.get_or_classify(sql, || self.current())
     }
 
     /// Reads the catalog, checks the schema file against it and installs the result. Returns the

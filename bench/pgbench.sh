@@ -3,7 +3,9 @@
 #
 # Starts its own Postgres and one pgmix node (release build), then runs select-only and
 # simple-update with -M prepared, alternating the targets round by round so that machine noise
-# hits all of them alike. Prints the median TPS of each target and its ratio to direct Postgres.
+# hits all of them alike. Prints the median TPS of each target and its ratio to direct Postgres,
+# then each proxy's own CPU time per transaction (from /proc), which compares pgmix with PgBouncer
+# even when the machine's noise moves tps by more than their difference.
 #
 #   bash bench/pgbench.sh                      # defaults below
 #   DURATION=20 ROUNDS=5 CLIENTS=8 bash bench/pgbench.sh
@@ -84,27 +86,44 @@ CONF
   "${as_pg[@]}" pgbouncer -q "$work/pgbouncer.ini" &
   BOUNCER_PID=$!
   targets+=(pgbouncer)
+  sleep 0.5
+  # Under runuser the PID above is runuser's; the CPU to measure is pgbouncer's own.
+  for pid in $(pgrep -f "$work/pgbouncer.ini"); do
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == pgbouncer ]] && BOUNCER_CPU_PID=$pid
+  done
 else
   echo "bench: pgbouncer not installed; comparing pgmix with direct Postgres only"
 fi
 sleep 1
+
+# CPU time (user + system, in clock ticks) a proxy has used so far; empty for direct.
+cpu_pid_of() { case $1 in pgmix) echo "$MIX_PID" ;; pgbouncer) echo "${BOUNCER_CPU_PID:-}" ;; esac; }
+cpu_ticks() { [[ -n $1 ]] && awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 port_of() { case $1 in direct) echo "$PG_PORT" ;; pgmix) echo "$MIX_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; esac; }
 export PGPASSWORD=bench PGSSLMODE=disable
 echo "bench: pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-declare -A results
+declare -A results cpu
 for script in select-only simple-update; do
   flag=-S; [[ $script == simple-update ]] && flag=-N
   for round in $(seq 1 "$ROUNDS"); do
     for t in "${targets[@]}"; do
+      cpu_pid=$(cpu_pid_of "$t")
+      before=$(cpu_ticks "$cpu_pid" || true)
       out=$(pgbench -n "$flag" -M "$MODE" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$(port_of "$t")" -U postgres postgres 2>&1)
       tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
       failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
       [[ -z $tps ]] && { echo "$out"; echo "bench: pgbench against $t failed"; exit 1; }
       echo "bench: $script round $round/$ROUNDS $t: $tps tps (failed: ${failed:-0})"
       results[$script,$t]+="$tps "
+      after=$(cpu_ticks "$cpu_pid" || true)
+      txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+      if [[ -n $before && -n $after && ${txns:-0} -gt 0 ]]; then
+        cpu[$script,$t]+="$(awk -v b="$before" -v a="$after" -v n="$txns" -v hz="$HZ" 'BEGIN {print (a - b) / hz * 1e6 / n}') "
+      fi
     done
   done
 done
@@ -119,6 +138,15 @@ for script in select-only simple-update; do
   for t in "${targets[@]}"; do printf '%14.0f' "$(echo "${results[$script,$t]}" | median)"; done
   for t in "${targets[@]:1}"; do
     printf '%17.2fx' "$(echo "$(echo "${results[$script,$t]}" | median) $direct" | awk '{print $1/$2}')"
+  done
+  echo
+done
+echo
+echo "proxy CPU per transaction (user + system, median µs): the proxy's own cost, steadier than tps on a noisy machine"
+for script in select-only simple-update; do
+  printf '%-14s' "$script"
+  for t in "${targets[@]:1}"; do
+    [[ -n ${cpu[$script,$t]:-} ]] && printf '%14s %6.2f µs' "$t" "$(echo "${cpu[$script,$t]}" | median)"
   done
   echo
 done

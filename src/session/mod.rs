@@ -16,9 +16,13 @@ pub mod state;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendConn, BackendStream};
@@ -78,6 +82,10 @@ pub struct Session {
     last_backend_tag: u8,
     /// The backend's own cancel key, to stop a running query whose client has gone.
     backend_key: (i32, i32),
+    /// The client sent Terminate: pass it on, then end.
+    client_terminated: bool,
+    /// Bytes were written to the client since its last flush.
+    client_unflushed: bool,
 }
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
@@ -103,6 +111,8 @@ impl Session {
             backend_framer: Framer::new(max),
             last_backend_tag: 0,
             backend_key: (backend.pid, backend.secret),
+            client_terminated: false,
+            client_unflushed: false,
         };
         (session, backend.leftover)
     }
@@ -123,134 +133,180 @@ impl Session {
         result
     }
 
-    async fn pump(&mut self, mut bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
-        let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
-        bbuf.reserve(READ_CHUNK);
+    async fn pump(&mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
+        let mut up = Flow::new(BytesMut::with_capacity(READ_CHUNK));
+        let mut down = Flow::new(bbuf);
         let mut draining = false;
         // Made once: a fresh `cancelled()` per loop turn would register with the node-wide token
         // (a shared mutex) on every message, in every session.
         let drain = self.ctx.drain.clone().cancelled_owned();
         let abort = self.ctx.abort.clone().cancelled_owned();
         tokio::pin!(drain, abort);
-        if !bbuf.is_empty() {
-            self.forward_backend(&mut bbuf).await?;
-        }
+        self.frame_backend(&mut down).map_err(SessionError::BackendProtocol)?;
         loop {
             if draining && self.state.is_quiet() && !self.backend_framer.mid_message() {
-                self.goodbye(ClientError::fatal(
-                    code::ADMIN_SHUTDOWN,
-                    "terminating connection because pgmix is shutting down",
-                ))
-                .await;
+                let e =
+                    ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down");
+                self.goodbye(&mut down, Some(e)).await;
                 return Ok(SessionEnd::Shutdown);
             }
-            cbuf.reserve(READ_CHUNK);
-            bbuf.reserve(READ_CHUNK);
-            tokio::select! {
-                _ = &mut drain, if !draining => draining = true,
-                _ = &mut abort => {
-                    if !self.backend_framer.mid_message() {
-                        self.goodbye(ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down")).await;
-                    }
+            let event = std::future::poll_fn(|cx| {
+                if abort.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Abort));
+                }
+                if !draining && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Drain));
+                }
+                self.poll_io(cx, &mut up, &mut down)
+            })
+            .await;
+            match event {
+                Ok(Event::Drain) => draining = true,
+                Ok(Event::Abort) => {
+                    let e = ClientError::fatal(
+                        code::ADMIN_SHUTDOWN,
+                        "terminating connection because pgmix is shutting down",
+                    );
+                    self.goodbye(&mut down, Some(e)).await;
                     return Ok(SessionEnd::Shutdown);
                 }
-                r = self.client.read_buf(&mut cbuf) => {
-                    match r {
-                        Ok(0) => return Ok(SessionEnd::ClientVanished),
-                        Ok(n) => self.ctx.metrics.bytes_from_clients.fetch_add(n as u64, Relaxed),
-                        Err(e) => return Err(SessionError::Client(e)),
+                Ok(Event::ClientTerminated) => return Ok(SessionEnd::ClientTerminated),
+                Ok(Event::ClientVanished) => return Ok(SessionEnd::ClientVanished),
+                Ok(Event::BackendClosed) => {
+                    let e = (self.last_backend_tag != b'E').then(|| {
+                        ClientError::fatal(
+                            code::CONNECTION_FAILURE,
+                            "pgmix lost its connection to the local Postgres; reconnect to retry",
+                        )
+                    });
+                    self.goodbye(&mut down, e).await;
+                    return Ok(SessionEnd::BackendClosed);
+                }
+                Err(SessionError::Backend(e)) => {
+                    let msg = format!("pgmix lost its connection to the local Postgres ({e}); reconnect to retry");
+                    self.goodbye(&mut down, Some(ClientError::fatal(code::CONNECTION_FAILURE, msg))).await;
+                    return Err(SessionError::Backend(e));
+                }
+                Err(SessionError::ClientProtocol(e)) => {
+                    Metrics::inc(&self.ctx.metrics.protocol_errors_total);
+                    let ce = match &e {
+                        FrameError::TooLarge { .. } => ClientError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
+                            .with_hint("Send a smaller statement, or raise limits.max_message_bytes in proxy.toml."),
+                        FrameError::BadLength { .. } => ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
                     };
-                    if self.forward_client(&mut cbuf).await? {
-                        return Ok(SessionEnd::ClientTerminated);
-                    }
+                    self.goodbye(&mut down, Some(ce)).await;
+                    return Err(SessionError::ClientProtocol(e));
                 }
-                r = self.backend.read_buf(&mut bbuf) => {
-                    match r {
-                        Ok(0) => {
-                            if !self.backend_framer.mid_message() && self.last_backend_tag != b'E' {
-                                self.goodbye(ClientError::fatal(code::CONNECTION_FAILURE,
-                                    "pgmix lost its connection to the local Postgres; reconnect to retry")).await;
-                            }
-                            return Ok(SessionEnd::BackendClosed);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !self.backend_framer.mid_message() {
-                                self.goodbye(ClientError::fatal(code::CONNECTION_FAILURE,
-                                    format!("pgmix lost its connection to the local Postgres ({e}); reconnect to retry"))).await;
-                            }
-                            return Err(SessionError::Backend(e));
-                        }
-                    }
-                    self.forward_backend(&mut bbuf).await?;
-                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// Frames what the client sent, passes each statement through the routing point, and forwards
-    /// every complete or pass-through byte in one write. Returns true when the client terminated.
-    async fn forward_client(&mut self, cbuf: &mut BytesMut) -> Result<bool, SessionError> {
-        // Bytes [written, fwd) are ready to go; a replaced message is skipped over.
-        let mut written = 0;
-        let mut fwd = 0;
-        let mut terminated = false;
-        let mut violation = None;
+    /// Moves bytes both ways until something ends the session or nothing can move. Each direction
+    /// goes on independently of the other: a session that waited for the backend to take the
+    /// client's bytes before reading the backend's replies would deadlock a pipelining client
+    /// whenever the backend waits, in turn, for its replies to be read.
+    fn poll_io(&mut self, cx: &mut Context<'_>, up: &mut Flow, down: &mut Flow) -> Poll<Result<Event, SessionError>> {
+        // Bounded so that one busy session does not starve the others on its thread.
+        for _ in 0..64 {
+            let mut moved = false;
+            // Client -> backend: send what is framed and approved, then read more.
+            while up.ready > 0 {
+                match Pin::new(&mut self.backend).poll_write(cx, &up.buf[..up.ready]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Backend(write_zero()))),
+                    Poll::Ready(Ok(n)) => {
+                        up.sent(n);
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
+                    Poll::Pending => break,
+                }
+            }
+            if up.ready == 0 && self.client_terminated {
+                return Poll::Ready(Ok(Event::ClientTerminated));
+            }
+            if !self.client_terminated && up.wants_more() {
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut up.buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientVanished)),
+                    Poll::Ready(Ok(n)) => {
+                        self.ctx.metrics.bytes_from_clients.fetch_add(n as u64, Relaxed);
+                        self.frame_client(up).map_err(SessionError::ClientProtocol)?;
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
+                    Poll::Pending => {}
+                }
+            }
+            // Backend -> client, likewise.
+            while down.ready > 0 {
+                match Pin::new(&mut self.client).poll_write(cx, &down.buf[..down.ready]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Client(write_zero()))),
+                    Poll::Ready(Ok(n)) => {
+                        self.ctx.metrics.bytes_to_clients.fetch_add(n as u64, Relaxed);
+                        down.sent(n);
+                        self.client_unflushed = true;
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
+                    Poll::Pending => break,
+                }
+            }
+            if down.ready == 0 && self.client_unflushed {
+                // TLS holds written bytes in records until flushed; plain TCP flushes at once.
+                match Pin::new(&mut self.client).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.client_unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if down.wants_more() {
+                match poll_read_buf(Pin::new(&mut self.backend), cx, &mut down.buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
+                    Poll::Ready(Ok(_)) => {
+                        self.frame_backend(down).map_err(SessionError::BackendProtocol)?;
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !moved {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Frames what the client sent and passes each statement through the routing point; what is
+    /// framed becomes ready to send. A refused statement is replaced in place by its refusal.
+    fn frame_client(&mut self, up: &mut Flow) -> Result<(), FrameError> {
         loop {
-            match self.client_framer.step(&cbuf[fwd..], client_inspects) {
-                Ok(Step::Message { tag, body, len }) => {
+            match self.client_framer.step(&up.buf[up.ready..], client_inspects)? {
+                Step::Message { tag, body, len } => {
                     if tag == b'X' {
-                        fwd += len;
-                        terminated = true;
-                        break;
+                        // Passed on so the backend ends cleanly; nothing after it is read.
+                        up.ready += len;
+                        self.client_terminated = true;
+                        return Ok(());
                     }
-                    let replacement =
-                        on_client_message(&mut self.state, &mut self.router, &self.ctx.metrics, tag, body);
-                    if let Some(replacement) = replacement {
-                        let before = &cbuf[written..fwd];
-                        self.backend.write_all(before).await.map_err(SessionError::Backend)?;
-                        self.backend.write_all(&replacement).await.map_err(SessionError::Backend)?;
-                        written = fwd + len;
+                    match on_client_message(&mut self.state, &mut self.router, &self.ctx.metrics, tag, body) {
+                        Some(replacement) => up.replace_next(len, &replacement),
+                        None => up.ready += len,
                     }
-                    fwd += len;
                 }
-                Ok(Step::Pass(n)) if n > 0 => fwd += n,
-                Ok(_) => break,
-                Err(e) => {
-                    violation = Some(e);
-                    break;
-                }
+                Step::Pass(n) if n > 0 => up.ready += n,
+                _ => return Ok(()),
             }
         }
-        if fwd > written {
-            self.backend.write_all(&cbuf[written..fwd]).await.map_err(SessionError::Backend)?;
-        }
-        cbuf.advance(fwd);
-        if let Some(e) = violation {
-            Metrics::inc(&self.ctx.metrics.protocol_errors_total);
-            let ce = match &e {
-                FrameError::TooLarge { .. } => ClientError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
-                    .with_hint("Send a smaller statement, or raise limits.max_message_bytes in proxy.toml."),
-                FrameError::BadLength { .. } => ClientError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
-            };
-            // Wait for the backend to finish what it owes the client, so the error is not spliced
-            // into the middle of a message.
-            if !self.backend_framer.mid_message() {
-                self.goodbye(ce).await;
-            }
-            return Err(SessionError::ClientProtocol(e));
-        }
-        Ok(terminated)
     }
 
-    /// Frames what the backend sent, notes each ReadyForQuery, and forwards it all.
-    async fn forward_backend(&mut self, bbuf: &mut BytesMut) -> Result<(), SessionError> {
-        let mut fwd = 0;
-        let mut result = Ok(());
+    /// Frames what the backend sent and notes each ReadyForQuery; all of it becomes ready to send.
+    fn frame_backend(&mut self, down: &mut Flow) -> Result<(), FrameError> {
         loop {
-            match self.backend_framer.step(&bbuf[fwd..], backend_inspects) {
-                Ok(Step::Message { tag, body, len }) => {
-                    fwd += len;
+            match self.backend_framer.step(&down.buf[down.ready..], backend_inspects)? {
+                Step::Message { tag, body, len } => {
+                    down.ready += len;
                     self.last_backend_tag = tag;
                     if tag == b'Z' {
                         if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
@@ -264,35 +320,80 @@ impl Session {
                         }
                     }
                 }
-                Ok(Step::Pass(n)) if n > 0 => {
+                Step::Pass(n) if n > 0 => {
                     self.last_backend_tag = 0;
-                    fwd += n;
+                    down.ready += n;
                 }
-                Ok(_) => break,
-                Err(e) => {
-                    result = Err(SessionError::BackendProtocol(e));
-                    break;
-                }
+                _ => return Ok(()),
             }
         }
-        if fwd > 0 {
-            self.client.write_all(&bbuf[..fwd]).await.map_err(SessionError::Client)?;
-            self.client.flush().await.map_err(SessionError::Client)?;
-            self.ctx.metrics.bytes_to_clients.fetch_add(fwd as u64, Relaxed);
-            bbuf.advance(fwd);
-        }
-        result
     }
 
-    /// Sends a final error to the client and closes its side.
-    async fn goodbye(&mut self, e: ClientError) {
+    /// Sends the client what the backend already said, then a final error (unless that would land
+    /// inside a message), and closes both sides.
+    async fn goodbye(&mut self, down: &mut Flow, e: Option<ClientError>) {
         let mut buf = BytesMut::new();
-        e.encode(&mut buf);
+        buf.extend_from_slice(&down.buf[..down.ready]);
+        if let Some(e) = e
+            && !self.backend_framer.mid_message()
+        {
+            e.encode(&mut buf);
+        }
         let _ = self.client.write_all(&buf).await;
         let _ = self.client.flush().await;
         let _ = self.client.shutdown().await;
         let _ = self.backend.write_all(&[b'X', 0, 0, 0, 4]).await;
     }
+}
+
+/// What ended one wait of the pump.
+enum Event {
+    Drain,
+    Abort,
+    ClientTerminated,
+    ClientVanished,
+    BackendClosed,
+}
+
+/// One direction's bytes: `buf[..ready]` is framed and may be sent, the rest awaits framing.
+struct Flow {
+    buf: BytesMut,
+    ready: usize,
+}
+
+impl Flow {
+    fn new(buf: BytesMut) -> Self {
+        Self { buf, ready: 0 }
+    }
+
+    /// Reading more is allowed while little waits to be sent, and always when nothing can be sent
+    /// (a message held whole for inspection is still arriving; the framer bounds its size). This
+    /// is the backpressure: a side that does not take its bytes stops the other side's reads.
+    fn wants_more(&mut self) -> bool {
+        if self.ready > 0 && self.buf.len() >= READ_CHUNK {
+            return false;
+        }
+        self.buf.reserve(READ_CHUNK);
+        true
+    }
+
+    fn sent(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.ready -= n;
+    }
+
+    /// Replaces the next `len` unframed bytes (one message) with `with`, ready to send.
+    fn replace_next(&mut self, len: usize, with: &[u8]) {
+        let tail = self.buf.split_off(self.ready + len);
+        self.buf.truncate(self.ready);
+        self.buf.extend_from_slice(with);
+        self.buf.extend_from_slice(&tail);
+        self.ready += with.len();
+    }
+}
+
+fn write_zero() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::WriteZero, "connection accepted no bytes")
 }
 
 /// The statement boundary: every Query and Parse passes the routing point here. Returns a

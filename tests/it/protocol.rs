@@ -95,6 +95,29 @@ async fn prepared_statements_outlive_their_transaction_and_pipeline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_pipeline_that_fills_every_buffer_completes() {
+    // 20 MB of requests in flight, and replies the client reads as they come (as libpq, psycopg
+    // and tokio-postgres do). Postgres stops reading requests while its replies wait to be read,
+    // so a session that blocked on sending requests before reading replies would hang here.
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let stmt = c.prepare("SELECT length(repeat($1, 2))").await.unwrap();
+    let big = "x".repeat(1000);
+    let futs: Vec<_> = (0..20_000)
+        .map(|_| {
+            let (c, stmt, big) = (&c, &stmt, &big);
+            async move { c.query_one(stmt, &[big]).await }
+        })
+        .collect();
+    let all = tokio::time::timeout(std::time::Duration::from_secs(60), futures_util::future::join_all(futs))
+        .await
+        .expect("the pipeline deadlocked in pgmix");
+    for r in all {
+        assert_eq!(r.unwrap().get::<_, i32>(0), 2000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_copy_out_stream_through() {
     let node = TestNode::start().await;
     let c = node.client().await;

@@ -3,8 +3,9 @@
 //! Bytes flow through without their rows being decoded. The session frames both directions (see
 //! `protocol::frames`) so that it knows statement boundaries (Query, Parse, Sync), the prepared
 //! statements a client holds, and the transaction status from each ReadyForQuery; everything else
-//! is passed on in the same buffer it arrived in. Reading one side only when the other side has
-//! taken what was read before gives backpressure: a client that stops reading stops the backend.
+//! is passed on in the same buffer it arrived in. The two directions move independently (a
+//! session that waited on one would deadlock a pipelining client, see `poll_io`), and each stops
+//! reading while 64 KiB wait to be sent: a client that stops reading stops the backend.
 //!
 //! Crash and failure meaning: a session holds no durable state. If the client goes away, the
 //! backend connection is dropped and Postgres rolls back whatever transaction was open. If the

@@ -207,38 +207,45 @@ impl Session {
     /// goes on independently of the other: a session that waited for the backend to take the
     /// client's bytes before reading the backend's replies would deadlock a pipelining client
     /// whenever the backend waits, in turn, for its replies to be read.
+    ///
+    /// Each side is polled until it says Pending, which is what registers the task's waker with
+    /// it, and not again after that: a second Pending poll costs a lock and finds nothing new.
     fn poll_io(&mut self, cx: &mut Context<'_>, up: &mut Flow, down: &mut Flow) -> Poll<Result<Event, SessionError>> {
-        // Bounded so that one busy session does not starve the others on its thread.
-        for _ in 0..64 {
-            let mut moved = false;
-            // Client -> backend: send what is framed and approved, then read more.
+        // Client -> backend.
+        for turn in 0.. {
             while up.ready > 0 {
                 match Pin::new(&mut self.backend).poll_write(cx, &up.buf[..up.ready]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Backend(write_zero()))),
-                    Poll::Ready(Ok(n)) => {
-                        up.sent(n);
-                        moved = true;
-                    }
+                    Poll::Ready(Ok(n)) => up.sent(n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
                     Poll::Pending => break,
                 }
             }
-            if up.ready == 0 && self.client_terminated {
-                return Poll::Ready(Ok(Event::ClientTerminated));
-            }
-            if !self.client_terminated && up.wants_more() {
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut up.buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientVanished)),
-                    Poll::Ready(Ok(n)) => {
-                        self.ctx.metrics.bytes_from_clients.fetch_add(n as u64, Relaxed);
-                        self.frame_client(up).map_err(SessionError::ClientProtocol)?;
-                        moved = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
-                    Poll::Pending => {}
+            if self.client_terminated {
+                if up.ready == 0 {
+                    return Poll::Ready(Ok(Event::ClientTerminated));
                 }
+                break;
             }
-            // Backend -> client, likewise.
+            // Full, and the backend is not taking bytes: its write readiness will wake us.
+            if !up.wants_more() {
+                break;
+            }
+            if turn == FAIR_TURNS {
+                return yield_now(cx);
+            }
+            match poll_read_buf(Pin::new(&mut self.client), cx, &mut up.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientVanished)),
+                Poll::Ready(Ok(n)) => {
+                    self.ctx.metrics.bytes_from_clients.fetch_add(n as u64, Relaxed);
+                    self.frame_client(up).map_err(SessionError::ClientProtocol)?;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
+                Poll::Pending => break,
+            }
+        }
+        // Backend -> client.
+        for turn in 0.. {
             while down.ready > 0 {
                 match Pin::new(&mut self.client).poll_write(cx, &down.buf[..down.ready]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Client(write_zero()))),
@@ -246,7 +253,6 @@ impl Session {
                         self.ctx.metrics.bytes_to_clients.fetch_add(n as u64, Relaxed);
                         down.sent(n);
                         self.client_unflushed = true;
-                        moved = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
                     Poll::Pending => break,
@@ -260,22 +266,19 @@ impl Session {
                     Poll::Pending => {}
                 }
             }
-            if down.wants_more() {
-                match poll_read_buf(Pin::new(&mut self.backend), cx, &mut down.buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
-                    Poll::Ready(Ok(_)) => {
-                        self.frame_backend(down).map_err(SessionError::BackendProtocol)?;
-                        moved = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
-                    Poll::Pending => {}
-                }
+            if !down.wants_more() {
+                break;
             }
-            if !moved {
-                return Poll::Pending;
+            if turn == FAIR_TURNS {
+                return yield_now(cx);
+            }
+            match poll_read_buf(Pin::new(&mut self.backend), cx, &mut down.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
+                Poll::Ready(Ok(_)) => self.frame_backend(down).map_err(SessionError::BackendProtocol)?,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
+                Poll::Pending => break,
             }
         }
-        cx.waker().wake_by_ref();
         Poll::Pending
     }
 
@@ -391,6 +394,15 @@ impl Flow {
         self.buf.extend_from_slice(&tail);
         self.ready += with.len();
     }
+}
+
+/// Reads per direction in one poll before the session lets other sessions on its thread run.
+const FAIR_TURNS: usize = 32;
+
+/// Gives the thread to other tasks and asks to be polled again soon.
+fn yield_now<T>(cx: &mut Context<'_>) -> Poll<T> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 fn write_zero() -> std::io::Error {

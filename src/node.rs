@@ -25,6 +25,7 @@ use crate::metrics::{self, Metrics, MetricsHandle};
 use crate::protocol::messages;
 use crate::schema::Schema;
 use crate::schema::live::LiveSchema;
+use crate::session::stop::Level;
 use crate::session::{Session, SessionCtx};
 
 #[derive(Debug, Error)]
@@ -103,13 +104,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
 
-    let ctx = SessionCtx {
-        cfg: cfg.clone(),
-        metrics: metrics.clone(),
-        drain: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        schema,
-    };
+    let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), schema };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
     if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
@@ -145,10 +140,10 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: Cancellat
     drop(listener);
     tracker.close();
     info!(node = %ctx.cfg.node_name, sessions = tracker.len(), "shutting down: draining sessions");
-    ctx.drain.cancel();
+    ctx.stop.raise(Level::Drain);
     if tokio::time::timeout(ctx.cfg.shutdown_drain, tracker.wait()).await.is_err() {
         warn!(sessions = tracker.len(), "drain timed out: closing remaining sessions");
-        ctx.abort.cancel();
+        ctx.stop.raise(Level::Abort);
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
     info!(node = %ctx.cfg.node_name, "node stopped");

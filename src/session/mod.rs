@@ -13,6 +13,7 @@
 
 pub mod route;
 pub mod state;
+pub mod stop;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,7 +25,6 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendConn, BackendStream};
 use crate::config::NodeConfig;
@@ -64,10 +64,8 @@ pub enum SessionEnd {
 pub struct SessionCtx {
     pub cfg: Arc<NodeConfig>,
     pub metrics: MetricsHandle,
-    /// Stop at the next quiet point (between transactions).
-    pub drain: CancellationToken,
-    /// Stop now.
-    pub abort: CancellationToken,
+    /// Drain: stop at the next quiet point (between transactions); abort: stop now.
+    pub stop: Arc<stop::StopSignal>,
     pub schema: Arc<crate::schema::live::LiveSchema>,
 }
 
@@ -138,11 +136,7 @@ impl Session {
         let mut up = Flow::new(BytesMut::with_capacity(READ_CHUNK));
         let mut down = Flow::new(bbuf);
         let mut draining = false;
-        // Made once: a fresh `cancelled()` per loop turn would register with the node-wide token
-        // (a shared mutex) on every message, in every session.
-        let drain = self.ctx.drain.clone().cancelled_owned();
-        let abort = self.ctx.abort.clone().cancelled_owned();
-        tokio::pin!(drain, abort);
+        let mut stop = self.ctx.stop.watch();
         self.frame_backend(&mut down).map_err(SessionError::BackendProtocol)?;
         loop {
             if draining && self.state.is_quiet() && !self.backend_framer.mid_message() {
@@ -151,14 +145,10 @@ impl Session {
                 self.goodbye(&mut down, Some(e)).await;
                 return Ok(SessionEnd::Shutdown);
             }
-            let event = std::future::poll_fn(|cx| {
-                if abort.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::Abort));
-                }
-                if !draining && drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::Drain));
-                }
-                self.poll_io(cx, &mut up, &mut down)
+            let event = std::future::poll_fn(|cx| match stop.poll_level(cx) {
+                stop::Level::Abort => Poll::Ready(Ok(Event::Abort)),
+                stop::Level::Drain if !draining => Poll::Ready(Ok(Event::Drain)),
+                _ => self.poll_io(cx, &mut up, &mut down),
             })
             .await;
             match event {

@@ -57,6 +57,18 @@ def check_psycopg() -> None:
     # TLS, when the node offers it.
     with psycopg.connect(conninfo.replace("sslmode=disable", "") + " sslmode=require") as conn:
         assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() is not None
+        # A deep pipeline, in plaintext and over TLS: about 20 MB of requests in flight while the
+        # replies are read as they come. pgmix must move both directions at once or it hangs.
+        deep_pipeline(conn)
+    with psycopg.connect(conninfo) as conn:
+        deep_pipeline(conn)
+
+
+def deep_pipeline(conn: psycopg.Connection) -> None:
+    big = "x" * 1000
+    with conn.pipeline():
+        curs = [conn.execute("SELECT length(repeat(%s, 2))", (big,)) for _ in range(20000)]
+    assert all(c.fetchone()[0] == 2000 for c in curs)
 
 
 class Base(DeclarativeBase):

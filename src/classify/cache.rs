@@ -13,13 +13,24 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Class, classify, combined};
+use super::{Class, SqlPrepared, classify, strongest};
 use crate::schema::Schema;
 
 /// Entries per generation; the cache holds at most twice this.
 const GENERATION: usize = 2048;
 
-type Entry = (Class, Arc<str>);
+/// What the node keeps of a classified text.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The strongest class of its statements, EXECUTE counted as a strong write.
+    pub class: Class,
+    /// The strongest class of its statements other than EXECUTE (Local if there are none); the
+    /// session adds what each EXECUTE runs, from `sql_prepared`.
+    pub class_without_execute: Class,
+    pub reason: Arc<str>,
+    /// The statement's effects on SQL-level prepared statements, in order.
+    pub sql_prepared: Arc<[SqlPrepared]>,
+}
 
 #[derive(Default)]
 struct Generations {
@@ -96,7 +107,13 @@ impl Generations {
 fn fresh(sql: &str, schema: &Schema) -> Entry {
     let all = classify(sql, schema);
     let reason = all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; ");
-    (combined(&all), Arc::from(reason))
+    let is_execute = |c: &&super::Classification| matches!(c.sql_prepared, Some(SqlPrepared::Execute { .. }));
+    Entry {
+        class: strongest(all.iter().map(|c| c.class)),
+        class_without_execute: strongest(all.iter().filter(|c| !is_execute(c)).map(|c| c.class)),
+        reason: Arc::from(reason),
+        sql_prepared: all.iter().filter_map(|c| c.sql_prepared.clone()).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -113,12 +130,12 @@ mod tests {
     fn cached_class_is_the_classified_one_until_cleared() {
         let cache = ClassCache::default();
         let (weak, strong) = schemas();
-        assert_eq!(cache.get_or_classify("SELECT a FROM t", &weak).0, Class::WeakRead);
+        assert_eq!(cache.get_or_classify("SELECT a FROM t", &weak).class, Class::WeakRead);
         // A hit does not look at the schema again...
-        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::WeakRead);
+        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).class, Class::WeakRead);
         // ...which is why a schema change must clear the cache.
         cache.clear();
-        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::StrongRead);
+        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).class, Class::StrongRead);
     }
 
     #[test]
@@ -134,9 +151,9 @@ mod tests {
             assert!(cache.len() <= 2 * GENERATION);
         }
         // Still cached: a lookup under another schema returns the class computed under `weak`.
-        assert_eq!(cache.get_or_classify("SELECT hot FROM t", &strong).0, Class::WeakRead);
+        assert_eq!(cache.get_or_classify("SELECT hot FROM t", &strong).class, Class::WeakRead);
         // A one-off text from the start of the flood is gone and is classified afresh.
-        assert_eq!(cache.get_or_classify("SELECT 0 FROM t", &strong).0, Class::StrongRead);
+        assert_eq!(cache.get_or_classify("SELECT 0 FROM t", &strong).class, Class::StrongRead);
     }
 
     #[test]
@@ -147,10 +164,10 @@ mod tests {
         let epoch = cache.lookup("SELECT a FROM t").expect_err("a miss");
         cache.clear();
         cache.store("SELECT a FROM t", fresh("SELECT a FROM t", &weak()), epoch);
-        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).0, Class::StrongRead);
+        assert_eq!(cache.get_or_classify("SELECT a FROM t", &strong).class, Class::StrongRead);
         // Without a change in between, the entry is kept.
         let epoch = cache.lookup("SELECT b FROM t").expect_err("a miss");
         cache.store("SELECT b FROM t", fresh("SELECT b FROM t", &weak()), epoch);
-        assert_eq!(cache.get_or_classify("SELECT b FROM t", &strong).0, Class::WeakRead);
+        assert_eq!(cache.get_or_classify("SELECT b FROM t", &strong).class, Class::WeakRead);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use sqlparser::ast::Statement;
 
 use super::walk::{self, Collected, WriteKind};
-use super::{Class, Classification, Kind, functions};
+use super::{Class, Classification, Kind, SqlPrepared, functions};
 use crate::schema::{Consistency, Schema, TableName, TableRule};
 
 pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
@@ -13,7 +13,21 @@ pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
         Statement::Prepare { name, statement: inner, .. } => {
             let mut c = statement(inner, schema);
             c.reason = format!("PREPARE {}: {}", walk::fold(name), c.reason);
-            c
+            let class = c.class;
+            c.with_sql_prepared(SqlPrepared::Prepare(walk::fold(name), class))
+        }
+        Statement::Execute { name: Some(name), .. }
+            if let [part] = name.0.as_slice()
+                && part.as_ident().is_some() =>
+        {
+            let params = data(&walk::collect(ast), schema).class;
+            let name = part.as_ident().map(walk::fold).unwrap_or_default();
+            Classification::simple(
+                Kind::Write,
+                Class::StrongWrite,
+                "EXECUTE of an SQL-level prepared statement: its text is not in this statement; a strong write unless the session knows its PREPARE",
+            )
+            .with_sql_prepared(SqlPrepared::Execute { name, params })
         }
         Statement::Execute { .. } => Classification::simple(
             Kind::Write,
@@ -239,5 +253,5 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         (None, Some(r), true) => (Class::StrongRead, r),
         (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
     };
-    Classification { kind, class, reads, writes, reason, tx: None }
+    Classification { kind, class, reads, writes, reason, tx: None, sql_prepared: None }
 }

@@ -88,6 +88,19 @@ pub struct TxOptions {
     pub deferrable: Option<bool>,
 }
 
+/// What a statement does to the session's SQL-level prepared statements. EXECUTE's class is
+/// that of the statement it runs, which only the session knows (see `session::route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlPrepared {
+    /// `PREPARE name AS ...`, with the class of its statement.
+    Prepare(String, Class),
+    /// `EXECUTE name (params)`, with the class of the parameter expressions alone (they may call
+    /// functions or read tables themselves).
+    Execute { name: String, params: Class },
+    /// `DEALLOCATE name`, or every statement for `DEALLOCATE ALL` / `DISCARD ALL`.
+    Deallocate(Option<String>),
+}
+
 /// The classification of one statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Classification {
@@ -100,11 +113,26 @@ pub struct Classification {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tx: Option<TxOptions>,
+    #[serde(skip)]
+    pub sql_prepared: Option<SqlPrepared>,
 }
 
 impl Classification {
     pub(crate) fn simple(kind: Kind, class: Class, reason: impl Into<String>) -> Self {
-        Self { kind, class, reads: BTreeSet::new(), writes: BTreeSet::new(), reason: reason.into(), tx: None }
+        Self {
+            kind,
+            class,
+            reads: BTreeSet::new(),
+            writes: BTreeSet::new(),
+            reason: reason.into(),
+            tx: None,
+            sql_prepared: None,
+        }
+    }
+
+    pub(crate) fn with_sql_prepared(mut self, p: SqlPrepared) -> Self {
+        self.sql_prepared = Some(p);
+        self
     }
 }
 
@@ -115,6 +143,11 @@ pub fn classify(sql: &str, schema: &Schema) -> Vec<Classification> {
 
 /// The class of a whole Query message: the strongest of its statements.
 pub fn combined(classes: &[Classification]) -> Class {
+    strongest(classes.iter().map(|c| c.class))
+}
+
+/// The strongest of some classes (Local when there are none): what a group of statements needs.
+pub fn strongest(classes: impl IntoIterator<Item = Class>) -> Class {
     let rank = |c: Class| match c {
         Class::Refused => 7,
         Class::Ddl => 6,
@@ -124,7 +157,7 @@ pub fn combined(classes: &[Classification]) -> Class {
         Class::WeakRead => 2,
         Class::Local => 1,
     };
-    classes.iter().map(|c| c.class).max_by_key(|c| rank(*c)).unwrap_or(Class::Local)
+    classes.into_iter().max_by_key(|c| rank(*c)).unwrap_or(Class::Local)
 }
 
 fn classify_one(stmt: split::Stmt, schema: &Schema) -> Classification {

@@ -4,7 +4,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use super::{Class, Classification, Kind, TxOptions};
+use super::{Class, Classification, Kind, SqlPrepared, TxOptions};
 
 pub enum Stmt {
     /// Decided from its tokens alone.
@@ -71,6 +71,10 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
             "pgmix coordinates two-phase commit itself; clients may not use PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED",
         ),
         ("DO", _) => known(Kind::Write, Class::StrongWrite, "DO blocks can do anything; treated as a strong write"),
+        ("DISCARD", "ALL") => Stmt::Known(
+            Classification::simple(Kind::Utility, Class::Local, "DISCARD ALL resets this session")
+                .with_sql_prepared(SqlPrepared::Deallocate(None)),
+        ),
         ("CHECKPOINT", _) => known(Kind::Utility, Class::Local, "CHECKPOINT is maintenance of the local Postgres"),
         ("VACUUM", _) | ("ANALYZE", _) | ("ANALYSE", _) => {
             known(Kind::Utility, Class::Local, "VACUUM/ANALYZE are maintenance of the local Postgres")
@@ -92,7 +96,10 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
         | ("CLUSTER", _)
         | ("SECURITY", _)
         | ("IMPORT", _) => known(Kind::Ddl, Class::Ddl, "DDL is always strong: it travels in order on the strong log"),
-        ("DEALLOCATE", _) => known(Kind::Utility, Class::Local, "DEALLOCATE only affects this session"),
+        ("DEALLOCATE", _) => Stmt::Known(
+            Classification::simple(Kind::Utility, Class::Local, "DEALLOCATE only affects this session")
+                .with_sql_prepared(SqlPrepared::Deallocate(deallocated(&tokens))),
+        ),
         ("SET", "TRANSACTION") | ("SET", "SESSION") if w(2) == "CHARACTERISTICS" || w(1) == "TRANSACTION" => {
             let mut c = Classification::simple(Kind::Transaction, Class::Local, "transaction characteristics");
             c.tx = Some(tx_options(&tokens));
@@ -110,6 +117,24 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
         _ => Stmt::Tokens(rewrite_lock_strength(tokens)),
     };
     out.push(stmt);
+}
+
+/// The name in `DEALLOCATE [PREPARE] name`, folded as Postgres folds it; None for ALL.
+fn deallocated(tokens: &[TokenWithSpan]) -> Option<String> {
+    let mut sig = tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)).skip(1);
+    let mut target = sig.next();
+    if let Some(Token::Word(w)) = target
+        && w.quote_style.is_none()
+        && w.keyword == Keyword::PREPARE
+    {
+        target = sig.next();
+    }
+    match target {
+        Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
+        Some(Token::Word(w)) if w.keyword == Keyword::ALL => None,
+        Some(Token::Word(w)) => Some(w.value.to_lowercase()),
+        _ => None,
+    }
 }
 
 /// READ ONLY / READ WRITE, ISOLATION LEVEL ..., [NOT] DEFERRABLE, in any order.

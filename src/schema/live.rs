@@ -14,7 +14,6 @@ use tracing::{error, info, warn};
 
 use super::lint::{Severity, lint};
 use super::{Schema, catalog};
-use crate::classify::Class;
 use crate::classify::cache::ClassCache;
 use crate::config::BackendConfig;
 use crate::metrics::MetricsHandle;
@@ -51,7 +50,7 @@ impl LiveSchema {
     }
 
     /// Classifies a Query or Parse text (cached by text).
-    pub fn classify(&self, sql: &str) -> (Class, Arc<str>) {
+    pub fn classify(&self, sql: &str) -> crate::classify::cache::Entry {
         self.cache.get_or_classify(sql, || self.current())
     }
 

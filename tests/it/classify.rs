@@ -47,6 +47,37 @@ async fn statements_are_classified_at_the_routing_point_and_counted() {
     assert_eq!(count(&node, Class::StrongRead), 1, "prepared once, classified once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_execute_has_the_class_of_what_it_runs() {
+    let node = TestNode::start_with_schema(SCHEMA, SETUP).await.expect("node starts");
+    let c = node.client().await;
+    let before = |class| count(&node, class);
+    let (weak_reads, strong_writes) = (before(Class::WeakRead), before(Class::StrongWrite));
+    c.simple_query("PREPARE p(text) AS SELECT title FROM posts WHERE title = $1").await.unwrap();
+    c.simple_query("EXECUTE p('a')").await.unwrap();
+    c.simple_query("EXECUTE p('b')").await.unwrap();
+    // PREPARE itself plus two EXECUTEs: weak reads, not strong writes.
+    assert_eq!(count(&node, Class::WeakRead), weak_reads + 3);
+    assert_eq!(count(&node, Class::StrongWrite), strong_writes);
+    // Parameters are statements too: a writing function in them makes the EXECUTE strong.
+    c.simple_query("CREATE SEQUENCE s").await.unwrap();
+    c.simple_query("EXECUTE p(nextval('s')::text)").await.unwrap();
+    assert_eq!(count(&node, Class::StrongWrite), strong_writes + 1);
+    // The same name, deallocated and prepared again as a strong write.
+    c.simple_query("DEALLOCATE p").await.unwrap();
+    c.simple_query("PREPARE p(int) AS UPDATE accounts SET balance = balance + 1 WHERE id = $1").await.unwrap();
+    c.simple_query("EXECUTE p(1)").await.unwrap();
+    assert_eq!(count(&node, Class::StrongWrite), strong_writes + 3);
+    // After DISCARD ALL the name is unknown: an EXECUTE of it is a strong write (Postgres then
+    // reports that it does not exist).
+    c.simple_query("DISCARD ALL").await.unwrap();
+    c.simple_query("PREPARE q AS SELECT title FROM posts").await.unwrap();
+    c.simple_query("DISCARD ALL").await.unwrap();
+    let err = c.simple_query("EXECUTE q").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "26000");
+    assert_eq!(count(&node, Class::StrongWrite), strong_writes + 4);
+}
+
 fn uuid_like() -> String {
     "00000000-0000-0000-0000-000000000000".to_owned()
 }

@@ -139,7 +139,7 @@ impl Session {
         let mut stop = self.ctx.stop.watch();
         self.frame_backend(&mut down).map_err(SessionError::BackendProtocol)?;
         loop {
-            if draining && self.state.is_quiet() && !self.backend_framer.mid_message() {
+            if draining && self.at_quiet_point() {
                 let e =
                     ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down");
                 self.goodbye(&mut down, Some(e)).await;
@@ -148,7 +148,11 @@ impl Session {
             let event = std::future::poll_fn(|cx| match stop.poll_level(cx) {
                 stop::Level::Abort => Poll::Ready(Ok(Event::Abort)),
                 stop::Level::Drain if !draining => Poll::Ready(Ok(Event::Drain)),
-                _ => self.poll_io(cx, &mut up, &mut down),
+                // Draining, and the transaction this session waited for has just finished.
+                _ => match self.poll_io(cx, &mut up, &mut down) {
+                    Poll::Pending if draining && self.at_quiet_point() => Poll::Ready(Ok(Event::Drain)),
+                    other => other,
+                },
             })
             .await;
             match event {
@@ -191,6 +195,11 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Between transactions, with nothing outstanding: where a session may be closed.
+    fn at_quiet_point(&self) -> bool {
+        self.state.is_quiet() && !self.backend_framer.mid_message()
     }
 
     /// Moves bytes both ways until something ends the session or nothing can move. Each direction

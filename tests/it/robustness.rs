@@ -193,7 +193,9 @@ async fn local_postgres_down_refuses_clients_with_57p03_until_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_transaction_finish_then_closes_sessions() {
-    let mut node = TestNode::start().await;
+    // A drain timeout far beyond the test's own: the node must stop because its sessions reached
+    // a quiet point, not because the drain timed out and aborted them.
+    let mut node = TestNode::start_with("allow", "[limits]\nshutdown_drain_secs = 120\n").await;
     let direct = node.pg.direct().await;
     direct.batch_execute("CREATE TABLE s (id int)").await.unwrap();
     let busy = node.client().await;

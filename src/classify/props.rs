@@ -105,7 +105,8 @@ fn value(r: &mut Rng) -> String {
 }
 
 fn noise(r: &mut Rng) -> &'static str {
-    *r.pick(&[" ", "  ", "\n", " /* note; with semicolon */ ", " -- c\n"])
+    const NOISE: [&str; 5] = [" ", "  ", "\n", " /* note; with semicolon */ ", " -- c\n"];
+    NOISE[r.below(NOISE.len())]
 }
 
 /// A write statement with its target and written columns; `None` columns means "rows" (insert/delete).

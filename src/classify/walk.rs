@@ -275,21 +275,19 @@ impl Visitor for Collected {
             self.visible_now = None;
         }
         match s {
-            Statement::Insert(Insert { table, columns, on, table_alias, .. }) => {
-                if let TableObject::TableName(name) = table {
-                    let cols = columns.iter().filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold)).collect();
-                    self.target(name, WriteKind::Insert(cols));
-                    // ON CONFLICT ... DO UPDATE may refer to the target by alias or as EXCLUDED.
-                    self.aliases.insert("excluded".into(), table_name(name));
-                    if let Some(a) = table_alias {
-                        self.aliases.insert(fold(&a.alias), table_name(name));
-                    }
-                    if let Some(OnInsert::OnConflict(oc)) = on
-                        && let OnConflictAction::DoUpdate(du) = &oc.action
-                    {
-                        let cols = du.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
-                        self.target(name, WriteKind::Update(cols));
-                    }
+            Statement::Insert(Insert { table: TableObject::TableName(name), columns, on, table_alias, .. }) => {
+                let cols = columns.iter().filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(fold)).collect();
+                self.target(name, WriteKind::Insert(cols));
+                // ON CONFLICT ... DO UPDATE may refer to the target by alias or as EXCLUDED.
+                self.aliases.insert("excluded".into(), table_name(name));
+                if let Some(a) = table_alias {
+                    self.aliases.insert(fold(&a.alias), table_name(name));
+                }
+                if let Some(OnInsert::OnConflict(oc)) = on
+                    && let OnConflictAction::DoUpdate(du) = &oc.action
+                {
+                    let cols = du.assignments.iter().flat_map(|a| assigned(&a.target)).collect();
+                    self.target(name, WriteKind::Update(cols));
                 }
             }
             Statement::Update(u) => {

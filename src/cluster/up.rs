@@ -49,8 +49,7 @@ pub fn node_config_toml(
     metrics_port: u16,
     socket_dir: &Path,
     pg_port: u16,
-    cert: &Path,
-    key: &Path,
+    (cert, key): (&Path, &Path),
     schema: Option<&Path>,
 ) -> String {
     let schema = schema.map(|s| format!("schema = {:?}\n", s.display().to_string())).unwrap_or_default();
@@ -141,8 +140,7 @@ async fn start_each(
             metrics_port(opts.base_port, i),
             cluster.pgs[(i - 1) as usize].socket_dir(),
             pg_port,
-            cert,
-            key,
+            (cert, key),
             schema,
         );
         let conf_path = dir.join("proxy.toml");

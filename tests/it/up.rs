@@ -24,6 +24,9 @@ fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>
             return (child, lines);
         }
     }
+    // Do not leave a half-started cluster behind.
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("pgmix up ended without `cluster ready`: {lines:#?}");
 }
 

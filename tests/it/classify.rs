@@ -103,6 +103,15 @@ async fn client_two_phase_commit_is_refused_with_a_clear_error() {
     assert_eq!(count(&node, Class::Refused), 2);
     // The session is fine afterwards.
     assert_eq!(c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get::<_, i64>(0), 0);
+    // In the middle of a pipeline, the refusal replaces just its own statement.
+    let (before, refused, after) = tokio::join!(
+        c.query_one("SELECT 1::int", &[]),
+        c.execute("ROLLBACK PREPARED 'mine'", &[]),
+        c.query_one("SELECT 2::int", &[]),
+    );
+    assert_eq!(before.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(sqlstate(&refused.unwrap_err()), "0A000");
+    assert_eq!(after.unwrap().get::<_, i32>(0), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     }
 
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let (session, pending) = Session::new(client, backend, ctx.clone());
+    let (session, pending) = Session::new(client, backend, ctx.clone(), &hello.params);
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

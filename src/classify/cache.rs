@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Class, SqlPrepared, classify, strongest};
+use super::{Class, SearchPathChange, SqlPrepared, classify, strongest};
 use crate::schema::Schema;
 
 /// Entries per generation; the cache holds at most twice this.
@@ -30,6 +30,10 @@ pub struct Entry {
     pub reason: Arc<str>,
     /// The statement's effects on SQL-level prepared statements, in order.
     pub sql_prepared: Arc<[SqlPrepared]>,
+    /// The last change the text makes to the session's search_path.
+    pub search_path: Option<SearchPathChange>,
+    /// How many statements the text holds.
+    pub statements: usize,
 }
 
 #[derive(Default)]
@@ -113,6 +117,8 @@ fn fresh(sql: &str, schema: &Schema) -> Entry {
         class_without_execute: strongest(all.iter().filter(|c| !is_execute(c)).map(|c| c.class)),
         reason: Arc::from(reason),
         sql_prepared: all.iter().filter_map(|c| c.sql_prepared.clone()).collect(),
+        search_path: all.iter().rev().find_map(|c| c.search_path.clone()),
+        statements: all.len(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use sqlparser::ast::Statement;
 
 use super::walk::{self, Collected, WriteKind};
-use super::{Class, Classification, Kind, SqlPrepared, functions};
+use super::{Class, Classification, Kind, SearchPathChange, SqlPrepared, functions};
 use crate::schema::{Consistency, Schema, TableName, TableRule};
 
 pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
@@ -253,5 +253,7 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         (None, Some(r), true) => (Class::StrongRead, r),
         (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
     };
-    Classification { kind, class, reads, writes, reason, tx: None, sql_prepared: None }
+    // set_config('search_path', ...) changes what later statements' unqualified names mean.
+    let search_path = c.functions.iter().any(|f| f == "set_config").then_some(SearchPathChange::Unknown);
+    Classification { kind, class, reads, writes, reason, tx: None, sql_prepared: None, search_path }
 }

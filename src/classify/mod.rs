@@ -101,6 +101,18 @@ pub enum SqlPrepared {
     Deallocate(Option<String>),
 }
 
+/// A change to the session's search_path, which decides what unqualified table names mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchPathChange {
+    /// `SET [SESSION] search_path TO a, b`: these schemas, in order.
+    Set(Vec<String>),
+    /// `RESET search_path`, `RESET ALL`, `SET search_path TO DEFAULT`, `DISCARD ALL`.
+    Reset,
+    /// Changed in a way pgmix does not follow: `SET LOCAL`, `SET SCHEMA`, `set_config()`, a
+    /// value it cannot read.
+    Unknown,
+}
+
 /// The classification of one statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Classification {
@@ -115,6 +127,8 @@ pub struct Classification {
     pub tx: Option<TxOptions>,
     #[serde(skip)]
     pub sql_prepared: Option<SqlPrepared>,
+    #[serde(skip)]
+    pub search_path: Option<SearchPathChange>,
 }
 
 impl Classification {
@@ -127,6 +141,7 @@ impl Classification {
             reason: reason.into(),
             tx: None,
             sql_prepared: None,
+            search_path: None,
         }
     }
 

@@ -4,7 +4,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use super::{Class, Classification, Kind, SqlPrepared, TxOptions};
+use super::{Class, Classification, Kind, SearchPathChange, SqlPrepared, TxOptions};
 
 pub enum Stmt {
     /// Decided from its tokens alone.
@@ -71,10 +71,21 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
             "pgmix coordinates two-phase commit itself; clients may not use PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED",
         ),
         ("DO", _) => known(Kind::Write, Class::StrongWrite, "DO blocks can do anything; treated as a strong write"),
-        ("DISCARD", "ALL") => Stmt::Known(
-            Classification::simple(Kind::Utility, Class::Local, "DISCARD ALL resets this session")
-                .with_sql_prepared(SqlPrepared::Deallocate(None)),
-        ),
+        ("DISCARD", "ALL") => {
+            let mut c = Classification::simple(Kind::Utility, Class::Local, "DISCARD ALL resets this session")
+                .with_sql_prepared(SqlPrepared::Deallocate(None));
+            c.search_path = Some(SearchPathChange::Reset);
+            Stmt::Known(c)
+        }
+        ("SET", _) | ("RESET", _) if search_path_change(&tokens).is_some() => {
+            let mut c = Classification::simple(
+                Kind::Utility,
+                Class::Local,
+                "sets the session's search_path, which decides what unqualified table names mean",
+            );
+            c.search_path = search_path_change(&tokens);
+            Stmt::Known(c)
+        }
         ("CHECKPOINT", _) => known(Kind::Utility, Class::Local, "CHECKPOINT is maintenance of the local Postgres"),
         ("VACUUM", _) | ("ANALYZE", _) | ("ANALYSE", _) => {
             known(Kind::Utility, Class::Local, "VACUUM/ANALYZE are maintenance of the local Postgres")
@@ -117,6 +128,60 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
         _ => Stmt::Tokens(rewrite_lock_strength(tokens)),
     };
     out.push(stmt);
+}
+
+/// What a SET or RESET does to the search_path; None when it does not touch it.
+fn search_path_change(tokens: &[TokenWithSpan]) -> Option<SearchPathChange> {
+    let sig: Vec<&Token> = tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)).collect();
+    let upper = |i: usize| sig.get(i).and_then(|t| word(t)).unwrap_or_default();
+    match (upper(0).as_str(), upper(1).as_str(), upper(2).as_str()) {
+        ("RESET", "SEARCH_PATH" | "ALL", _) => Some(SearchPathChange::Reset),
+        ("SET", "SEARCH_PATH", _) => Some(search_path_value(&sig[2..])),
+        ("SET", "SESSION", "SEARCH_PATH") => Some(search_path_value(&sig[3..])),
+        // SET LOCAL lasts until the transaction ends; SET SCHEMA takes a string pgmix does not
+        // interpret. Both are followed conservatively.
+        ("SET", "LOCAL", "SEARCH_PATH") | ("SET", "SCHEMA", _) => Some(SearchPathChange::Unknown),
+        // Anything else that names it (a quoted `"search_path"`, say) is not followed either.
+        _ if sig.iter().any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("search_path"))) => {
+            Some(SearchPathChange::Unknown)
+        }
+        _ => None,
+    }
+}
+
+/// `TO a, "B", 'c'` or `= ...` or `TO DEFAULT`, as Postgres folds the names.
+fn search_path_value(rest: &[&Token]) -> SearchPathChange {
+    let items = match rest.first() {
+        Some(Token::Eq) => &rest[1..],
+        Some(Token::Word(w)) if w.keyword == Keyword::TO && w.quote_style.is_none() => &rest[1..],
+        _ => return SearchPathChange::Unknown,
+    };
+    if let [Token::Word(w)] = items
+        && w.quote_style.is_none()
+        && w.keyword == Keyword::DEFAULT
+    {
+        return SearchPathChange::Reset;
+    }
+    let mut schemas = Vec::new();
+    for (i, t) in items.iter().enumerate() {
+        match (i % 2, t) {
+            (1, Token::Comma) => {}
+            (0, Token::Word(w)) if w.quote_style == Some('"') => schemas.push(w.value.clone()),
+            (0, Token::Word(w)) if w.quote_style.is_none() => schemas.push(w.value.to_lowercase()),
+            // A literal names one schema as written; only plain lower-case names are read, to
+            // stay clear of quoting rules.
+            (0, Token::SingleQuotedString(s))
+                if !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                schemas.push(s.clone())
+            }
+            _ => return SearchPathChange::Unknown,
+        }
+    }
+    if schemas.is_empty() || items.len() % 2 == 0 || schemas.iter().any(|s| s.starts_with('$')) {
+        return SearchPathChange::Unknown;
+    }
+    SearchPathChange::Set(schemas)
 }
 
 /// The name in `DEALLOCATE [PREPARE] name`, folded as Postgres folds it; None for ALL.
@@ -221,4 +286,39 @@ pub fn copy_without_options(tokens: &[TokenWithSpan]) -> Option<Vec<TokenWithSpa
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SearchPathChange, classify};
+    use crate::schema::Schema;
+
+    fn change(sql: &str) -> Option<SearchPathChange> {
+        classify(sql, &Schema::default()).pop().and_then(|c| c.search_path)
+    }
+
+    #[test]
+    fn search_path_changes_are_recognised_and_folded() {
+        let set = |s: &[&str]| Some(SearchPathChange::Set(s.iter().map(|x| x.to_string()).collect()));
+        assert_eq!(change("SET search_path TO App, \"Mixed\", public"), set(&["app", "Mixed", "public"]));
+        assert_eq!(change("set SESSION search_path = 'secret'"), set(&["secret"]));
+        assert_eq!(change("SET search_path TO DEFAULT"), Some(SearchPathChange::Reset));
+        assert_eq!(change("RESET search_path"), Some(SearchPathChange::Reset));
+        assert_eq!(change("RESET ALL"), Some(SearchPathChange::Reset));
+        assert_eq!(change("DISCARD ALL"), Some(SearchPathChange::Reset));
+        for unknown in [
+            "SET LOCAL search_path TO secret",
+            "SET SCHEMA 'secret'",
+            "SET search_path TO \"$user\", public",
+            "SET search_path TO 'Secret'",
+            "SET search_path TO a,",
+            "SET \"search_path\" TO secret",
+            "SELECT set_config('search_path', 'secret', false)",
+        ] {
+            assert_eq!(change(unknown), Some(SearchPathChange::Unknown), "{unknown}");
+        }
+        assert_eq!(change("SET statement_timeout = 5"), None);
+        assert_eq!(change("RESET work_mem"), None);
+        assert_eq!(change("SELECT 1"), None);
+    }
 }

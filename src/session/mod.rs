@@ -97,9 +97,15 @@ fn backend_inspects(tag: u8) -> bool {
 }
 
 impl Session {
-    pub fn new(client: ClientStream, backend: BackendConn, ctx: SessionCtx) -> (Self, BytesMut) {
+    /// `startup`: the client's start-up parameters (they may set the search_path).
+    pub fn new(
+        client: ClientStream,
+        backend: BackendConn,
+        ctx: SessionCtx,
+        startup: &[(String, String)],
+    ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let router = Router::new(ctx.schema.clone(), ctx.metrics.clone());
+        let router = Router::new(ctx.schema.clone(), ctx.metrics.clone(), startup);
         let session = Self {
             client,
             backend: backend.stream,
@@ -420,9 +426,10 @@ fn on_client_message(
     match tag {
         b'Q' => {
             Metrics::inc(&metrics.queries_total);
+            let at_rest = state.is_quiet();
             state.awaiting_ready += 1;
             let sql = messages::query_text(body)?;
-            let (class, route, reason) = router.route_query(sql);
+            let (class, route, reason) = router.route_query(sql, at_rest);
             state.ddl_pending |= class == crate::classify::Class::Ddl;
             (route == Route::Refuse).then(|| refusal_query(&reason))
         }

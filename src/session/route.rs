@@ -10,11 +10,20 @@
 //! prepared again without DEALLOCATE keeps the stronger of its classes (Postgres refuses the
 //! second PREPARE, but pgmix cannot tell whether the first one succeeded). An EXECUTE in a Parse
 //! stays a strong write: the statement it names may be replaced before the Parse is executed.
+//!
+//! Unqualified table names are resolved along the schema file's search_path. A session whose own
+//! search_path differs (set at start-up, by SET, SET LOCAL, SET SCHEMA or set_config) may mean
+//! other tables by the same names, so while it differs every weak class of that session is made
+//! strong: safe, if pessimistic. It stops differing when the session sets the file's path again,
+//! RESETs it or runs DISCARD ALL, alone in a Query between transactions (inside one, the change
+//! could still be rolled back). Postgres re-analyses a prepared statement when the search_path
+//! has changed since its Parse, so the class stored at Parse must be strengthened the same way
+//! when Execute is routed by it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::classify::{Class, SqlPrepared, strongest};
+use crate::classify::{Class, SearchPathChange, SqlPrepared, strongest};
 use crate::metrics::Metrics;
 use crate::schema::live::LiveSchema;
 
@@ -33,11 +42,25 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// SQL-level prepared statements of this session, by name, with their class.
     sql_prepared: HashMap<String, Class>,
+    /// The session's search_path may differ from the schema file's.
+    path_differs: bool,
 }
 
 impl Router {
-    pub fn new(schema: Arc<LiveSchema>, metrics: Arc<Metrics>) -> Self {
-        Self { schema, metrics, sql_prepared: HashMap::new() }
+    /// `startup` holds the client's start-up parameters, which may set the search_path.
+    pub fn new(schema: Arc<LiveSchema>, metrics: Arc<Metrics>, startup: &[(String, String)]) -> Self {
+        let file_path = schema.current().search_path.clone();
+        let path_differs = startup.iter().any(|(k, v)| match k.as_str() {
+            "search_path" => parse_path_param(v).as_ref() != Some(&file_path),
+            "options" => v.contains("search_path"),
+            _ => false,
+        });
+        Self { schema, metrics, sql_prepared: HashMap::new(), path_differs }
+    }
+
+    /// Whether this session's search_path may differ from the schema file's.
+    pub fn search_path_differs(&self) -> bool {
+        self.path_differs
     }
 
     /// After DDL has finished in this session: the catalog may have changed.
@@ -45,15 +68,39 @@ impl Router {
         self.schema.refresh_in_background();
     }
 
-    fn decide(&mut self, sql: &str, resolve_execute: bool) -> (Class, Route, Arc<str>) {
+    /// `at_rest`: a simple Query sent between transactions with nothing outstanding; None for a
+    /// Parse (run later, perhaps never, perhaps many times).
+    fn decide(&mut self, sql: &str, at_rest: Option<bool>) -> (Class, Route, Arc<str>) {
         let entry = self.schema.classify(sql);
-        let reason = entry.reason;
+        let mut reason = entry.reason;
         let mut class = entry.class;
         if !entry.sql_prepared.is_empty() {
             let executed = self.apply(&entry.sql_prepared);
-            if resolve_execute {
+            if at_rest.is_some() {
                 class = strongest(std::iter::once(entry.class_without_execute).chain(executed));
             }
+        }
+        let differed = self.path_differs;
+        if let Some(change) = &entry.search_path {
+            let to_file = match change {
+                SearchPathChange::Set(path) => *path == self.schema.current().search_path,
+                SearchPathChange::Reset => true,
+                SearchPathChange::Unknown => false,
+            };
+            if !to_file {
+                self.path_differs = true;
+            } else if at_rest == Some(true) && entry.statements == 1 {
+                self.path_differs = false;
+            }
+        }
+        // Statements after a change in the same text were classified with the file's path.
+        let changed_mid_text = entry.search_path.is_some() && entry.statements > 1;
+        if (differed || (changed_mid_text && self.path_differs)) && matches!(class, Class::WeakRead | Class::WeakWrite)
+        {
+            class = if class == Class::WeakRead { Class::StrongRead } else { Class::StrongWrite };
+            reason = Arc::from(format!(
+                "{reason}; but this session's search_path differs from the schema file's, so its unqualified table names may mean other tables: treated as strong"
+            ));
         }
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
@@ -62,13 +109,13 @@ impl Router {
     }
 
     /// A simple-protocol Query (possibly several statements).
-    pub fn route_query(&mut self, sql: &str) -> (Class, Route, Arc<str>) {
-        self.decide(sql, true)
+    pub fn route_query(&mut self, sql: &str, at_rest: bool) -> (Class, Route, Arc<str>) {
+        self.decide(sql, Some(at_rest))
     }
 
     /// An extended-protocol Parse; the decision is cached with the prepared statement.
     pub fn route_parse(&mut self, sql: &str) -> (Class, Route, Arc<str>) {
-        self.decide(sql, false)
+        self.decide(sql, None)
     }
 
     /// Applies PREPARE and DEALLOCATE in order; returns the class of each EXECUTE (its prepared
@@ -92,5 +139,42 @@ impl Router {
             }
         }
         executed
+    }
+}
+
+/// A `search_path` start-up parameter (`a, "B", public`) as Postgres folds it; None when it
+/// holds anything pgmix does not read with confidence.
+fn parse_path_param(v: &str) -> Option<Vec<String>> {
+    v.split(',')
+        .map(|item| {
+            let item = item.trim();
+            match item.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(q) if !q.is_empty() && !q.contains('"') => Some(q.to_owned()),
+                Some(_) => None,
+                None if !item.is_empty()
+                    && item.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !item.starts_with(|c: char| c.is_ascii_digit()) =>
+                {
+                    Some(item.to_ascii_lowercase())
+                }
+                None => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_path_param;
+
+    #[test]
+    fn search_path_parameters_fold_like_postgres_or_are_not_trusted() {
+        let v = |s: &[&str]| Some(s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        assert_eq!(parse_path_param("public"), v(&["public"]));
+        assert_eq!(parse_path_param("App, \"Mixed\" ,public"), v(&["app", "Mixed", "public"]));
+        assert_eq!(parse_path_param("\"$user\", public"), v(&["$user", "public"]));
+        assert_eq!(parse_path_param("a b"), None);
+        assert_eq!(parse_path_param(""), None);
+        assert_eq!(parse_path_param("$user"), None);
     }
 }

@@ -78,6 +78,59 @@ async fn sql_level_execute_has_the_class_of_what_it_runs() {
     assert_eq!(count(&node, Class::StrongWrite), strong_writes + 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_search_path_other_than_the_files_makes_its_weak_statements_strong() {
+    // `posts` is weak along the schema file's search_path (public); secret.posts is another,
+    // unlisted (so strong) table that a session reaches by changing its search_path.
+    let setup = format!("{SETUP} CREATE SCHEMA secret; CREATE TABLE secret.posts (id uuid PRIMARY KEY, title text);");
+    let node = TestNode::start_with_schema(SCHEMA, &setup).await.expect("node starts");
+    let c = node.client().await;
+    let insert = "INSERT INTO posts (id, title) VALUES (gen_random_uuid(), 'x')";
+    let weak_writes = std::cell::Cell::new(count(&node, Class::WeakWrite));
+    let strong_writes = std::cell::Cell::new(count(&node, Class::StrongWrite));
+    let run = |sql: &'static str, weak: bool| {
+        let n = if weak { &weak_writes } else { &strong_writes };
+        n.set(n.get() + 1);
+        let c = &c;
+        async move { c.simple_query(sql).await.unwrap() }
+    };
+    run(insert, true).await;
+    c.simple_query("SET search_path TO secret").await.unwrap();
+    run(insert, false).await;
+    c.simple_query("SET search_path = public").await.unwrap();
+    run(insert, true).await;
+    // A change in the same text as the statement.
+    run("SET search_path TO secret; INSERT INTO posts (id) VALUES (gen_random_uuid())", false).await;
+    // Back to public inside a transaction that rolls back: Postgres keeps `secret`, so pgmix
+    // must not believe the SET.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SET search_path TO public").await.unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    run(insert, false).await;
+    c.simple_query("RESET search_path").await.unwrap();
+    run(insert, true).await;
+    // set_config() changes it too.
+    c.simple_query("SELECT set_config('search_path', 'secret', false)").await.unwrap();
+    run(insert, false).await;
+    c.simple_query("DISCARD ALL").await.unwrap();
+    run(insert, true).await;
+    assert_eq!(count(&node, Class::WeakWrite), weak_writes.get());
+    assert_eq!(count(&node, Class::StrongWrite), strong_writes.get());
+    // The rows really went where the search_path pointed.
+    let direct = node.pg.direct().await;
+    let secret: i64 = direct.query_one("SELECT count(*) FROM secret.posts", &[]).await.unwrap().get(0);
+    assert_eq!(secret, 4);
+
+    // Set at start-up.
+    let mut cfg = node.config();
+    cfg.options("-c search_path=secret");
+    let (s, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let strong = count(&node, Class::StrongWrite);
+    s.simple_query(insert).await.unwrap();
+    assert_eq!(count(&node, Class::StrongWrite), strong + 1);
+}
+
 fn uuid_like() -> String {
     "00000000-0000-0000-0000-000000000000".to_owned()
 }

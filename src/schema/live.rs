@@ -73,6 +73,7 @@ impl LiveSchema {
             }
         }
         let mut schema = self.file_schema.clone();
+        schema.relations = Some(cat.tables.keys().chain(cat.views.iter()).cloned().collect());
         schema.views = cat.views;
         if let Ok(mut cur) = self.current.write() {
             *cur = Arc::new(schema);

@@ -90,6 +90,9 @@ pub struct Schema {
     pub weak_functions: HashSet<String>,
     /// Views known from the catalog; a view is treated as strong (its base tables are not tracked).
     pub views: HashSet<TableName>,
+    /// Every table and view the catalog holds (schema-qualified), when it has been read: an
+    /// unqualified name means the first of these along the search_path, as in Postgres.
+    pub relations: Option<HashSet<TableName>>,
 }
 
 impl Default for Schema {
@@ -101,6 +104,7 @@ impl Default for Schema {
             tables: HashMap::new(),
             weak_functions: HashSet::new(),
             views: HashSet::new(),
+            relations: None,
         }
     }
 }
@@ -153,7 +157,7 @@ impl Schema {
             }
         }
         let weak_functions = raw.functions.weak.iter().map(|f| fold_ident(f)).collect();
-        Ok(Self { default: raw.default, search_path, tables, weak_functions, views: HashSet::new() })
+        Ok(Self { default: raw.default, search_path, tables, weak_functions, views: HashSet::new(), relations: None })
     }
 
     /// The rule that applies to a table as a statement names it, and the name it resolved to.
@@ -173,6 +177,18 @@ impl Schema {
                 .unwrap_or_else(default);
             return (t.clone(), rule);
         }
+        // With the catalog, the first schema that holds the name is the one Postgres uses, listed
+        // or not: a weak `public.posts` must not stand for an unlisted `app.posts` found first.
+        if let Some(relations) = &self.relations {
+            for s in &self.search_path {
+                let q = t.qualify(s);
+                if relations.contains(&q) {
+                    let rule = lookup(&q).or_else(|| lookup(&unqualified)).unwrap_or_else(default);
+                    return (q, rule);
+                }
+            }
+        }
+        // Not in the catalog (not read, or created since): the first listed one.
         for s in &self.search_path {
             let q = t.qualify(s);
             if let Some(rule) = lookup(&q) {
@@ -236,6 +252,28 @@ consistency = "weak"
         let (name, rule) = s.resolve(&TableName::new(None, "users"));
         assert_eq!(name.to_string(), "app.users");
         assert_eq!(rule.consistency, Consistency::Weak);
+    }
+
+    #[test]
+    fn with_the_catalog_the_first_schema_holding_the_name_decides() {
+        let mut s = Schema::from_toml_str(
+            "default = \"strong\"\nsearch_path = [\"app\", \"public\"]\n[tables.\"public.posts\"]\nconsistency = \"weak\"\n[tables.notes]\nconsistency = \"weak\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        let posts = TableName::new(None, "posts");
+        // Without a catalog, the listed one.
+        assert_eq!(s.resolve(&posts).1.consistency, Consistency::Weak);
+        // An unlisted app.posts shadows the weak public.posts: Postgres would use it.
+        s.relations = Some([TableName::new(Some("app"), "posts"), TableName::new(Some("public"), "posts")].into());
+        let (name, rule) = s.resolve(&posts);
+        assert_eq!((name.to_string().as_str(), rule.consistency), ("app.posts", Consistency::Strong));
+        // Only public.posts exists: that is the weak one.
+        s.relations = Some([TableName::new(Some("public"), "posts"), TableName::new(Some("app"), "notes")].into());
+        assert_eq!(s.resolve(&posts).1.consistency, Consistency::Weak);
+        // An unqualified key applies in whichever search_path schema holds the table.
+        let (name, rule) = s.resolve(&TableName::new(None, "notes"));
+        assert_eq!((name.to_string().as_str(), rule.consistency), ("app.notes", Consistency::Weak));
     }
 
     #[test]

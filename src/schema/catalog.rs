@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::TableName;
-use super::lint::{Catalog, CatalogColumn, CatalogTable};
+use super::lint::{Catalog, CatalogColumn, CatalogForeignKey, CatalogTable};
 
 const RELATIONS: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
     JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -16,9 +16,13 @@ const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text,
     WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') \
     AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY a.attnum";
 
+const TRIGGERS: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
+    JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+    WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY t.tgname";
+
 const CONSTRAINTS: &str = "SELECT n.nspname::text, c.relname::text, con.contype::text, con.conname::text, \
     ARRAY(SELECT a.attname::text FROM unnest(con.conkey) k JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k), \
-    fn.nspname::text, fc.relname::text \
+    fn.nspname::text, fc.relname::text, con.confdeltype::text, con.confupdtype::text \
     FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     LEFT JOIN pg_class fc ON fc.oid = con.confrelid LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
     WHERE con.contype IN ('p','u','f','c') AND n.nspname NOT IN ('pg_catalog','information_schema')";
@@ -56,9 +60,24 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
             "f" => {
                 let target =
                     TableName::new(row.get::<_, Option<&str>>(5), row.get::<_, Option<&str>>(6).unwrap_or_default());
-                t.foreign_keys.push((cols, target));
+                let on_change = match (row.get::<_, &str>(7), row.get::<_, &str>(8)) {
+                    ("c", _) => Some("ON DELETE CASCADE"),
+                    ("n", _) => Some("ON DELETE SET NULL"),
+                    ("d", _) => Some("ON DELETE SET DEFAULT"),
+                    (_, "c") => Some("ON UPDATE CASCADE"),
+                    (_, "n") => Some("ON UPDATE SET NULL"),
+                    (_, "d") => Some("ON UPDATE SET DEFAULT"),
+                    _ => None,
+                };
+                t.foreign_keys.push(CatalogForeignKey { columns: cols, target, on_change });
             }
             _ => {}
+        }
+    }
+    for row in client.query(TRIGGERS, &[]).await? {
+        let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
+        if let Some(t) = tables.get_mut(&name) {
+            t.triggers.push(row.get(2));
         }
     }
     cat.tables = tables;

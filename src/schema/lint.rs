@@ -17,8 +17,18 @@ pub struct CatalogTable {
     pub columns: Vec<CatalogColumn>,
     pub primary_key: Vec<String>,
     pub uniques: Vec<Vec<String>>,
-    pub foreign_keys: Vec<(Vec<String>, TableName)>,
+    pub foreign_keys: Vec<CatalogForeignKey>,
+    /// User triggers (not the internal ones behind foreign keys).
+    pub triggers: Vec<String>,
     pub checks: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogForeignKey {
+    pub columns: Vec<String>,
+    pub target: TableName,
+    /// `ON DELETE CASCADE` and the like: what a change to the target does to this table's rows.
+    pub on_change: Option<&'static str>,
 }
 
 /// What the catalog says about the tables of one database (schema-qualified names).
@@ -92,17 +102,26 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
                 );
             }
         }
-        for (cols, target) in &table.foreign_keys {
-            let (_, target_rule) = schema.resolve(target);
-            if cols.iter().any(weak) && target_rule.consistency == Consistency::Weak {
+        for fk in &table.foreign_keys {
+            let (_, target_rule) = schema.resolve(&fk.target);
+            if fk.columns.iter().any(weak) && target_rule.consistency == Consistency::Weak {
                 push(
                     Severity::Warning,
                     format!(
-                        "{file}: weak table {name} references weak table {target} through ({}); a child that arrives before its parent is parked in pgmix.conflicts and retried: consider making one side strong if that delay matters",
-                        cols.join(", ")
+                        "{file}: weak table {name} references weak table {} through ({}); a child that arrives before its parent is parked in pgmix.conflicts and retried: consider making one side strong if that delay matters",
+                        fk.target,
+                        fk.columns.join(", ")
                     ),
                 );
             }
+        }
+        for trigger in &table.triggers {
+            push(
+                Severity::Warning,
+                format!(
+                    "{file}: weak table {name} has trigger {trigger}; pgmix cannot see what a trigger writes, and a weak write runs it on one node first: if it changes strong data or other tables, mark {name} strong"
+                ),
+            );
         }
         for (cname, cols) in &table.checks {
             let weak_cols: Vec<&String> = cols.iter().filter(|c| weak(c)).collect();
@@ -136,7 +155,45 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
             }
         }
     }
+    cascades_into_strong_data(schema, catalog, file, &mut out);
     out
+}
+
+/// A foreign key whose action changes the referencing rows (CASCADE, SET NULL, SET DEFAULT) lets
+/// a weak write to the referenced table change another table's rows. When those rows hold strong
+/// data, a weak statement would change strong data on one node: an error, for every table in the
+/// catalog, listed or not.
+fn cascades_into_strong_data(schema: &Schema, catalog: &Catalog, file: &str, out: &mut Vec<Finding>) {
+    let mut names: Vec<&TableName> = catalog.tables.keys().collect();
+    names.sort();
+    for name in names {
+        let (_, rule) = schema.resolve(name);
+        for fk in &catalog.tables[name].foreign_keys {
+            let Some(action) = fk.on_change else { continue };
+            let (_, target_rule) = schema.resolve(&fk.target);
+            if target_rule.consistency != Consistency::Weak {
+                continue;
+            }
+            // Deleting cascades to whole rows; the other actions rewrite the key columns.
+            let touches_strong = if action == "ON DELETE CASCADE" {
+                rule.has_strong()
+            } else {
+                fk.columns.iter().any(|c| rule.column(c) == Consistency::Strong)
+            };
+            if touches_strong {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    table: name.clone(),
+                    message: format!(
+                        "{file}: table {name} references weak table {} with {action} on ({}), so a weak change there would change strong data of {name} on one node: use RESTRICT or NO ACTION, or mark {} strong",
+                        fk.target,
+                        fk.columns.join(", "),
+                        fk.target
+                    ),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +246,12 @@ consistency = "weak"
                 columns: vec![id, col("email"), col("name"), col("lo"), col("hi")],
                 primary_key: vec!["id".into()],
                 uniques: vec![vec!["name".into()], vec!["email".into()]],
-                foreign_keys: vec![(vec!["name".into()], TableName::new(None, "posts"))],
+                foreign_keys: vec![CatalogForeignKey {
+                    columns: vec!["name".into()],
+                    target: TableName::new(None, "posts"),
+                    on_change: None,
+                }],
+                triggers: vec!["touch_updated_at".into()],
                 checks: vec![("range".into(), vec!["lo".into(), "hi".into()]), ("pos".into(), vec!["lo".into()])],
             },
         );
@@ -210,6 +272,40 @@ consistency = "weak"
         assert!(errors.iter().any(|m| m.contains("serial or identity key \"id\"")), "{errors:#?}");
         assert!(warnings.iter().any(|m| m.contains("references weak table posts")), "{warnings:#?}");
         assert!(warnings.iter().any(|m| m.contains("CHECK constraint pos")), "{warnings:#?}");
+        assert!(warnings.iter().any(|m| m.contains("trigger touch_updated_at")), "{warnings:#?}");
         assert!(f.iter().all(|f| f.message.starts_with("schema.toml: ")));
+    }
+
+    #[test]
+    fn a_cascade_from_a_weak_table_into_strong_data_is_an_error() {
+        let mut cat = Catalog::default();
+        let fk = |on_change| CatalogForeignKey {
+            columns: vec!["post_id".into()],
+            target: TableName::new(Some("public"), "posts"),
+            on_change,
+        };
+        let posts = CatalogTable { columns: vec![col("id")], primary_key: vec!["id".into()], ..Default::default() };
+        cat.tables.insert(TableName::new(Some("public"), "posts"), posts);
+        // `audit` is not listed, so strong; `later` is weak.
+        for (table, on_change) in [("audit", Some("ON DELETE CASCADE")), ("later", Some("ON DELETE CASCADE"))] {
+            let t = CatalogTable {
+                columns: vec![col("id"), col("post_id")],
+                primary_key: vec!["id".into()],
+                foreign_keys: vec![fk(on_change)],
+                ..Default::default()
+            };
+            cat.tables.insert(TableName::new(Some("public"), table), t);
+        }
+        let restricted =
+            CatalogTable { columns: vec![col("post_id")], foreign_keys: vec![fk(None)], ..Default::default() };
+        cat.tables.insert(TableName::new(Some("public"), "ledger"), restricted);
+        let errors: Vec<String> = lint(&schema(), &cat, "schema.toml")
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.message)
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].contains("table public.audit references weak table public.posts with ON DELETE CASCADE"));
+        assert!(errors[0].contains("use RESTRICT or NO ACTION, or mark public.posts strong"), "{}", errors[0]);
     }
 }

@@ -178,6 +178,13 @@ async fn schema_file_that_breaks_the_contract_stops_the_node_with_file_table_and
     assert!(err.contains("logs has no primary key") && err.contains("ADD PRIMARY KEY"), "{err}");
     assert!(err.contains("no column \"emial\""), "{err}");
 
+    // Deleting a weak post would cascade into the (unlisted, so strong) audit table.
+    let schema = "[tables.posts]\nconsistency = \"weak\"\n";
+    let setup = "CREATE TABLE posts (id uuid PRIMARY KEY); \
+        CREATE TABLE audit (id int PRIMARY KEY, post_id uuid REFERENCES posts ON DELETE CASCADE);";
+    let err = TestNode::start_with_schema(schema, setup).await.err().expect("start-up refused").to_string();
+    assert!(err.contains("public.audit references weak table public.posts with ON DELETE CASCADE"), "{err}");
+
     // Tables that do not exist yet are fine: they may be created through pgmix later.
     let later = "[tables.future]\nconsistency = \"weak\"\nstrong_columns = [\"x\"]\n";
     TestNode::start_with_schema(later, "").await.expect("missing tables are allowed");

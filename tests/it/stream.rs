@@ -119,3 +119,28 @@ fn a_client_that_stops_reading_slows_the_backend_instead_of_filling_memory() {
     assert!(now < before + 32 * 1024, "pgmix RSS grew from {before} kB to {now} kB");
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_copies_both_ways_over_tls_arrive_whole() {
+    // TLS holds written bytes in records until flushed, so the session's flushing matters here
+    // in a way it does not in plaintext.
+    let node = crate::harness::TestNode::start().await;
+    let tls = node.conninfo(USER, PASSWORD, "require");
+    let (ok, out, err) = crate::harness::psql(
+        &tls,
+        &["-c", "COPY (SELECT i, repeat('x', 1000) FROM generate_series(1, 50000) i) TO STDOUT"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 50_000);
+    assert!(out.lines().all(|l| l.len() > 1000), "every row whole");
+    let path = node.pg.dir.0.join("rows.tsv");
+    std::fs::write(&path, &out).unwrap();
+    let (ok, _, err) = crate::harness::psql(&tls, &["-c", "CREATE TABLE big (i int, s text)"]);
+    assert!(ok, "{err}");
+    let copy_in = format!("\\copy big FROM '{}'", path.display());
+    let (ok, _, err) = crate::harness::psql(&tls, &["-c", &copy_in]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = crate::harness::psql(&tls, &["-c", "SELECT count(*), sum(length(s)) FROM big"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "50000|50000000");
+}

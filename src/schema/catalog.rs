@@ -16,9 +16,12 @@ const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text,
     WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') \
     AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY a.attnum";
 
+/// User triggers; pgmix's own (functions in its `pgmix` schema, such as change capture) excluded.
 const TRIGGERS: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
     JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-    WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY t.tgname";
+    JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace \
+    WHERE NOT t.tgisinternal AND fn.nspname <> 'pgmix' \
+    AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY t.tgname";
 
 const CONSTRAINTS: &str = "SELECT n.nspname::text, c.relname::text, con.contype::text, con.conname::text, \
     ARRAY(SELECT a.attname::text FROM unnest(con.conkey) k JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k), \

@@ -146,9 +146,7 @@ impl Session {
         self.frame_backend(&mut down).map_err(SessionError::BackendProtocol)?;
         loop {
             if draining && self.at_quiet_point() {
-                let e =
-                    ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down");
-                self.goodbye(&mut down, Some(e)).await;
+                self.goodbye(&mut down, Some(shutting_down())).await;
                 return Ok(SessionEnd::Shutdown);
             }
             let event = std::future::poll_fn(|cx| match stop.poll_level(cx) {
@@ -164,11 +162,7 @@ impl Session {
             match event {
                 Ok(Event::Drain) => draining = true,
                 Ok(Event::Abort) => {
-                    let e = ClientError::fatal(
-                        code::ADMIN_SHUTDOWN,
-                        "terminating connection because pgmix is shutting down",
-                    );
-                    self.goodbye(&mut down, Some(e)).await;
+                    self.goodbye(&mut down, Some(shutting_down())).await;
                     return Ok(SessionEnd::Shutdown);
                 }
                 Ok(Event::ClientTerminated) => return Ok(SessionEnd::ClientTerminated),
@@ -218,14 +212,7 @@ impl Session {
     fn poll_io(&mut self, cx: &mut Context<'_>, up: &mut Flow, down: &mut Flow) -> Poll<Result<Event, SessionError>> {
         // Client -> backend.
         for turn in 0.. {
-            while up.ready > 0 {
-                match Pin::new(&mut self.backend).poll_write(cx, &up.buf[..up.ready]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Backend(write_zero()))),
-                    Poll::Ready(Ok(n)) => up.sent(n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
-                    Poll::Pending => break,
-                }
-            }
+            up.send(&mut self.backend, cx).map_err(SessionError::Backend)?;
             if self.client_terminated {
                 if up.ready == 0 {
                     return Poll::Ready(Ok(Event::ClientTerminated));
@@ -251,17 +238,10 @@ impl Session {
         }
         // Backend -> client.
         for turn in 0.. {
-            while down.ready > 0 {
-                match Pin::new(&mut self.client).poll_write(cx, &down.buf[..down.ready]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::Client(write_zero()))),
-                    Poll::Ready(Ok(n)) => {
-                        self.ctx.metrics.bytes_to_clients.fetch_add(n as u64, Relaxed);
-                        down.sent(n);
-                        self.client_unflushed = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
-                    Poll::Pending => break,
-                }
+            let sent = down.send(&mut self.client, cx).map_err(SessionError::Client)?;
+            if sent > 0 {
+                self.ctx.metrics.bytes_to_clients.fetch_add(sent as u64, Relaxed);
+                self.client_unflushed = true;
             }
             if down.ready == 0 && self.client_unflushed {
                 // TLS holds written bytes in records until flushed; plain TCP flushes at once.
@@ -355,6 +335,10 @@ impl Session {
     }
 }
 
+fn shutting_down() -> ClientError {
+    ClientError::fatal(code::ADMIN_SHUTDOWN, "terminating connection because pgmix is shutting down")
+}
+
 /// What ended one wait of the pump.
 enum Event {
     Drain,
@@ -386,9 +370,23 @@ impl Flow {
         true
     }
 
-    fn sent(&mut self, n: usize) {
-        self.buf.advance(n);
-        self.ready -= n;
+    /// Writes the ready bytes to `to` until all are sent or `to` takes no more for now (then its
+    /// write readiness wakes the task). Returns how many were sent.
+    fn send(&mut self, to: &mut (impl AsyncWrite + Unpin), cx: &mut Context<'_>) -> std::io::Result<usize> {
+        let mut sent = 0;
+        while self.ready > 0 {
+            match Pin::new(&mut *to).poll_write(cx, &self.buf[..self.ready]) {
+                Poll::Ready(Ok(0)) => return Err(write_zero()),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.advance(n);
+                    self.ready -= n;
+                    sent += n;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(sent)
     }
 
     /// Replaces the next `len` unframed bytes (one message) with `with`, ready to send.

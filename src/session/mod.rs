@@ -89,7 +89,7 @@ pub struct Session {
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
 fn client_inspects(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'C' | b'S' | b'X' | b'H')
+    matches!(tag, b'Q' | b'P' | b'C' | b'S' | b'X' | b'H' | b'F')
 }
 
 fn backend_inspects(tag: u8) -> bool {
@@ -447,6 +447,13 @@ fn on_client_message(
         }
         b'S' => {
             state.awaiting_ready += 1;
+            None
+        }
+        b'F' => {
+            // A fast-path function call (libpq's large-object API uses them) is answered with its
+            // own ReadyForQuery, and is a statement too.
+            state.awaiting_ready += 1;
+            router.route_function_call();
             None
         }
         _ => None,

@@ -118,6 +118,13 @@ impl Router {
         self.decide(sql, None)
     }
 
+    /// A fast-path FunctionCall message: it names a function by OID, which pgmix does not look
+    /// up, and large-object writes come this way, so it is a strong write (the safe default).
+    pub fn route_function_call(&mut self) {
+        self.metrics.count_class(Class::StrongWrite);
+        tracing::debug!(class = Class::StrongWrite.as_str(), "fast-path function call: treated as a strong write");
+    }
+
     /// Applies PREPARE and DEALLOCATE in order; returns the class of each EXECUTE (its prepared
     /// statement's and its parameters', or a strong write when the name is unknown).
     fn apply(&mut self, effects: &[SqlPrepared]) -> Vec<Class> {

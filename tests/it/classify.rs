@@ -131,6 +131,27 @@ async fn a_session_search_path_other_than_the_files_makes_its_weak_statements_st
     assert_eq!(count(&node, Class::StrongWrite), strong + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_function_calls_are_strong_writes_and_complete() {
+    // psql's \lo_import writes a large object through libpq's fast-path function calls.
+    let node = TestNode::start().await;
+    let file = node.pg.dir.0.join("blob.bin");
+    std::fs::write(&file, vec![7u8; 300_000]).unwrap();
+    let strong = count(&node, Class::StrongWrite);
+    let import = format!("\\lo_import '{}'", file.display());
+    let (ok, out, err) = crate::harness::psql(
+        &node.conninfo(crate::harness::USER, crate::harness::PASSWORD, "disable"),
+        &["-c", &import],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("lo_import "), "{out}");
+    // lo_creat/lo_open/lowrite.../lo_close, each a FunctionCall.
+    assert!(count(&node, Class::StrongWrite) >= strong + 4, "{}", count(&node, Class::StrongWrite));
+    let direct = node.pg.direct().await;
+    let size: i64 = direct.query_one("SELECT sum(length(data)) FROM pg_largeobject", &[]).await.unwrap().get(0);
+    assert_eq!(size, 300_000);
+}
+
 fn uuid_like() -> String {
     "00000000-0000-0000-0000-000000000000".to_owned()
 }

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub protocol_errors_total: AtomicU64,
     pub backend_up: AtomicBool,
     pub schema_errors: AtomicU64,
+    /// Weak statements counted as strong because their session's search_path differs from the
+    /// schema file's.
+    pub strengthened_for_search_path_total: AtomicU64,
     /// Statements by consistency class, indexed like `Class::ALL`.
     pub statements_by_class: [AtomicU64; 7],
 }
@@ -102,6 +105,12 @@ impl Metrics {
             "Problems of the schema file against the catalog found by the last check (after DDL).",
             "gauge",
             self.schema_errors.load(Relaxed),
+        );
+        counter(
+            "strengthened_for_search_path_total",
+            "Weak statements treated as strong because their session's search_path differs from the schema file's.",
+            "counter",
+            self.strengthened_for_search_path_total.load(Relaxed),
         );
         out.push_str("# HELP pgmix_statements_total Statements by consistency class.\n");
         out.push_str("# TYPE pgmix_statements_total counter\n");

@@ -98,6 +98,7 @@ impl Router {
         if (differed || (changed_mid_text && self.path_differs)) && matches!(class, Class::WeakRead | Class::WeakWrite)
         {
             class = if class == Class::WeakRead { Class::StrongRead } else { Class::StrongWrite };
+            Metrics::inc(&self.metrics.strengthened_for_search_path_total);
             reason = Arc::from(format!(
                 "{reason}; but this session's search_path differs from the schema file's, so its unqualified table names may mean other tables: treated as strong"
             ));

@@ -116,6 +116,8 @@ async fn a_session_search_path_other_than_the_files_makes_its_weak_statements_st
     run(insert, true).await;
     assert_eq!(count(&node, Class::WeakWrite), weak_writes.get());
     assert_eq!(count(&node, Class::StrongWrite), strong_writes.get());
+    let strengthened = node.handle().metrics.strengthened_for_search_path_total.load(Relaxed);
+    assert_eq!(strengthened, 4, "each strong insert above was weak by the schema file");
     // The rows really went where the search_path pointed.
     let direct = node.pg.direct().await;
     let secret: i64 = direct.query_one("SELECT count(*) FROM secret.posts", &[]).await.unwrap().get(0);

@@ -1,6 +1,13 @@
 //! Classes of recently seen SQL texts. Applications send the same texts again and again, and
 //! parsing is the expensive part of classification.
 //!
+//! Entries are found by exact text and by shape (`split::shape`: the tokens with every literal
+//! replaced by one mark). Simple-protocol clients that put values into the text (psql scripts,
+//! psycopg2, pgbench -M simple) send a new text each time but few shapes, so a shape hit costs a
+//! tokenization instead of a parse. A class does not depend on literal values, except for the
+//! value of a search_path being set, so entries that change the search_path are kept by exact
+//! text only.
+//!
 //! Bounded with two generations: new entries go into `young`; when it is full it becomes `old`
 //! and the previous `old` is dropped. A hit in `old` moves the entry back into `young`, so texts
 //! in steady use survive and a burst of one-off texts evicts only other one-off texts.
@@ -13,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Class, SearchPathChange, SqlPrepared, classify, strongest};
+use super::{Class, SearchPathChange, SqlPrepared, classify, classify_tokens, split, strongest};
 use crate::schema::Schema;
 
 /// Entries per generation; the cache holds at most twice this.
@@ -52,15 +59,29 @@ impl ClassCache {
     /// The combined class of `sql` and the reasons, from the cache or freshly classified against
     /// the schema `current` returns (asked only on a miss, and only after the epoch is read).
     pub fn get_or_classify(&self, sql: &str, current: impl FnOnce() -> Arc<Schema>) -> Entry {
-        match self.lookup(sql) {
-            Ok(hit) => hit,
-            Err(epoch) => {
-                // Classified outside the lock: it is the slow part, and other sessions need the cache.
-                let entry = fresh(sql, &current());
-                self.store(sql, entry.clone(), epoch);
-                entry
-            }
+        let epoch = match self.lookup(sql) {
+            Ok(hit) => return hit,
+            Err(epoch) => epoch,
+        };
+        // Tokenized and classified outside the lock: the slow parts, and other sessions need the
+        // cache meanwhile.
+        let Ok(tokens) = split::tokenize(sql) else {
+            let entry = fresh(sql, &current());
+            self.store(sql, entry.clone(), epoch);
+            return entry;
+        };
+        let shape = split::shape(&tokens);
+        if let Ok(hit) = self.lookup(&shape) {
+            return hit;
         }
+        let entry = entry_of(classify_tokens(tokens, &current()));
+        // By exact text too, so that a text sent again verbatim costs one lookup. A text that is
+        // only ever a shape hit is not stored: one-off texts would crowd out the shapes.
+        self.store(sql, entry.clone(), epoch);
+        if entry.search_path.is_none() {
+            self.store(&shape, entry.clone(), epoch);
+        }
+        entry
     }
 
     /// A cached entry, or the epoch to store a fresh one under.
@@ -109,7 +130,10 @@ impl Generations {
 }
 
 fn fresh(sql: &str, schema: &Schema) -> Entry {
-    let all = classify(sql, schema);
+    entry_of(classify(sql, schema))
+}
+
+fn entry_of(all: Vec<super::Classification>) -> Entry {
     let reason = all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; ");
     let is_execute = |c: &&super::Classification| matches!(c.sql_prepared, Some(SqlPrepared::Execute { .. }));
     Entry {
@@ -150,7 +174,7 @@ mod tests {
         let (weak, strong) = schemas();
         cache.get_or_classify("SELECT hot FROM t", &weak);
         for i in 0..10 * GENERATION {
-            cache.get_or_classify(&format!("SELECT {i} FROM t"), &weak);
+            cache.get_or_classify(&format!("SELECT c{i} FROM t"), &weak);
             if i % (GENERATION / 2) == 0 {
                 cache.get_or_classify("SELECT hot FROM t", &weak);
             }
@@ -159,7 +183,7 @@ mod tests {
         // Still cached: a lookup under another schema returns the class computed under `weak`.
         assert_eq!(cache.get_or_classify("SELECT hot FROM t", &strong).class, Class::WeakRead);
         // A one-off text from the start of the flood is gone and is classified afresh.
-        assert_eq!(cache.get_or_classify("SELECT 0 FROM t", &strong).class, Class::StrongRead);
+        assert_eq!(cache.get_or_classify("SELECT c0 FROM t", &strong).class, Class::StrongRead);
     }
 
     #[test]
@@ -175,5 +199,21 @@ mod tests {
         let epoch = cache.lookup("SELECT b FROM t").expect_err("a miss");
         cache.store("SELECT b FROM t", fresh("SELECT b FROM t", &weak()), epoch);
         assert_eq!(cache.get_or_classify("SELECT b FROM t", &strong).class, Class::WeakRead);
+    }
+
+    #[test]
+    fn texts_that_differ_only_in_literals_share_an_entry_but_not_a_search_path() {
+        let cache = ClassCache::default();
+        let (weak, strong) = schemas();
+        cache.get_or_classify("SELECT a FROM t WHERE id = 1 AND s = 'x' -- first", &weak);
+        // Another literal, other spacing and comments: a shape hit, not a fresh classification.
+        let hit = cache.get_or_classify("SELECT a  FROM t WHERE id = 22 AND s = E'y'", &strong);
+        assert_eq!(hit.class, Class::WeakRead);
+        // Another identifier is another shape.
+        assert_eq!(cache.get_or_classify("SELECT b FROM t WHERE id = 1 AND s = 'x'", &strong).class, Class::StrongRead);
+        // The value being set is a literal that matters.
+        cache.get_or_classify("SET search_path TO 'alpha'", &weak);
+        let b = cache.get_or_classify("SET search_path TO 'beta'", &weak);
+        assert_eq!(b.search_path, Some(SearchPathChange::Set(vec!["beta".into()])));
     }
 }

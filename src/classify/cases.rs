@@ -362,6 +362,40 @@ fn every_case_gets_its_expected_class_reads_and_writes() {
     assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
+/// The class cache shares one entry among texts that differ only in literal values (see
+/// `split::shape`), so classification must not depend on them: every case, with each literal
+/// replaced, must classify exactly as before (a search_path's value aside, which the cache keeps
+/// apart).
+#[test]
+fn literal_values_never_change_a_classification() {
+    use sqlparser::tokenizer::Token;
+    let schema = Schema::from_toml_str(SCHEMA, "cases.toml").unwrap();
+    let mut checked = 0;
+    for (_, _, _, sql) in cases() {
+        let Ok(tokens) = super::split::tokenize(&sql) else { continue };
+        let variant: String = tokens
+            .iter()
+            .map(|t| match &t.token {
+                Token::Number(..) => "42".to_owned(),
+                Token::SingleQuotedString(_) => "'zz'".to_owned(),
+                Token::EscapedStringLiteral(_) => "E'zz'".to_owned(),
+                Token::DollarQuotedString(_) => "$$zz$$".to_owned(),
+                other => other.to_string(),
+            })
+            .collect();
+        if variant == sql {
+            continue;
+        }
+        let (a, b) = (&classify(&sql, &schema)[0], &classify(&variant, &schema)[0]);
+        if a.search_path.is_none() {
+            assert_eq!((a.class, &a.reads, &a.writes), (b.class, &b.reads, &b.writes), "{sql}\n{variant}");
+            assert_eq!(super::split::shape(&tokens), super::split::shape(&super::split::tokenize(&variant).unwrap()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "only {checked} cases have literals");
+}
+
 #[test]
 fn multi_statement_queries_classify_each_statement() {
     let schema = Schema::from_toml_str(SCHEMA, "cases.toml").unwrap();

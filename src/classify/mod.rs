@@ -156,6 +156,14 @@ pub fn classify(sql: &str, schema: &Schema) -> Vec<Classification> {
     split::statements(sql).into_iter().map(|s| classify_one(s, schema)).collect()
 }
 
+/// `classify` for text already tokenized (the cache tokenizes to find a text's shape).
+pub(crate) fn classify_tokens(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+    schema: &Schema,
+) -> Vec<Classification> {
+    split::statements_of(tokens).into_iter().map(|s| classify_one(s, schema)).collect()
+}
+
 /// The class of a whole Query message: the strongest of its statements.
 pub fn combined(classes: &[Classification]) -> Class {
     strongest(classes.iter().map(|c| c.class))

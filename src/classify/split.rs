@@ -25,19 +25,51 @@ fn word(t: &Token) -> Option<String> {
 }
 
 pub fn statements(sql: &str) -> Vec<Stmt> {
+    match tokenize(sql) {
+        Ok(tokens) => statements_of(tokens),
+        Err(e) => vec![Stmt::Known(Classification::simple(
+            Kind::Write,
+            Class::StrongWrite,
+            format!("cannot tokenize ({e}); treated as a strong write, the safe default"),
+        ))],
+    }
+}
+
+pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, sqlparser::tokenizer::TokenizerError> {
     // One token per ~4 bytes is typical SQL (words, spaces, punctuation); sizing the buffer once
     // saves the reallocations that otherwise copy it several times for a long statement.
     let mut tokens = Vec::with_capacity(sql.len() / 4 + 8);
-    match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location_into_buf(&mut tokens) {
-        Ok(()) => {}
-        Err(e) => {
-            return vec![Stmt::Known(Classification::simple(
-                Kind::Write,
-                Class::StrongWrite,
-                format!("cannot tokenize ({e}); treated as a strong write, the safe default"),
-            ))];
+    Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location_into_buf(&mut tokens)?;
+    Ok(tokens)
+}
+
+/// The text's shape: its tokens without whitespace and comments, every literal replaced by one
+/// mark. Texts of one shape differ only in literal values, which classification does not look at
+/// (except a search_path's value, which the cache checks for).
+pub fn shape(tokens: &[TokenWithSpan]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(tokens.len() * 6);
+    for t in tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)) {
+        match t {
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_) => out.push('\u{1}'),
+            other => {
+                let _ = write!(out, "{other}");
+            }
         }
-    };
+        out.push('\u{0}');
+    }
+    out
+}
+
+pub fn statements_of(tokens: Vec<TokenWithSpan>) -> Vec<Stmt> {
     let mut out = Vec::new();
     if !tokens.iter().any(|t| t.token == Token::SemiColon) {
         // The common case, one statement: hand the buffer over without copying it.

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::quick_shape::quick_shape;
 use super::{Class, SearchPathChange, SqlPrepared, classify, classify_tokens, split, strongest};
 use crate::schema::Schema;
 
@@ -63,6 +64,12 @@ impl ClassCache {
             Ok(hit) => return hit,
             Err(epoch) => epoch,
         };
+        // Keys of the three kinds cannot collide: a Query text never holds a NUL. A text without
+        // literals is its own quick key, and its exact entry serves.
+        let quick = quick_shape(sql).filter(|q| q != sql).map(|q| format!("\u{0}q{q}"));
+        if let Some(hit) = quick.as_deref().and_then(|q| self.lookup(q).ok()) {
+            return hit;
+        }
         // Tokenized and classified outside the lock: the slow parts, and other sessions need the
         // cache meanwhile.
         let Ok(tokens) = split::tokenize(sql) else {
@@ -70,16 +77,22 @@ impl ClassCache {
             self.store(sql, entry.clone(), epoch);
             return entry;
         };
-        let shape = split::shape(&tokens);
-        if let Ok(hit) = self.lookup(&shape) {
-            return hit;
+        let shape = format!("\u{0}s{}", split::shape(&tokens));
+        let hit = self.lookup(&shape).ok();
+        let fresh = hit.is_none();
+        let entry = hit.unwrap_or_else(|| entry_of(classify_tokens(tokens, &current())));
+        if fresh {
+            // By exact text too, so that a text sent again verbatim costs one lookup. A text that
+            // is only ever a shape hit is not stored: one-off texts would crowd out the shapes.
+            self.store(sql, entry.clone(), epoch);
         }
-        let entry = entry_of(classify_tokens(tokens, &current()));
-        // By exact text too, so that a text sent again verbatim costs one lookup. A text that is
-        // only ever a shape hit is not stored: one-off texts would crowd out the shapes.
-        self.store(sql, entry.clone(), epoch);
         if entry.search_path.is_none() {
-            self.store(&shape, entry.clone(), epoch);
+            if fresh {
+                self.store(&shape, entry.clone(), epoch);
+            }
+            if let Some(q) = &quick {
+                self.store(q, entry.clone(), epoch);
+            }
         }
         entry
     }
@@ -209,6 +222,9 @@ mod tests {
         // Another literal, other spacing and comments: a shape hit, not a fresh classification.
         let hit = cache.get_or_classify("SELECT a  FROM t WHERE id = 22 AND s = E'y'", &strong);
         assert_eq!(hit.class, Class::WeakRead);
+        // The same spacing and plain literals: found by the quick key, without the tokenizer.
+        let quick = cache.get_or_classify("SELECT a FROM t WHERE id = 7 AND s = 'q''r' -- first", &strong);
+        assert_eq!(quick.class, Class::WeakRead);
         // Another identifier is another shape.
         assert_eq!(cache.get_or_classify("SELECT b FROM t WHERE id = 1 AND s = 'x'", &strong).class, Class::StrongRead);
         // The value being set is a literal that matters.

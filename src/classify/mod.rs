@@ -12,6 +12,7 @@
 pub mod cache;
 mod decide;
 mod functions;
+mod quick_shape;
 mod split;
 mod walk;
 

@@ -27,6 +27,10 @@ use crate::schema::Schema;
 /// Entries per generation; the cache holds at most twice this.
 const GENERATION: usize = 2048;
 
+/// Longer texts are classified but not kept: a bulk INSERT of many rows is rarely sent twice, and
+/// its keys (text and shapes) would hold megabytes each.
+const CACHEABLE_BYTES: usize = 16 * 1024;
+
 /// What the node keeps of a classified text.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -60,6 +64,9 @@ impl ClassCache {
     /// The combined class of `sql` and the reasons, from the cache or freshly classified against
     /// the schema `current` returns (asked only on a miss, and only after the epoch is read).
     pub fn get_or_classify(&self, sql: &str, current: impl FnOnce() -> Arc<Schema>) -> Entry {
+        if sql.len() > CACHEABLE_BYTES {
+            return fresh(sql, &current());
+        }
         let epoch = match self.lookup(sql) {
             Ok(hit) => return hit,
             Err(epoch) => epoch,
@@ -231,5 +238,17 @@ mod tests {
         cache.get_or_classify("SET search_path TO 'alpha'", &weak);
         let b = cache.get_or_classify("SET search_path TO 'beta'", &weak);
         assert_eq!(b.search_path, Some(SearchPathChange::Set(vec!["beta".into()])));
+    }
+
+    #[test]
+    fn long_texts_are_classified_but_not_kept() {
+        let cache = ClassCache::default();
+        let (weak, strong) = schemas();
+        let values = vec!["(1, 'x')"; 3000].join(", ");
+        let bulk = format!("INSERT INTO t (a, b) VALUES {values}");
+        assert!(bulk.len() > CACHEABLE_BYTES);
+        assert_eq!(cache.get_or_classify(&bulk, &weak).class, Class::WeakWrite);
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.get_or_classify(&bulk, &strong).class, Class::StrongWrite);
     }
 }

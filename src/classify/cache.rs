@@ -86,15 +86,15 @@ impl ClassCache {
         };
         let shape = format!("\u{0}s{}", split::shape(&tokens));
         let hit = self.lookup(&shape).ok();
-        let fresh = hit.is_none();
+        let classified_now = hit.is_none();
         let entry = hit.unwrap_or_else(|| entry_of(classify_tokens(tokens, &current())));
-        if fresh {
+        if classified_now {
             // By exact text too, so that a text sent again verbatim costs one lookup. A text that
             // is only ever a shape hit is not stored: one-off texts would crowd out the shapes.
             self.store(sql, entry.clone(), epoch);
         }
         if entry.search_path.is_none() {
-            if fresh {
+            if classified_now {
                 self.store(&shape, entry.clone(), epoch);
             }
             if let Some(q) = &quick {

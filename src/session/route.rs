@@ -58,11 +58,6 @@ impl Router {
         Self { schema, metrics, sql_prepared: HashMap::new(), path_differs }
     }
 
-    /// Whether this session's search_path may differ from the schema file's.
-    pub fn search_path_differs(&self) -> bool {
-        self.path_differs
-    }
-
     /// After DDL has finished in this session: the catalog may have changed.
     pub fn ddl_done(&self) {
         self.schema.refresh_in_background();

@@ -114,6 +114,10 @@ fn scan(sql: &str) -> Option<(String, Vec<Range<usize>>)> {
                     end = j + n.len_utf8();
                     chars.next();
                 }
+                // `0x1F`, `1e5`, `1_000`, `10abc`: where the number ends is the tokenizer's call.
+                if chars.peek().is_some_and(|&(_, n)| is_ident_char(n)) {
+                    return None;
+                }
                 key.push(MARK);
                 masked.push(i..end);
                 prev = Some('0');
@@ -142,6 +146,9 @@ mod tests {
             Some("SELECT t1.c2, \"x'1\" FROM t1 WHERE a = $1".into())
         );
         for needs_tokenizer in [
+            "SELECT 0x1F",
+            "SELECT 1e5",
+            "SELECT 10abc",
             "SELECT E'a\\nb'",
             "SELECT 'a\\'",
             "SELECT $$x$$",
@@ -169,6 +176,8 @@ mod tests {
                 "SELECT \"we'ird\" FROM t WHERE b = 'x' /* 'y' */ AND c = 3.14",
                 "UPDATE t SET a = 1 WHERE b = 'a;b' RETURNING c",
                 "SELECT 1e5, 0.5, .5, 5., x1, y_2 FROM t2 WHERE z = $12",
+                "SELECT 10abc, 1e5x, 0x1F, 1_000, 2e-3 FROM t WHERE café1 = 7",
+                "SELECT 'a'\n'b' AS c, U&'d' FROM t",
             ]
             .map(String::from),
         );

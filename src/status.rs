@@ -25,6 +25,8 @@ pub struct NodeStatus {
     pub schema_errors: u64,
     /// (class, statements)
     pub statements: Vec<(String, u64)>,
+    /// Weak statements counted as strong because their session changed its search_path.
+    pub strengthened: u64,
 }
 
 /// Parses the Prometheus text pgmix serves.
@@ -37,6 +39,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
         refused: 0,
         schema_errors: 0,
         statements: Vec::new(),
+        strengthened: 0,
     };
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -58,6 +61,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
             "pgmix_connections_total" => st.connections = value,
             "pgmix_refused_total" => st.refused = value,
             "pgmix_schema_errors" => st.schema_errors = value,
+            "pgmix_strengthened_for_search_path_total" => st.strengthened = value,
             "pgmix_statements_total" => st.statements.push((label("class").unwrap_or_default(), value)),
             _ => {}
         }
@@ -89,7 +93,11 @@ impl std::fmt::Display for NodeStatus {
             self.refused,
             self.schema_errors,
             if stmts.is_empty() { "none".to_owned() } else { stmts.join(" ") }
-        )
+        )?;
+        if self.strengthened > 0 {
+            write!(f, " ({} weak made strong by a session search_path)", self.strengthened)?;
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +115,10 @@ mod tests {
         assert!(st.backend_up);
         assert!(st.statements.contains(&("weak_read".to_owned(), 1)));
         assert!(st.to_string().contains("postgres=up") && st.to_string().contains("weak_read=1"));
+        assert!(!st.to_string().contains("search_path"));
+        m.strengthened_for_search_path_total.store(3, std::sync::atomic::Ordering::Relaxed);
+        let st = parse(&m.render("n1")).unwrap();
+        assert!(st.to_string().ends_with("(3 weak made strong by a session search_path)"), "{st}");
         assert_eq!(parse("hello"), None);
     }
 }

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::quick_shape::quick_shape;
+use super::quick_shape::quick_key;
 use super::{Class, SearchPathChange, SqlPrepared, classify, classify_tokens, split, strongest};
 use crate::schema::Schema;
 
@@ -73,7 +73,7 @@ impl ClassCache {
         };
         // Keys of the three kinds cannot collide: a Query text never holds a NUL. A text without
         // literals is its own quick key, and its exact entry serves.
-        let quick = quick_shape(sql).filter(|q| q != sql).map(|q| format!("\u{0}q{q}"));
+        let quick = quick_key(sql, "\u{0}q");
         if let Some(hit) = quick.as_deref().and_then(|q| self.lookup(q).ok()) {
             return hit;
         }

@@ -14,8 +14,15 @@ use std::ops::Range;
 const MARK: char = '\u{1}';
 
 /// The key, or None when the text needs the tokenizer.
+#[cfg(test)]
 pub fn quick_shape(sql: &str) -> Option<String> {
-    scan(sql).map(|(key, _)| key)
+    scan(sql, "").map(|(key, _)| key)
+}
+
+/// The cache's key for a text holding literals: `prefix`, then the shape. None when the text
+/// needs the tokenizer, or holds no literal (then the text itself is its key).
+pub fn quick_key(sql: &str, prefix: &str) -> Option<String> {
+    scan(sql, prefix).filter(|(_, masked)| !masked.is_empty()).map(|(key, _)| key)
 }
 
 fn is_ident_char(c: char) -> bool {
@@ -23,8 +30,9 @@ fn is_ident_char(c: char) -> bool {
 }
 
 /// The key and the byte ranges it masked.
-fn scan(sql: &str) -> Option<(String, Vec<Range<usize>>)> {
-    let mut key = String::with_capacity(sql.len());
+fn scan(sql: &str, prefix: &str) -> Option<(String, Vec<Range<usize>>)> {
+    let mut key = String::with_capacity(prefix.len() + sql.len());
+    key.push_str(prefix);
     let mut masked = Vec::new();
     let mut chars = sql.char_indices().peekable();
     let mut prev: Option<char> = None;
@@ -145,6 +153,8 @@ mod tests {
             quick_shape("SELECT t1.c2, \"x'1\" FROM t1 WHERE a = $1"),
             Some("SELECT t1.c2, \"x'1\" FROM t1 WHERE a = $1".into())
         );
+        assert_eq!(quick_key("SELECT 1", "p:"), Some(format!("p:SELECT {MARK}")));
+        assert_eq!(quick_key("SELECT a FROM t", "p:"), None, "no literal: the text is its own key");
         for needs_tokenizer in [
             "SELECT 0x1F",
             "SELECT 1e5",
@@ -184,7 +194,7 @@ mod tests {
         let traps = ["'x'' ; -- /* \" $1 '' y'", "''", "'; DROP TABLE t; --'"];
         let mut checked = 0;
         for (n, text) in texts.iter().enumerate() {
-            let Some((key, masked)) = scan(text) else { continue };
+            let Some((key, masked)) = scan(text, "") else { continue };
             let Ok(tokens) = split::tokenize(text) else { continue };
             let mut variant = String::new();
             let mut at = 0;

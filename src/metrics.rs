@@ -29,7 +29,7 @@ pub struct Metrics {
     /// schema file's.
     pub strengthened_for_search_path_total: AtomicU64,
     /// Statements by consistency class, indexed like `Class::ALL`.
-    pub statements_by_class: [AtomicU64; 7],
+    pub statements_by_class: [AtomicU64; crate::classify::Class::ALL.len()],
 }
 
 pub type MetricsHandle = Arc<Metrics>;

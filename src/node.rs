@@ -156,12 +156,13 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
             debug!("client did not finish logging in in time");
             return;
         }
-        Ok(Ok(Handshake::Cancel { pid, secret })) => {
+        Ok(Ok(Handshake::Cancel { pid, secret, stream })) => {
             Metrics::inc(&ctx.metrics.cancel_requests_total);
             match cancels.cancel(pid, secret).await {
                 Ok(found) => debug!(found, "cancel request"),
                 Err(e) => warn!(error = %e, "could not forward cancel request"),
             }
+            drop(stream);
             return;
         }
         Ok(Ok(Handshake::Session(hello))) => hello,

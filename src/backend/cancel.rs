@@ -1,13 +1,17 @@
-//! Cancel requests. A client gets pgmix's own (pid, secret) pair, never the backend's: the
-//! registry maps one to the other, and a CancelRequest arriving on a new connection is sent on to
-//! the local Postgres with the backend's key.
+//! Cancel requests. A client gets its backend's real process id (so `pg_terminate_backend`,
+//! NotificationResponse and pool health checks agree with what it holds) and a secret key of
+//! pgmix's own: the registry maps (pid, our secret) to the backend's secret, and a CancelRequest
+//! arriving on a new connection is sent on to the local Postgres with the backend's key. The
+//! backend's secret never leaves pgmix, so a client that can reach the Postgres port directly
+//! still cannot cancel other sessions' queries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rand::RngExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connect::open_stream;
 use super::error::BackendError;
@@ -16,11 +20,11 @@ use crate::config::BackendAddr;
 #[derive(Debug, Clone)]
 struct Target {
     addr: BackendAddr,
-    pid: i32,
     secret: i32,
 }
 
-/// Shared by all sessions of one node; cloned as a handle.
+/// Shared by all sessions of one node; cloned as a handle. Keyed by backend pid, which is unique
+/// among the live backends of the one local Postgres.
 #[derive(Clone, Default)]
 pub struct CancelRegistry {
     inner: Arc<Mutex<HashMap<i32, (i32, Target)>>>,
@@ -36,26 +40,22 @@ pub struct CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Ok(mut map) = self.registry.inner.lock() {
-            map.remove(&self.pid);
+            // A reused pid may already belong to a newer session: remove only our own entry.
+            if map.get(&self.pid).is_some_and(|(s, _)| *s == self.secret) {
+                map.remove(&self.pid);
+            }
         }
     }
 }
 
 impl CancelRegistry {
-    /// Issues a fresh client-facing key for a session whose backend has `(pid, secret)`.
+    /// Issues the client-facing key for a session whose backend has `(pid, secret)`: the same
+    /// pid, a fresh secret.
     pub fn register(&self, addr: BackendAddr, pid: i32, secret: i32) -> CancelGuard {
-        let mut rng = rand::rng();
-        let target = Target { addr, pid, secret };
+        let our_secret: i32 = rand::rng().random();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let our_pid = rng.random_range(1..i32::MAX);
-            if map.contains_key(&our_pid) {
-                continue;
-            }
-            let our_secret: i32 = rng.random();
-            map.insert(our_pid, (our_secret, target));
-            return CancelGuard { registry: self.clone(), pid: our_pid, secret: our_secret };
-        }
+        map.insert(pid, (our_secret, Target { addr, secret }));
+        CancelGuard { registry: self.clone(), pid, secret: our_secret }
     }
 
     /// Forwards a cancel request; an unknown or wrong key is ignored, as Postgres does.
@@ -67,17 +67,33 @@ impl CancelRegistry {
                 _ => return Ok(false),
             }
         };
-        send_cancel(&target.addr, target.pid, target.secret).await?;
+        send_cancel(&target.addr, pid, target.secret).await?;
         Ok(true)
     }
 }
 
-/// Asks the local Postgres to cancel whatever backend `pid` is running.
+/// How long pgmix waits for Postgres to finish with a cancel request before giving up on it.
+const CANCEL_DONE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the local Postgres to cancel whatever backend `pid` is running, and returns once Postgres
+/// has closed the cancel connection, which it does after signalling the backend. Clients (libpq,
+/// asyncpg) take the close of their own cancel socket to mean "delivered" and go on with their
+/// next query: closing it earlier would let a late cancel hit that query.
 pub async fn send_cancel(addr: &BackendAddr, pid: i32, secret: i32) -> Result<(), BackendError> {
     let mut stream = open_stream(addr).await?;
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
     stream.write_all(&buf).await?;
     stream.flush().await?;
-    Ok(())
+    let mut sink = [0u8; 64];
+    let drained = tokio::time::timeout(CANCEL_DONE_TIMEOUT, async {
+        // Postgres sends nothing on a cancel connection; read until it closes.
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    match drained {
+        Ok(r) => r.map_err(BackendError::Io),
+        Err(_) => Err(BackendError::Protocol("the local Postgres did not close the cancel connection".into())),
+    }
 }

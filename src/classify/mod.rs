@@ -75,10 +75,6 @@ impl Class {
             Class::Refused => "refused",
         }
     }
-
-    pub fn is_strong(self) -> bool {
-        matches!(self, Class::StrongRead | Class::StrongWrite | Class::Ddl)
-    }
 }
 
 /// Transaction options of BEGIN / START TRANSACTION / SET TRANSACTION.

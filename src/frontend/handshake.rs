@@ -16,7 +16,9 @@ use crate::sqlstate::{ClientError, code};
 /// What a new connection turned out to be.
 pub enum Handshake {
     Session(ClientHello),
-    Cancel { pid: i32, secret: i32 },
+    /// A CancelRequest. The caller closes `stream` only once the cancel has been delivered:
+    /// clients take the close to mean that it has.
+    Cancel { pid: i32, secret: i32, stream: ClientStream },
 }
 
 /// An authenticated client, ready for its session.
@@ -52,7 +54,7 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
                 stream.write_all(b"N").await?;
             }
             Some(FirstPacket::Cancel { pid, secret }) => {
-                return Ok(Handshake::Cancel { pid, secret });
+                return Ok(Handshake::Cancel { pid, secret, stream });
             }
             Some(FirstPacket::Startup { major: 3, minor, params }) => {
                 return startup(stream, cfg, minor, params).await.map(Handshake::Session);

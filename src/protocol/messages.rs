@@ -129,23 +129,31 @@ pub fn sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((mechanism, data))
 }
 
-/// The SQL text of a simple Query message body.
-pub fn query_text(body: &[u8]) -> Option<&str> {
-    cstr(body).map(|(s, _)| s)
+/// The bytes up to the first NUL (all of `buf` when there is none), and what follows it.
+fn until_nul(buf: &[u8]) -> (&[u8], &[u8]) {
+    match buf.iter().position(|b| *b == 0) {
+        Some(end) => (&buf[..end], &buf[end + 1..]),
+        None => (buf, &[]),
+    }
 }
 
-/// Statement name and SQL text of a Parse message body.
-pub fn parse_message(body: &[u8]) -> Option<(&str, &str)> {
-    let (name, rest) = cstr(body)?;
-    let (sql, _) = cstr(rest)?;
-    Some((name, sql))
+/// The SQL text of a simple Query message body, as bytes: it is in the session's
+/// client_encoding, which need not be UTF-8, and the routing point decides what to make of it.
+pub fn query_text(body: &[u8]) -> &[u8] {
+    until_nul(body).0
 }
 
-/// Kind ('S' statement or 'P' portal) and name of a Close or Describe message body.
-pub fn close_target(body: &[u8]) -> Option<(u8, &str)> {
-    let (&kind, rest) = body.split_first()?;
-    let (name, _) = cstr(rest)?;
-    Some((kind, name))
+/// Statement name and SQL text of a Parse message body, as bytes (see `query_text`).
+pub fn parse_message(body: &[u8]) -> (&[u8], &[u8]) {
+    let (name, rest) = until_nul(body);
+    (name, until_nul(rest).0)
+}
+
+/// Name and value of a ParameterStatus message body.
+pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &str)> {
+    let (name, rest) = until_nul(body);
+    let (value, _) = cstr(rest)?;
+    Some((name, value))
 }
 
 #[cfg(test)]
@@ -195,9 +203,11 @@ mod tests {
     }
 
     #[test]
-    fn parse_and_close_bodies() {
-        assert_eq!(parse_message(b"s1\0select $1\0\0\0"), Some(("s1", "select $1")));
-        assert_eq!(close_target(b"Ss1\0"), Some((b'S', "s1")));
-        assert_eq!(query_text(b"select 1\0"), Some("select 1"));
+    fn query_parse_and_parameter_status_bodies() {
+        assert_eq!(parse_message(b"s1\0select $1\0\0\0"), (&b"s1"[..], &b"select $1"[..]));
+        assert_eq!(query_text(b"select 1\0"), b"select 1");
+        // Not UTF-8 (LATIN1 'e' acute): still read, never skipped.
+        assert_eq!(query_text(b"select '\xe9'\0"), b"select '\xe9'");
+        assert_eq!(parameter_status(b"client_encoding\0LATIN1\0"), Some((&b"client_encoding"[..], "LATIN1")));
     }
 }

@@ -11,6 +11,7 @@
 //! backend connection is dropped and Postgres rolls back whatever transaction was open. If the
 //! backend goes away, the client is told (57P01 from Postgres, or 08006 from pgmix) and closed.
 
+pub mod answer;
 pub mod route;
 pub mod state;
 pub mod stop;
@@ -33,8 +34,9 @@ use crate::metrics::{Metrics, MetricsHandle};
 use crate::protocol::frames::{FrameError, Framer, Step};
 use crate::protocol::messages;
 use crate::sqlstate::{ClientError, code};
+use answer::Answers;
 use route::{Route, Router};
-use state::{Prepared, SessionState, TxStatus};
+use state::{SessionState, TxStatus};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -75,6 +77,8 @@ pub struct Session {
     ctx: SessionCtx,
     state: SessionState,
     router: Router,
+    /// Errors pgmix sends in place of a statement's reply.
+    answers: Answers,
     client_framer: Framer,
     backend_framer: Framer,
     /// Type of the last whole message the backend sent, to know whether it already said goodbye.
@@ -89,11 +93,12 @@ pub struct Session {
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
 fn client_inspects(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'C' | b'S' | b'X' | b'H' | b'F')
+    matches!(tag, b'Q' | b'P' | b'S' | b'X' | b'H' | b'F')
 }
 
+/// ReadyForQuery, ErrorResponse, and ParameterStatus (for client_encoding).
 fn backend_inspects(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E')
+    matches!(tag, b'Z' | b'E' | b'S')
 }
 
 impl Session {
@@ -112,6 +117,7 @@ impl Session {
             ctx,
             state: SessionState::default(),
             router,
+            answers: Answers::default(),
             client_framer: Framer::new(max),
             backend_framer: Framer::new(max),
             last_backend_tag: 0,
@@ -230,7 +236,7 @@ impl Session {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientVanished)),
                 Poll::Ready(Ok(n)) => {
                     self.ctx.metrics.bytes_from_clients.fetch_add(n as u64, Relaxed);
-                    self.frame_client(up).map_err(SessionError::ClientProtocol)?;
+                    self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
                 Poll::Pending => break,
@@ -268,8 +274,9 @@ impl Session {
     }
 
     /// Frames what the client sent and passes each statement through the routing point; what is
-    /// framed becomes ready to send. A refused statement is replaced in place by its refusal.
-    fn frame_client(&mut self, up: &mut Flow) -> Result<(), FrameError> {
+    /// framed becomes ready to send. A refused statement is replaced by its stand-in, or answered
+    /// on the spot (see `answer`).
+    fn frame_client(&mut self, up: &mut Flow, down: &mut Flow) -> Result<(), FrameError> {
         loop {
             match self.client_framer.step(&up.buf[up.ready..], client_inspects)? {
                 Step::Message { tag, body, len } => {
@@ -279,9 +286,15 @@ impl Session {
                         self.client_terminated = true;
                         return Ok(());
                     }
-                    match on_client_message(&mut self.state, &mut self.router, &self.ctx.metrics, tag, body) {
-                        Some(replacement) => up.replace_next(len, &replacement),
-                        None => up.ready += len,
+                    let can_answer = !self.backend_framer.mid_message();
+                    let at = Point { state: &mut self.state, router: &mut self.router, answers: &mut self.answers };
+                    match at.on_client_message(&self.ctx.metrics, tag, body, can_answer) {
+                        Action::Forward => up.ready += len,
+                        Action::Replace(with) => up.replace_next(len, &with),
+                        Action::Answer(reply) => {
+                            up.replace_next(len, &[]);
+                            down.replace_next(0, &reply);
+                        }
                     }
                 }
                 Step::Pass(n) if n > 0 => up.ready += n,
@@ -290,24 +303,42 @@ impl Session {
         }
     }
 
-    /// Frames what the backend sent and notes each ReadyForQuery; all of it becomes ready to send.
+    /// Frames what the backend sent and notes each ReadyForQuery; all of it becomes ready to send,
+    /// except a stand-in's error, which is swapped for pgmix's own.
     fn frame_backend(&mut self, down: &mut Flow) -> Result<(), FrameError> {
         loop {
             match self.backend_framer.step(&down.buf[down.ready..], backend_inspects)? {
                 Step::Message { tag, body, len } => {
-                    down.ready += len;
                     self.last_backend_tag = tag;
-                    if tag == b'Z' {
-                        if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
-                            self.state.tx = tx;
+                    match tag {
+                        b'Z' => {
+                            if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
+                                self.state.tx = tx;
+                            }
+                            self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
+                            if self.state.awaiting_ready == 0 {
+                                self.answers.settle();
+                            }
+                            // The DDL has committed or rolled back: let the node re-read the catalog.
+                            if self.state.ddl_pending && self.state.is_quiet() {
+                                self.state.ddl_pending = false;
+                                self.router.ddl_done();
+                            }
                         }
-                        self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
-                        // The DDL has committed or rolled back: let the node re-read the catalog.
-                        if self.state.ddl_pending && self.state.is_quiet() {
-                            self.state.ddl_pending = false;
-                            self.router.ddl_done();
+                        b'E' if self.answers.waiting() => {
+                            if let Some(own) = self.answers.substitute(body) {
+                                down.replace_next(len, &own);
+                                continue;
+                            }
                         }
+                        b'S' => {
+                            if let Some((b"client_encoding", value)) = messages::parameter_status(body) {
+                                self.router.set_client_encoding(value);
+                            }
+                        }
+                        _ => {}
                     }
+                    down.ready += len;
                 }
                 Step::Pass(n) if n > 0 => {
                     self.last_backend_tag = 0;
@@ -412,75 +443,71 @@ fn write_zero() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::WriteZero, "connection accepted no bytes")
 }
 
-/// The statement boundary: every Query and Parse passes the routing point here. Returns a
-/// message to send instead of this one, for a statement pgmix refuses.
-fn on_client_message(
-    state: &mut SessionState,
-    router: &mut Router,
-    metrics: &Metrics,
-    tag: u8,
-    body: &[u8],
-) -> Option<BytesMut> {
-    match tag {
-        b'Q' => {
-            Metrics::inc(&metrics.queries_total);
-            let at_rest = state.is_quiet();
-            state.awaiting_ready += 1;
-            let sql = messages::query_text(body)?;
-            let (class, route, reason) = router.route_query(sql, at_rest);
-            state.ddl_pending |= class == crate::classify::Class::Ddl;
-            (route == Route::Refuse).then(|| refusal_query(&reason))
-        }
-        b'P' => {
-            Metrics::inc(&metrics.parses_total);
-            let (name, sql) = messages::parse_message(body)?;
-            let (class, route, reason) = router.route_parse(sql);
-            state.ddl_pending |= class == crate::classify::Class::Ddl;
-            state.prepared.insert(name.to_owned(), Prepared { sql: Arc::from(sql), class, route });
-            (route == Route::Refuse).then(|| refusal_parse(name, &reason))
-        }
-        b'C' => {
-            if let Some((b'S', name)) = messages::close_target(body) {
-                state.prepared.remove(name);
+/// What the session does with one client message.
+enum Action {
+    Forward,
+    /// Send this to the backend instead.
+    Replace(BytesMut),
+    /// Send nothing to the backend; send this to the client.
+    Answer(BytesMut),
+}
+
+/// The statement boundary: every Query and Parse passes the routing point here.
+struct Point<'a> {
+    state: &'a mut SessionState,
+    router: &'a mut Router,
+    answers: &'a mut Answers,
+}
+
+impl Point<'_> {
+    /// `can_answer`: the client's stream is between messages, so an answer may be put into it.
+    fn on_client_message(self, metrics: &Metrics, tag: u8, body: &[u8], can_answer: bool) -> Action {
+        let Point { state, router, answers } = self;
+        match tag {
+            b'Q' => {
+                Metrics::inc(&metrics.queries_total);
+                let at_rest = state.is_quiet();
+                let (class, route, reason) = router.route_query(messages::query_text(body), at_rest);
+                state.ddl_pending |= class == crate::classify::Class::Ddl;
+                if route == Route::Refuse {
+                    let e = refusal(&reason);
+                    if at_rest && can_answer {
+                        return Action::Answer(Answers::direct(&e, b'I'));
+                    }
+                    state.awaiting_ready += 1;
+                    return Action::Replace(answers.stand_in_query(e));
+                }
+                state.awaiting_ready += 1;
+                Action::Forward
             }
-            None
+            b'P' => {
+                Metrics::inc(&metrics.parses_total);
+                let (name, sql) = messages::parse_message(body);
+                let (class, route, reason) = router.route_parse(sql);
+                state.ddl_pending |= class == crate::classify::Class::Ddl;
+                if route == Route::Refuse {
+                    return Action::Replace(answers.stand_in_parse(name, refusal(&reason)));
+                }
+                Action::Forward
+            }
+            b'S' => {
+                state.awaiting_ready += 1;
+                Action::Forward
+            }
+            b'F' => {
+                // A fast-path function call (libpq's large-object API uses them) is answered with its
+                // own ReadyForQuery, and is a statement too.
+                state.awaiting_ready += 1;
+                router.route_function_call();
+                Action::Forward
+            }
+            _ => Action::Forward,
         }
-        b'S' => {
-            state.awaiting_ready += 1;
-            None
-        }
-        b'F' => {
-            // A fast-path function call (libpq's large-object API uses them) is answered with its
-            // own ReadyForQuery, and is a statement too.
-            state.awaiting_ready += 1;
-            router.route_function_call();
-            None
-        }
-        _ => None,
     }
 }
 
-/// A statement that makes the backend raise pgmix's refusal, so the error reaches the client in
-/// its proper place in the response stream, with a real SQLSTATE.
-fn refusal_sql(reason: &str) -> String {
-    let quote = |s: &str| format!("$pgmix${}$pgmix$", s.replace("$pgmix$", ""));
-    format!(
-        "DO $pgmixdo$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}, HINT = {}; END $pgmixdo$",
-        code::FEATURE_NOT_SUPPORTED,
-        quote(reason),
-        quote("Use plain BEGIN/COMMIT: pgmix commits strong transactions atomically on every node itself.")
-    )
-}
-
-fn refusal_query(reason: &str) -> BytesMut {
-    let mut buf = BytesMut::new();
-    // Only fails for a NUL inside the text, which a reason never holds.
-    let _ = postgres_protocol::message::frontend::query(&refusal_sql(reason), &mut buf);
-    buf
-}
-
-fn refusal_parse(name: &str, reason: &str) -> BytesMut {
-    let mut buf = BytesMut::new();
-    let _ = postgres_protocol::message::frontend::parse(name, &refusal_sql(reason), std::iter::empty(), &mut buf);
-    buf
+/// The error a refused statement gets.
+fn refusal(reason: &str) -> ClientError {
+    ClientError::error(code::FEATURE_NOT_SUPPORTED, reason.to_owned())
+        .with_hint("Use plain BEGIN/COMMIT: pgmix commits strong transactions atomically on every node itself.")
 }

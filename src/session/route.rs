@@ -20,6 +20,7 @@
 //! has changed since its Parse, so the class stored at Parse must be strengthened the same way
 //! when Execute is routed by it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ pub struct Router {
     sql_prepared: HashMap<String, Class>,
     /// The session's search_path may differ from the schema file's.
     path_differs: bool,
+    /// The client_encoding, as the backend last reported it; None while it is UTF8 or SQL_ASCII,
+    /// the encodings whose bytes pgmix reads as they are.
+    foreign_encoding: Option<String>,
 }
 
 impl Router {
@@ -55,7 +59,7 @@ impl Router {
             "options" => v.contains("search_path"),
             _ => false,
         });
-        Self { schema, metrics, sql_prepared: HashMap::new(), path_differs }
+        Self { schema, metrics, sql_prepared: HashMap::new(), path_differs, foreign_encoding: None }
     }
 
     /// After DDL has finished in this session: the catalog may have changed.
@@ -63,9 +67,37 @@ impl Router {
         self.schema.refresh_in_background();
     }
 
+    /// The backend reported the session's client_encoding (at start-up or after a SET).
+    pub fn set_client_encoding(&mut self, name: &str) {
+        let utf8 = ["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"].iter().any(|n| n.eq_ignore_ascii_case(name));
+        self.foreign_encoding = (!utf8).then(|| name.to_owned());
+    }
+
+    /// The statement text as pgmix can read it, and why its class cannot be trusted when it
+    /// cannot. Text in the client's encoding that is not plain ASCII is not necessarily what it
+    /// looks like as UTF-8 (in SJIS or BIG5 an ASCII byte such as a backslash can be half of a
+    /// character), so it is read with its undecodable bytes masked, which keeps a refusal
+    /// recognisable, and its class is made strong: never weak, never skipped.
+    fn text<'a>(&self, raw: &'a [u8]) -> (Cow<'a, str>, Option<String>) {
+        if raw.is_ascii() {
+            // ASCII reads the same in every encoding Postgres accepts from clients.
+            return (Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default()), None);
+        }
+        match (&self.foreign_encoding, std::str::from_utf8(raw)) {
+            (None, Ok(text)) => (Cow::Borrowed(text), None),
+            (None, Err(_)) => (String::from_utf8_lossy(raw), Some("the text is not valid UTF-8".to_owned())),
+            (Some(enc), _) => (
+                String::from_utf8_lossy(raw),
+                Some(format!("the text is in client_encoding {enc}, which pgmix does not decode")),
+            ),
+        }
+    }
+
     /// `at_rest`: a simple Query sent between transactions with nothing outstanding; None for a
     /// Parse (run later, perhaps never, perhaps many times).
-    fn decide(&mut self, sql: &str, at_rest: Option<bool>) -> (Class, Route, Arc<str>) {
+    fn decide(&mut self, raw: &[u8], at_rest: Option<bool>) -> (Class, Route, Arc<str>) {
+        let (sql, unreadable) = self.text(raw);
+        let sql = sql.as_ref();
         let entry = self.schema.classify(sql);
         let mut reason = entry.reason;
         let mut class = entry.class;
@@ -98,6 +130,12 @@ impl Router {
                 "{reason}; but this session's search_path differs from the schema file's, so its unqualified table names may mean other tables: treated as strong"
             ));
         }
+        if let Some(why) = unreadable
+            && !matches!(class, Class::Refused | Class::Ddl | Class::StrongWrite)
+        {
+            class = Class::StrongWrite;
+            reason = Arc::from(format!("{reason}; but {why}: treated as a strong write"));
+        }
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };
@@ -105,12 +143,12 @@ impl Router {
     }
 
     /// A simple-protocol Query (possibly several statements).
-    pub fn route_query(&mut self, sql: &str, at_rest: bool) -> (Class, Route, Arc<str>) {
+    pub fn route_query(&mut self, sql: &[u8], at_rest: bool) -> (Class, Route, Arc<str>) {
         self.decide(sql, Some(at_rest))
     }
 
     /// An extended-protocol Parse; the decision is cached with the prepared statement.
-    pub fn route_parse(&mut self, sql: &str) -> (Class, Route, Arc<str>) {
+    pub fn route_parse(&mut self, sql: &[u8]) -> (Class, Route, Arc<str>) {
         self.decide(sql, None)
     }
 

@@ -1,11 +1,5 @@
 //! What the session knows about its protocol state, learned from the messages passing through.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use super::route::Route;
-use crate::classify::Class;
-
 /// Transaction status as the backend last reported it in ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxStatus {
@@ -25,20 +19,9 @@ impl TxStatus {
     }
 }
 
-/// A prepared statement the client created with Parse.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub sql: Arc<str>,
-    /// Classified once, at Parse.
-    pub class: Class,
-    pub route: Route,
-}
-
 #[derive(Debug)]
 pub struct SessionState {
     pub tx: TxStatus,
-    /// Named statements; the unnamed one is under "".
-    pub prepared: HashMap<String, Prepared>,
     /// Sync or Query messages sent whose ReadyForQuery has not come back yet.
     pub awaiting_ready: usize,
     /// DDL went through and the catalog has not been re-read since.
@@ -47,7 +30,7 @@ pub struct SessionState {
 
 impl Default for SessionState {
     fn default() -> Self {
-        Self { tx: TxStatus::Idle, prepared: HashMap::new(), awaiting_ready: 0, ddl_pending: false }
+        Self { tx: TxStatus::Idle, awaiting_ready: 0, ddl_pending: false }
     }
 }
 

@@ -142,6 +142,12 @@ impl TestNode {
         Ok(Self { node: Some(node), port, pg })
     }
 
+    /// A node already started (with a config the test built) in front of `pg`.
+    pub fn from_parts(node: NodeHandle, pg: TestPg) -> Self {
+        let port = node.addr.port();
+        Self { node: Some(node), port, pg }
+    }
+
     pub fn handle(&self) -> &NodeHandle {
         self.node.as_ref().expect("node running")
     }
@@ -231,4 +237,17 @@ pub fn string_message(tag: u8, text: &str) -> Vec<u8> {
     msg.extend(text.as_bytes());
     msg.push(0);
     msg
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after 30 s.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

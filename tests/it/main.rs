@@ -1,11 +1,14 @@
 //! Integration tests: real Postgres servers started by the harness, pgmix nodes in-process (or as
 //! a separate process where memory is measured), real clients over real sockets.
 
+mod answers;
 mod auth;
+mod cancel;
 mod classify;
 mod clients;
 mod harness;
 mod protocol;
+mod raw;
 mod robustness;
 mod stream;
 mod up;

@@ -70,6 +70,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make a cluster CA and a certificate signed by it for each node, for client TLS and peer
+    /// links. Existing files are kept: run it again to add nodes under the same CA.
+    Certs {
+        /// Directory for ca.crt, ca.key and <node>.crt, <node>.key (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node names, comma-separated; each is its certificate's CN and one of its SANs.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Further host names and IP addresses every node certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+    },
 }
 
 fn main() {
@@ -113,6 +126,7 @@ fn run() -> anyhow::Result<()> {
             Command::Serve { config } => serve(config).await?,
             Command::Explain { schema, json, sql } => explain(schema, json, &sql)?,
             Command::Status { metrics, config } => status(metrics, config)?,
+            Command::Certs { dir, nodes, hosts } => certs(&dir, &nodes, &hosts)?,
         }
         Ok(())
     })
@@ -163,6 +177,32 @@ fn explain(schema: Option<PathBuf>, json: bool, sql: &str) -> anyhow::Result<()>
         if let Some(tx) = &c.tx {
             println!("transaction: {tx:?}");
         }
+    }
+    Ok(())
+}
+
+fn certs(dir: &std::path::Path, nodes: &[String], hosts: &[String]) -> anyhow::Result<()> {
+    let made = pgmix::cluster::certs::ensure_cluster(dir, nodes, hosts).context("pgmix certs")?;
+    let mut files = vec![made.ca_cert.clone()];
+    if made.ca_key.exists() {
+        files.push(made.ca_key.clone());
+    }
+    files.extend(made.nodes.iter().flat_map(|n| [n.cert.clone(), n.key.clone()]));
+    for f in &files {
+        let what = if made.written.contains(f) { "wrote" } else { "kept " };
+        println!("{what} {}", f.display());
+    }
+    println!("CA certificate (clients and peers trust it): {}", made.ca_cert.display());
+    for n in &made.nodes {
+        println!(
+            "{}: [tls] cert = {:?}, key = {:?}",
+            n.name,
+            n.cert.display().to_string(),
+            n.key.display().to_string()
+        );
+    }
+    if made.ca_key.exists() {
+        println!("Keep {} off the nodes' machines; it is only needed to add nodes.", made.ca_key.display());
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ pub enum ClusterError {
     Io { path: PathBuf, cause: std::io::Error },
     #[error("cannot generate a TLS certificate: {0}")]
     Cert(String),
+    #[error("{path}: {reason}")]
+    CertFile { path: PathBuf, reason: String },
     #[error("port {port} is already in use; pass --port to choose another base port")]
     PortInUse { port: u16 },
     #[error(transparent)]

@@ -18,7 +18,11 @@ pub enum Handshake {
     Session(ClientHello),
     /// A CancelRequest. The caller closes `stream` only once the cancel has been delivered:
     /// clients take the close to mean that it has.
-    Cancel { pid: i32, secret: i32, stream: ClientStream },
+    Cancel {
+        pid: i32,
+        secret: i32,
+        stream: ClientStream,
+    },
 }
 
 /// An authenticated client, ready for its session.

@@ -6,6 +6,7 @@ mod auth;
 mod cancel;
 mod classify;
 mod clients;
+mod configs;
 mod harness;
 mod protocol;
 mod raw;

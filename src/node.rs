@@ -184,7 +184,14 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
         Metrics::inc(&ctx.metrics.tls_connections_total);
     }
     let mut client = hello.stream;
-    let backend = match backend::connect(&cfg.backend, &hello.database, &hello.params).await {
+    let Some(user) = cfg.users.get(&hello.user) else {
+        // Authentication succeeded, so the user is configured; nothing to do if it vanished.
+        return;
+    };
+    // The backend role's own password serves when a user runs as that role.
+    let password = user.plain.as_deref().or(cfg.backend.password.as_deref().filter(|_| user.role == cfg.backend.user));
+    let login = backend::Login { role: &user.role, password };
+    let backend = match backend::connect(&cfg.backend, login, &hello.database, &hello.params).await {
         Ok(b) => b,
         Err(e) => {
             Metrics::inc(&ctx.metrics.backend_connect_failures_total);
@@ -193,7 +200,9 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
                 // Postgres's own refusal (unknown database, too many clients): pass it on as is.
                 BackendError::Refused { raw, .. } => buf.extend_from_slice(raw),
                 other => {
-                    ctx.metrics.backend_up.store(false, Relaxed);
+                    if other.node_unhealthy() {
+                        ctx.metrics.backend_up.store(false, Relaxed);
+                    }
                     other.to_client(&cfg.node_name).encode(&mut buf)
                 }
             }

@@ -1,5 +1,6 @@
-//! Opening a session's connection to the local Postgres, logged in as pgmix's own backend role,
-//! on the database the client asked for.
+//! Opening a session's connection to the local Postgres, logged in as the client's own role, on
+//! the database the client asked for. Postgres then enforces that role's privileges itself:
+//! pgmix never runs a client's statements as a superuser it did not log in as.
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -38,20 +39,30 @@ pub async fn open_stream(addr: &BackendAddr) -> Result<BackendStream, BackendErr
     }
 }
 
+/// Who a backend connection logs in as.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub role: &'a str,
+    /// Sent when Postgres asks for a password; None means the login must not need one.
+    pub password: Option<&'a str>,
+}
+
 pub async fn connect(
     cfg: &BackendConfig,
+    login: Login<'_>,
     database: &str,
     client_params: &[(String, String)],
 ) -> Result<BackendConn, BackendError> {
     let mut stream = open_stream(&cfg.addr).await?;
     let mut buf = BytesMut::new();
-    let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", database)];
+    let mut params: Vec<(&str, &str)> = vec![("user", login.role), ("database", database)];
     params.extend(client_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params.iter().copied(), &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
     stream.write_all(&buf).await?;
     buf.clear();
 
-    let password = cfg.password.as_deref().unwrap_or("").as_bytes();
+    let needs_password = || BackendError::NeedsPassword { role: login.role.to_owned() };
+    let password = login.password.map(str::as_bytes);
     let mut scram: Option<ScramSha256> = None;
     let mut greeting = BytesMut::new();
     let mut pid_secret = (0, 0);
@@ -80,10 +91,12 @@ pub async fn connect(
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
+                let password = password.ok_or_else(needs_password)?;
                 frontend::password_message(password, &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
             }
             Message::AuthenticationMd5Password(body) => {
-                let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password, body.salt());
+                let password = password.ok_or_else(needs_password)?;
+                let hash = postgres_protocol::authentication::md5_hash(login.role.as_bytes(), password, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut buf)
                     .map_err(|e| BackendError::Protocol(e.to_string()))?;
             }
@@ -96,7 +109,7 @@ pub async fn connect(
                 if !has_scram {
                     return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256".into()));
                 }
-                let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                let s = ScramSha256::new(password.ok_or_else(needs_password)?, ChannelBinding::unsupported());
                 frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
                     .map_err(|e| BackendError::Protocol(e.to_string()))?;
                 scram = Some(s);

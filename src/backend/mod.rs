@@ -6,5 +6,5 @@ pub mod connect;
 pub mod error;
 
 pub use cancel::{CancelGuard, CancelRegistry, send_cancel};
-pub use connect::{BackendConn, BackendStream, connect, open_stream};
+pub use connect::{BackendConn, BackendStream, Login, connect, open_stream};
 pub use error::BackendError;

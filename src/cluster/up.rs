@@ -63,7 +63,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
 host = {socket:?}
 port = {pg_port}
 user = "postgres"
-database = "postgres"
+database = "{DEV_DATABASE}"
 
 [tls]
 mode = "allow"
@@ -157,11 +157,21 @@ pub fn metrics_port(base: u16, i: u16) -> u16 {
     base.wrapping_add(1000).wrapping_add(i - 1)
 }
 
+/// The development role (a superuser, so ORMs and test suites can create schemas and
+/// extensions) and its database.
 async fn ensure_database(pg: &PgInstance, db: &str) -> Result<(), String> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host_path(pg.socket_dir()).port(pg.port).user("postgres").dbname("postgres");
     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    let role_exists =
+        client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&DEV_USER]).await.map_err(|e| e.to_string())?;
+    if role_exists.is_none() {
+        client
+            .batch_execute(&format!("CREATE ROLE \"{DEV_USER}\" SUPERUSER LOGIN"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
         .await
@@ -169,7 +179,7 @@ async fn ensure_database(pg: &PgInstance, db: &str) -> Result<(), String> {
         .is_some();
     if !exists {
         client
-            .batch_execute(&format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\"")))
+            .batch_execute(&format!("CREATE DATABASE \"{}\" OWNER \"{DEV_USER}\"", db.replace('"', "\"\"")))
             .await
             .map_err(|e| e.to_string())?;
     }

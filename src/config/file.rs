@@ -33,8 +33,8 @@ pub struct BackendSection {
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
-    /// The role pgmix logs in as. It should be a superuser so that clients can create schemas and
-    /// extensions through pgmix.
+    /// The role pgmix logs in as for its own work (reading the catalog). It must be a superuser.
+    /// Client sessions log in as their own roles (see `users.role`).
     pub user: String,
     /// Its password; may be absent when the local Postgres trusts the connection.
     pub password: Option<String>,
@@ -96,6 +96,12 @@ pub struct UserSection {
     pub scram: Option<String>,
     /// A plain password, for development. Prefer `scram`.
     pub password: Option<String>,
+    /// The Postgres role this user's sessions run as (default: `name`). pgmix logs in to its
+    /// local Postgres as this role, so the role's privileges hold through pgmix and
+    /// `current_user` is this role. That login must not need a password (a Unix socket with
+    /// `trust` or `peer` rules in a directory only pgmix can reach), unless `password` is given
+    /// and is also the role's password in Postgres.
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

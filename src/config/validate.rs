@@ -87,6 +87,8 @@ pub struct UserAuth {
     pub scram: ScramVerifier,
     /// Present only when the config gives a plain password (needed for md5 and cleartext).
     pub plain: Option<String>,
+    /// The Postgres role the user's sessions log in as.
+    pub role: String,
 }
 
 /// The validated configuration of one node.
@@ -174,7 +176,11 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
                 format!("auth.method = \"password\" needs a plain `password` for user `{}`", u.name),
             ));
         }
-        if users.insert(u.name.clone(), UserAuth { scram, plain: u.password.clone() }).is_some() {
+        let role = u.role.clone().unwrap_or_else(|| u.name.clone());
+        if role.is_empty() {
+            return Err(invalid(&format!("{key}.role"), "must not be empty".into()));
+        }
+        if users.insert(u.name.clone(), UserAuth { scram, plain: u.password.clone(), role }).is_some() {
             return Err(invalid(&format!("{key}.name"), format!("user `{}` is listed twice", u.name)));
         }
     }

@@ -7,7 +7,11 @@ use crate::harness::{PASSWORD, TestNode, TestPg, USER, psql, sqlstate};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_right_password_connects_wrong_password_gets_28p01() {
     let verifier = postgres_protocol::password::scram_sha_256(b"s3cret");
-    let node = TestNode::start_with("allow", &format!("[[users]]\nname = \"alice\"\nscram = \"{verifier}\"\n")).await;
+    let node = TestNode::start_with(
+        "allow",
+        &format!("[[users]]\nname = \"alice\"\nscram = \"{verifier}\"\nrole = \"{USER}\"\n"),
+    )
+    .await;
     let alice = node.try_client("alice", "s3cret").await.expect("alice logs in with her verifier");
     assert_eq!(alice.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     let err = node.try_client("alice", "wrong").await.err().unwrap();

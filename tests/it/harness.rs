@@ -49,7 +49,19 @@ impl TestPg {
         let opts = PgOptions { unsafe_fast: true, max_connections: 100, ..PgOptions::default() };
         let mut pg = PgInstance::init(&bin, &dir.0.join("pg"), &opts).expect("initdb");
         pg.start(free_port().expect("free port")).expect("start postgres");
-        Self { pg, dir }
+        let me = Self { pg, dir };
+        // Sessions run as their user's role; the harness's user is a superuser, as `pgmix up`'s is.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A runtime of its own, on a thread of its own: tests call this from async code.
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    let sql = format!("CREATE ROLE {USER} SUPERUSER LOGIN");
+                    me.direct().await.batch_execute(&sql).await.expect("create the test role");
+                })
+            });
+        });
+        me
     }
 
     /// A superuser connection straight to Postgres, bypassing pgmix.

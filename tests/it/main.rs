@@ -11,5 +11,6 @@ mod harness;
 mod protocol;
 mod raw;
 mod robustness;
+mod roles;
 mod stream;
 mod up;

@@ -24,7 +24,7 @@ use crate::frontend::{self, FrontendError, Handshake};
 use crate::metrics::{self, Metrics, MetricsHandle};
 use crate::protocol::messages;
 use crate::schema::Schema;
-use crate::schema::live::LiveSchema;
+use crate::schema::databases::Databases;
 use crate::session::stop::Level;
 use crate::session::{Session, SessionCtx};
 
@@ -40,7 +40,7 @@ pub enum NodeError {
 
 /// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
 /// node from starting; warnings are logged. Views found in the catalog are treated as strong.
-pub async fn load_schema(cfg: &NodeConfig, metrics: MetricsHandle) -> Result<LiveSchema, NodeError> {
+pub async fn load_schema(cfg: &NodeConfig, metrics: MetricsHandle) -> Result<Databases, NodeError> {
     let (schema, file) = match &cfg.schema_path {
         Some(path) => (Schema::load(path)?, Some(path.display().to_string())),
         None => {
@@ -48,8 +48,8 @@ pub async fn load_schema(cfg: &NodeConfig, metrics: MetricsHandle) -> Result<Liv
             (Schema::default(), None)
         }
     };
-    let live = LiveSchema::new(schema, file, cfg.backend.clone(), metrics);
-    match live.check().await {
+    let live = Databases::new(schema, file, cfg.backend.clone(), metrics);
+    match live.check_startup().await {
         Ok(errors) if !errors.is_empty() => return Err(NodeError::SchemaCheck(errors.join("\n"))),
         Ok(_) => {}
         Err(e) => {
@@ -104,7 +104,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
 
-    let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), schema };
+    let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), databases: schema };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
     if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
@@ -213,6 +213,9 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
         }
     };
 
+    // The first session of a database waits for its catalog check: its statements are classified
+    // against that database's tables from the first one on.
+    let schema = ctx.databases.get(&hello.database).await;
     let guard = cancels.register(cfg.backend.addr.clone(), backend.pid, backend.secret);
     // The greeting ends with ReadyForQuery (6 bytes); our BackendKeyData goes right before it.
     let mut buf = BytesMut::with_capacity(backend.greeting.len() + 16);
@@ -225,7 +228,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     }
 
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let (session, pending) = Session::new(client, backend, ctx.clone(), &hello.params);
+    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &hello.params);
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

@@ -7,7 +7,7 @@
 //! key, say) are logged as errors and counted in `pgmix_schema_errors`, because the node is
 //! already serving and refusing the DDL after the fact is not possible.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use tracing::{error, info, warn};
@@ -27,6 +27,8 @@ pub struct LiveSchema {
     backend: BackendConfig,
     refreshing: AtomicBool,
     wanted: AtomicBool,
+    /// Errors found by this database's last check; `metrics.schema_errors` is the node's sum.
+    errors: AtomicU64,
     /// `schema_errors` there: errors found by the last check.
     metrics: MetricsHandle,
 }
@@ -41,6 +43,7 @@ impl LiveSchema {
             backend,
             refreshing: AtomicBool::new(false),
             wanted: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
             metrics,
         }
     }
@@ -79,7 +82,9 @@ impl LiveSchema {
             *cur = Arc::new(schema);
         }
         self.cache.clear();
-        self.metrics.schema_errors.store(errors.len() as u64, Relaxed);
+        let before = self.errors.swap(errors.len() as u64, Relaxed);
+        self.metrics.schema_errors.fetch_add(errors.len() as u64, Relaxed);
+        self.metrics.schema_errors.fetch_sub(before, Relaxed);
         Ok(errors)
     }
 

@@ -6,6 +6,7 @@
 //! from the local Postgres (`catalog`).
 
 pub mod catalog;
+pub mod databases;
 pub mod lint;
 pub mod live;
 mod names;

@@ -68,7 +68,8 @@ pub struct SessionCtx {
     pub metrics: MetricsHandle,
     /// Drain: stop at the next quiet point (between transactions); abort: stop now.
     pub stop: Arc<stop::StopSignal>,
-    pub schema: Arc<crate::schema::live::LiveSchema>,
+    /// The schema of each database clients open.
+    pub databases: Arc<crate::schema::databases::Databases>,
 }
 
 pub struct Session {
@@ -102,15 +103,17 @@ fn backend_inspects(tag: u8) -> bool {
 }
 
 impl Session {
-    /// `startup`: the client's start-up parameters (they may set the search_path).
+    /// `schema`: that of the session's database; `startup`: the client's start-up parameters
+    /// (they may set the search_path).
     pub fn new(
         client: ClientStream,
         backend: BackendConn,
         ctx: SessionCtx,
+        schema: Arc<crate::schema::live::LiveSchema>,
         startup: &[(String, String)],
     ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let router = Router::new(ctx.schema.clone(), ctx.metrics.clone(), startup);
+        let router = Router::new(schema, ctx.metrics.clone(), startup);
         let session = Self {
             client,
             backend: backend.stream,

@@ -295,3 +295,32 @@ async fn ddl_through_pgmix_is_rechecked_new_views_become_strong_and_problems_are
     }
     assert_eq!(errors, 1, "the missing primary key of weak table logs is reported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_clients_open_is_checked_and_resolved_against_its_own_catalog() {
+    // The schema file applies in every database. `postgres` fits it; `shop` has a weak table
+    // without a primary key and a view named like a weak table.
+    let schema = "default = \"weak\"\n[tables.logs]\nconsistency = \"weak\"\n[tables.notes]\nconsistency = \"weak\"\n";
+    let node = TestNode::start_with_schema(schema, "CREATE DATABASE shop").await.expect("node starts");
+    let mut shop_direct = tokio_postgres::Config::new();
+    shop_direct.host_path(node.pg.pg.socket_dir()).port(node.pg.pg.port).user("postgres").dbname("shop");
+    let (direct, conn) = shop_direct.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    direct.batch_execute("CREATE TABLE logs (line text); CREATE VIEW notes AS SELECT line FROM logs").await.unwrap();
+    assert_eq!(node.handle().metrics.schema_errors.load(Relaxed), 0, "postgres fits the file");
+
+    let mut cfg = node.config();
+    cfg.dbname("shop");
+    let (shop, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Checked before the first statement of the first session of `shop` is classified.
+    assert_eq!(node.handle().metrics.schema_errors.load(Relaxed), 1, "logs in shop has no primary key");
+    let strong_reads = count(&node, Class::StrongRead);
+    shop.simple_query("SELECT * FROM notes").await.unwrap();
+    assert_eq!(count(&node, Class::StrongRead), strong_reads + 1, "notes is a view in shop, so strong");
+    // In `postgres`, where there is no such view, the same text is weak.
+    let weak_reads = count(&node, Class::WeakRead);
+    node.client().await.batch_execute("CREATE TABLE notes (id int PRIMARY KEY)").await.unwrap();
+    node.client().await.simple_query("SELECT * FROM notes").await.unwrap();
+    assert_eq!(count(&node, Class::WeakRead), weak_reads + 1);
+}

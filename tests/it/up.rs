@@ -7,8 +7,12 @@ use std::time::Duration;
 use crate::harness::TempDir;
 
 fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>) {
+    let schema = dir.join("schema.toml");
+    std::fs::write(&schema, "default = \"strong\"\n[tables.logs]\nconsistency = \"weak\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgmix"))
-        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--data-dir"])
+        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--schema"])
+        .arg(&schema)
+        .arg("--data-dir")
         .arg(dir)
         .env("PGMIX_LOG", "warn")
         .stdout(Stdio::piped())
@@ -28,6 +32,15 @@ fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>
     let _ = child.kill();
     let _ = child.wait();
     panic!("pgmix up ended without `cluster ready`: {lines:#?}");
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }
 
 fn stop(mut child: std::process::Child) {
@@ -65,6 +78,22 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
         let prepared: String = client.query_one("SHOW max_prepared_transactions", &[]).await.unwrap().get(0);
         assert_ne!(prepared, "0");
     }
+    // The dev login works in database `pgmix`: the schema file is checked against that database,
+    // so a weak table created there without a primary key is reported.
+    let (client, conn) = tokio_postgres::connect(urls[0], tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("CREATE TABLE logs (line text)").await.unwrap();
+    let metrics_port = pgmix::cluster::up::metrics_port(port, 1);
+    crate::harness::wait_until("the missing primary key is reported", || async move {
+        metrics(metrics_port).contains("pgmix_schema_errors{node=\"node1\"} 1")
+    })
+    .await;
+    client.batch_execute("ALTER TABLE logs ADD COLUMN id int PRIMARY KEY").await.unwrap();
+    crate::harness::wait_until("the fixed table is no longer reported", || async move {
+        metrics(metrics_port).contains("pgmix_schema_errors{node=\"node1\"} 0")
+    })
+    .await;
+    drop(client);
     stop(child);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "node port closed after stop");
 

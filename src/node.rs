@@ -228,7 +228,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     }
 
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &hello.params);
+    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &user.role);
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

@@ -25,6 +25,9 @@ pub struct BackendConn {
     pub greeting: BytesMut,
     /// Bytes that arrived after the first ReadyForQuery (normally none).
     pub leftover: BytesMut,
+    /// The session's search_path as Postgres settled it at start-up (server, database and role
+    /// defaults and the client's start-up options all apply); None if it could not be read.
+    pub search_path: Option<String>,
 }
 
 pub async fn open_stream(addr: &BackendAddr) -> Result<BackendStream, BackendError> {
@@ -47,6 +50,9 @@ pub struct Login<'a> {
     pub password: Option<&'a str>,
 }
 
+/// Asked once per backend connection, before the client's first statement.
+const SEARCH_PATH_QUERY: &str = "SELECT current_setting('search_path')";
+
 pub async fn connect(
     cfg: &BackendConfig,
     login: Login<'_>,
@@ -65,6 +71,9 @@ pub async fn connect(
     let password = login.password.map(str::as_bytes);
     let mut scram: Option<ScramSha256> = None;
     let mut greeting = BytesMut::new();
+    // After the first ReadyForQuery: pgmix's own question, whose answer the client never sees.
+    let mut asked = false;
+    let mut search_path = None;
     let mut pid_secret = (0, 0);
     let mut rbuf = BytesMut::with_capacity(8192);
     loop {
@@ -124,10 +133,34 @@ pub async fn connect(
                 s.finish(body.data()).map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
             }
             Message::BackendKeyData(body) => pid_secret = (body.process_id(), body.secret_key()),
-            Message::ParameterStatus(_) | Message::NoticeResponse(_) => greeting.extend_from_slice(&raw),
-            Message::ReadyForQuery(_) => {
+            Message::ParameterStatus(_) | Message::NoticeResponse(_) if !asked => greeting.extend_from_slice(&raw),
+            Message::ReadyForQuery(_) if !asked => {
                 greeting.extend_from_slice(&raw);
-                return Ok(BackendConn { stream, pid: pid_secret.0, secret: pid_secret.1, greeting, leftover: rbuf });
+                asked = true;
+                frontend::query(SEARCH_PATH_QUERY, &mut buf).map_err(|e| BackendError::Protocol(e.to_string()))?;
+            }
+            Message::DataRow(body) if asked => {
+                let mut ranges = body.ranges();
+                if let Ok(Some(Some(r))) = ranges.next() {
+                    search_path = std::str::from_utf8(&body.buffer()[r]).ok().map(str::to_owned);
+                }
+            }
+            Message::RowDescription(_)
+            | Message::CommandComplete(_)
+            | Message::NoticeResponse(_)
+            | Message::ParameterStatus(_)
+                if asked => {}
+            // The question failed (it cannot, short of a broken server): the path stays unknown.
+            Message::ErrorResponse(_) if asked => search_path = None,
+            Message::ReadyForQuery(_) => {
+                return Ok(BackendConn {
+                    stream,
+                    pid: pid_secret.0,
+                    secret: pid_secret.1,
+                    greeting,
+                    leftover: rbuf,
+                    search_path,
+                });
             }
             Message::ErrorResponse(body) => {
                 let (code, message) = error_fields(&body);

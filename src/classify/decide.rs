@@ -47,11 +47,15 @@ pub fn statement(ast: &Statement, schema: &Schema) -> Classification {
             Class::Local,
             "cursor operation; the cursor's query was classified at DECLARE",
         ),
-        Statement::Call(_) => Classification::simple(
-            Kind::Write,
-            Class::StrongWrite,
-            "CALL runs a procedure that may write; treated as a strong write",
-        ),
+        Statement::Call(_) => {
+            let mut c = Classification::simple(
+                Kind::Write,
+                Class::StrongWrite,
+                "CALL runs a procedure that may write; treated as a strong write",
+            );
+            c.search_path = Some(SearchPathChange::Unknown);
+            c
+        }
         Statement::Lock(_) | Statement::LockTables { .. } => {
             let c = walk::collect(ast);
             let strong = c.relations.iter().find(|r| schema.resolve(r).1.has_strong());
@@ -213,10 +217,20 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         }
     }
     let mut writing_function = false;
+    // User code may run set_config('search_path', ...) or SET: the session's path is then unknown.
+    // Functions the schema file lists as weak are trusted not to (see `[functions]`).
+    let mut runs_user_code = c.functions.iter().any(|f| f == "set_config");
+    for (t, _) in &c.writes {
+        let (name, _) = schema.resolve(t);
+        if let Some(fs) = schema.trigger_functions.get(&name) {
+            runs_user_code |= fs.iter().any(|f| !schema.weak_functions.contains(f));
+        }
+    }
     for f in &c.functions {
         if schema.weak_functions.contains(f) {
             continue;
         }
+        runs_user_code |= !functions::writes(f) && !functions::read_only(f);
         if functions::writes(f) {
             writing_function = true;
             strong_write.get_or_insert_with(|| format!("calls {f}(), which writes outside any weak table"));
@@ -253,7 +267,6 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         (None, Some(r), true) => (Class::StrongRead, r),
         (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
     };
-    // set_config('search_path', ...) changes what later statements' unqualified names mean.
-    let search_path = c.functions.iter().any(|f| f == "set_config").then_some(SearchPathChange::Unknown);
+    let search_path = runs_user_code.then_some(SearchPathChange::Unknown);
     Classification { kind, class, reads, writes, reason, tx: None, sql_prepared: None, search_path }
 }

@@ -102,7 +102,16 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
             Class::Refused,
             "pgmix coordinates two-phase commit itself; clients may not use PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED",
         ),
-        ("DO", _) => known(Kind::Write, Class::StrongWrite, "DO blocks can do anything; treated as a strong write"),
+        ("DO", _) => {
+            let mut c = Classification::simple(
+                Kind::Write,
+                Class::StrongWrite,
+                "DO blocks can do anything; treated as a strong write",
+            );
+            // It can also SET the search_path unseen.
+            c.search_path = Some(SearchPathChange::Unknown);
+            Stmt::Known(c)
+        }
         ("DISCARD", "ALL") => {
             let mut c = Classification::simple(Kind::Utility, Class::Local, "DISCARD ALL resets this session")
                 .with_sql_prepared(SqlPrepared::Deallocate(None));
@@ -173,6 +182,11 @@ fn search_path_change(tokens: &[TokenWithSpan]) -> Option<SearchPathChange> {
         // SET LOCAL lasts until the transaction ends; SET SCHEMA takes a string pgmix does not
         // interpret. Both are followed conservatively.
         ("SET", "LOCAL", "SEARCH_PATH") | ("SET", "SCHEMA", _) => Some(SearchPathChange::Unknown),
+        // A `"$user"` entry means the current role, which these change.
+        ("SET", "ROLE", _)
+        | ("SET", "SESSION" | "LOCAL", "ROLE" | "AUTHORIZATION")
+        | ("RESET", "ROLE", _)
+        | ("RESET", "SESSION", "AUTHORIZATION") => Some(SearchPathChange::Unknown),
         // Anything else that names it (a quoted `"search_path"`, say) is not followed either.
         _ if sig.iter().any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("search_path"))) => {
             Some(SearchPathChange::Unknown)

@@ -17,7 +17,7 @@ const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text,
     AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY a.attnum";
 
 /// User triggers; pgmix's own (functions in its `pgmix` schema, such as change capture) excluded.
-const TRIGGERS: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
+const TRIGGERS: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text, f.proname::text FROM pg_trigger t \
     JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace \
     WHERE NOT t.tgisinternal AND fn.nspname <> 'pgmix' \
@@ -81,8 +81,12 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
         let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
         if let Some(t) = tables.get_mut(&name) {
             t.triggers.push(row.get(2));
+            t.trigger_functions.push(row.get(3));
         }
     }
     cat.tables = tables;
+    for row in client.query("SELECT nspname::text FROM pg_namespace", &[]).await? {
+        cat.namespaces.insert(row.get(0));
+    }
     Ok(cat)
 }

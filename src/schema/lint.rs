@@ -20,6 +20,8 @@ pub struct CatalogTable {
     pub foreign_keys: Vec<CatalogForeignKey>,
     /// User triggers (not the internal ones behind foreign keys).
     pub triggers: Vec<String>,
+    /// The functions those triggers run.
+    pub trigger_functions: Vec<String>,
     pub checks: Vec<(String, Vec<String>)>,
 }
 
@@ -36,6 +38,7 @@ pub struct CatalogForeignKey {
 pub struct Catalog {
     pub tables: HashMap<TableName, CatalogTable>,
     pub views: HashSet<TableName>,
+    pub namespaces: HashSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +255,7 @@ consistency = "weak"
                     on_change: None,
                 }],
                 triggers: vec!["touch_updated_at".into()],
+                trigger_functions: vec!["touch".into()],
                 checks: vec![("range".into(), vec!["lo".into(), "hi".into()]), ("pos".into(), vec!["lo".into()])],
             },
         );

@@ -78,6 +78,13 @@ impl LiveSchema {
         let mut schema = self.file_schema.clone();
         schema.relations = Some(cat.tables.keys().chain(cat.views.iter()).cloned().collect());
         schema.views = cat.views;
+        schema.namespaces = Some(cat.namespaces);
+        schema.trigger_functions = cat
+            .tables
+            .iter()
+            .filter(|(_, t)| !t.trigger_functions.is_empty())
+            .map(|(name, t)| (name.clone(), t.trigger_functions.clone()))
+            .collect();
         if let Ok(mut cur) = self.current.write() {
             *cur = Arc::new(schema);
         }

@@ -94,6 +94,12 @@ pub struct Schema {
     /// Every table and view the catalog holds (schema-qualified), when it has been read: an
     /// unqualified name means the first of these along the search_path, as in Postgres.
     pub relations: Option<HashSet<TableName>>,
+    /// Every schema (namespace) the catalog holds, when it has been read: a `"$user"` entry of a
+    /// session's search_path counts only when a schema of that name exists.
+    pub namespaces: Option<HashSet<String>>,
+    /// The functions behind each table's user triggers, from the catalog: writing such a table
+    /// runs them, and pgmix cannot see what they do to the session.
+    pub trigger_functions: HashMap<TableName, Vec<String>>,
 }
 
 impl Default for Schema {
@@ -106,6 +112,8 @@ impl Default for Schema {
             weak_functions: HashSet::new(),
             views: HashSet::new(),
             relations: None,
+            namespaces: None,
+            trigger_functions: HashMap::new(),
         }
     }
 }
@@ -158,7 +166,16 @@ impl Schema {
             }
         }
         let weak_functions = raw.functions.weak.iter().map(|f| fold_ident(f)).collect();
-        Ok(Self { default: raw.default, search_path, tables, weak_functions, views: HashSet::new(), relations: None })
+        Ok(Self {
+            default: raw.default,
+            search_path,
+            tables,
+            weak_functions,
+            views: HashSet::new(),
+            relations: None,
+            namespaces: None,
+            trigger_functions: HashMap::new(),
+        })
     }
 
     /// The rule that applies to a table as a statement names it, and the name it resolved to.

@@ -103,17 +103,16 @@ fn backend_inspects(tag: u8) -> bool {
 }
 
 impl Session {
-    /// `schema`: that of the session's database; `startup`: the client's start-up parameters
-    /// (they may set the search_path).
+    /// `schema`: that of the session's database; `role`: the role the session logged in as.
     pub fn new(
         client: ClientStream,
         backend: BackendConn,
         ctx: SessionCtx,
         schema: Arc<crate::schema::live::LiveSchema>,
-        startup: &[(String, String)],
+        role: &str,
     ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let router = Router::new(schema, ctx.metrics.clone(), startup);
+        let router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), role);
         let session = Self {
             client,
             backend: backend.stream,

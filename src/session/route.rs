@@ -12,13 +12,29 @@
 //! stays a strong write: the statement it names may be replaced before the Parse is executed.
 //!
 //! Unqualified table names are resolved along the schema file's search_path. A session whose own
-//! search_path differs (set at start-up, by SET, SET LOCAL, SET SCHEMA or set_config) may mean
-//! other tables by the same names, so while it differs every weak class of that session is made
-//! strong: safe, if pessimistic. It stops differing when the session sets the file's path again,
-//! RESETs it or runs DISCARD ALL, alone in a Query between transactions (inside one, the change
-//! could still be rolled back). Postgres re-analyses a prepared statement when the search_path
-//! has changed since its Parse, so the class stored at Parse must be strengthened the same way
-//! when Execute is routed by it.
+//! search_path resolves differently may mean other tables by the same names, so whenever pgmix
+//! cannot be sure that the session's path resolves as the file's does, every weak class of that
+//! session is made strong: safe, if pessimistic. The rule:
+//!
+//! - pgmix knows the session's path at start-up: it asks Postgres once per backend connection,
+//!   so server, database and role defaults and start-up options are all accounted for.
+//! - The path is *sure* when it resolves like the file's: `"$user"` stands for the session's role
+//!   and counts only if a schema of that name exists, and schemas that do not exist are skipped,
+//!   as in Postgres. This is re-judged whenever the catalog is re-read (a schema created later).
+//! - `SET search_path`, `RESET`, or `DISCARD ALL`, alone in a Query between transactions, give a
+//!   known path again: the value set, or the start-up value (which may itself not be sure).
+//! - Anything else that may change it makes the path unknown until then: a SET inside a
+//!   transaction or a Parse (it can be rolled back, or run later), `SET LOCAL`, `SET SCHEMA`,
+//!   `set_config()`, SET ROLE and SET SESSION AUTHORIZATION (they change what `"$user"` means),
+//!   and any user code pgmix cannot see into: DO, CALL, functions that are not built-in, and
+//!   writes to tables with user triggers. Functions (and trigger functions) that the schema file
+//!   lists under `[functions] weak` are trusted not to change it.
+//!
+//! What the rule cannot see is user code that runs without being named in the statement:
+//! column DEFAULTs, operators, casts and row-level security policies that call a function which
+//! changes the session's search_path. Postgres re-analyses a prepared statement when the
+//! search_path has changed since its Parse, so once Execute is routed by the class stored at
+//! Parse, that class must be strengthened the same way.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,6 +42,7 @@ use std::sync::Arc;
 
 use crate::classify::{Class, SearchPathChange, SqlPrepared, strongest};
 use crate::metrics::Metrics;
+use crate::schema::Schema;
 use crate::schema::live::LiveSchema;
 
 /// Where a statement runs.
@@ -43,23 +60,48 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// SQL-level prepared statements of this session, by name, with their class.
     sql_prepared: HashMap<String, Class>,
-    /// The session's search_path may differ from the schema file's.
-    path_differs: bool,
+    /// The session's search_path, when pgmix knows it.
+    path: Option<Vec<String>>,
+    /// What RESET and DISCARD ALL return to.
+    start_path: Option<Vec<String>>,
+    /// What `"$user"` means.
+    role: String,
+    /// Whether `path` resolves like the file's path, judged against this schema.
+    sure: Option<(Arc<Schema>, bool)>,
     /// The client_encoding, as the backend last reported it; None while it is UTF8 or SQL_ASCII,
     /// the encodings whose bytes pgmix reads as they are.
     foreign_encoding: Option<String>,
 }
 
 impl Router {
-    /// `startup` holds the client's start-up parameters, which may set the search_path.
-    pub fn new(schema: Arc<LiveSchema>, metrics: Arc<Metrics>, startup: &[(String, String)]) -> Self {
-        let file_path = schema.current().search_path.clone();
-        let path_differs = startup.iter().any(|(k, v)| match k.as_str() {
-            "search_path" => parse_path_param(v).as_ref() != Some(&file_path),
-            "options" => v.contains("search_path"),
-            _ => false,
-        });
-        Self { schema, metrics, sql_prepared: HashMap::new(), path_differs, foreign_encoding: None }
+    /// `search_path`: the session's path as Postgres reported it at start-up; `role`: the role
+    /// the session logged in as.
+    pub fn new(schema: Arc<LiveSchema>, metrics: Arc<Metrics>, search_path: Option<&str>, role: &str) -> Self {
+        let start_path = search_path.and_then(parse_path_param);
+        Self {
+            schema,
+            metrics,
+            sql_prepared: HashMap::new(),
+            path: start_path.clone(),
+            start_path,
+            role: role.to_owned(),
+            sure: None,
+            foreign_encoding: None,
+        }
+    }
+
+    /// Whether the session's path is known and resolves like the schema file's.
+    fn path_is_sure(&mut self) -> bool {
+        let Some(path) = &self.path else { return false };
+        let schema = self.schema.current();
+        if let Some((judged, sure)) = &self.sure
+            && Arc::ptr_eq(judged, &schema)
+        {
+            return *sure;
+        }
+        let sure = resolves_alike(path, &schema.search_path, &self.role, &schema);
+        self.sure = Some((schema, sure));
+        sure
     }
 
     /// After DDL has finished in this session: the catalog may have changed.
@@ -107,27 +149,26 @@ impl Router {
                 class = strongest(std::iter::once(entry.class_without_execute).chain(executed));
             }
         }
-        let differed = self.path_differs;
+        let differed = !self.path_is_sure();
         if let Some(change) = &entry.search_path {
-            let to_file = match change {
-                SearchPathChange::Set(path) => *path == self.schema.current().search_path,
-                SearchPathChange::Reset => true,
-                SearchPathChange::Unknown => false,
+            // Only a change that cannot be rolled back or deferred gives a known path.
+            let settled = at_rest == Some(true) && entry.statements == 1;
+            self.path = match change {
+                SearchPathChange::Set(path) if settled => Some(path.clone()),
+                SearchPathChange::Reset if settled => self.start_path.clone(),
+                _ => None,
             };
-            if !to_file {
-                self.path_differs = true;
-            } else if at_rest == Some(true) && entry.statements == 1 {
-                self.path_differs = false;
-            }
+            self.sure = None;
         }
         // Statements after a change in the same text were classified with the file's path.
         let changed_mid_text = entry.search_path.is_some() && entry.statements > 1;
-        if (differed || (changed_mid_text && self.path_differs)) && matches!(class, Class::WeakRead | Class::WeakWrite)
+        if (differed || (changed_mid_text && !self.path_is_sure()))
+            && matches!(class, Class::WeakRead | Class::WeakWrite)
         {
             class = if class == Class::WeakRead { Class::StrongRead } else { Class::StrongWrite };
             Metrics::inc(&self.metrics.strengthened_for_search_path_total);
             reason = Arc::from(format!(
-                "{reason}; but this session's search_path differs from the schema file's, so its unqualified table names may mean other tables: treated as strong"
+                "{reason}; but this session's search_path may resolve differently from the schema file's, so its unqualified table names may mean other tables: treated as strong"
             ));
         }
         if let Some(why) = unreadable
@@ -183,8 +224,20 @@ impl Router {
     }
 }
 
-/// A `search_path` start-up parameter (`a, "B", public`) as Postgres folds it; None when it
-/// holds anything pgmix does not read with confidence.
+/// Whether unqualified names resolve along `session` as along `file`: both with `"$user"` read as
+/// `role` and, when the catalog is known, without the schemas that do not exist.
+fn resolves_alike(session: &[String], file: &[String], role: &str, schema: &Schema) -> bool {
+    let effective = |path: &[String]| -> Vec<String> {
+        path.iter()
+            .map(|s| if s == "$user" { role.to_owned() } else { s.clone() })
+            .filter(|s| schema.namespaces.as_ref().is_none_or(|ns| ns.contains(s)))
+            .collect()
+    };
+    session == file || effective(session) == effective(file)
+}
+
+/// A search_path setting (`a, "B", public`) as Postgres folds it; None when it holds anything
+/// pgmix does not read with confidence.
 fn parse_path_param(v: &str) -> Option<Vec<String>> {
     v.split(',')
         .map(|item| {

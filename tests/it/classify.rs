@@ -133,6 +133,90 @@ async fn a_session_search_path_other_than_the_files_makes_its_weak_statements_st
     assert_eq!(count(&node, Class::StrongWrite), strong + 1);
 }
 
+/// Runs `sql` through `c` and says whether it was counted a weak or a strong write.
+async fn write_class(node: &TestNode, c: &tokio_postgres::Client, sql: &str) -> Class {
+    let (weak, strong) = (count(node, Class::WeakWrite), count(node, Class::StrongWrite));
+    c.simple_query(sql).await.unwrap();
+    match (count(node, Class::WeakWrite) - weak, count(node, Class::StrongWrite) - strong) {
+        (1, 0) => Class::WeakWrite,
+        (0, 1) => Class::StrongWrite,
+        other => panic!("{sql}: counted {other:?}"),
+    }
+}
+
+const INSERT_POST: &str = "INSERT INTO posts (id, title) VALUES (gen_random_uuid(), 'x')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_pgmix_cannot_be_sure_of_the_search_path_weak_becomes_strong() {
+    let setup = format!(
+        "{SETUP} CREATE SCHEMA secret; CREATE TABLE secret.posts (id uuid PRIMARY KEY, title text); \
+         CREATE FUNCTION go_secret() RETURNS text LANGUAGE sql AS $$ SELECT set_config('search_path', 'secret', false) $$;"
+    );
+    let node = TestNode::start_with_schema(SCHEMA, &setup).await.expect("node starts");
+    let (weak, strong) = (Class::WeakWrite, Class::StrongWrite);
+
+    // RESET and DISCARD ALL return to the start-up value, which here is not the file's.
+    let mut cfg = node.config();
+    cfg.options("-c search_path=secret");
+    let (s, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(write_class(&node, &s, INSERT_POST).await, strong);
+    s.simple_query("SET search_path = public").await.unwrap();
+    assert_eq!(write_class(&node, &s, INSERT_POST).await, weak);
+    s.simple_query("RESET search_path").await.unwrap();
+    assert_eq!(write_class(&node, &s, INSERT_POST).await, strong, "RESET went back to `secret`");
+    s.simple_query("SET search_path = public").await.unwrap();
+    s.simple_query("DISCARD ALL").await.unwrap();
+    assert_eq!(write_class(&node, &s, INSERT_POST).await, strong, "DISCARD ALL went back to `secret`");
+
+    // User code can change it unseen: a DO block, a function.
+    let c = node.client().await;
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, weak);
+    c.simple_query("DO $$ BEGIN PERFORM set_config('search_path', 'secret', false); END $$").await.unwrap();
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, strong, "after a DO block");
+    c.simple_query("RESET search_path").await.unwrap();
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, weak);
+    c.simple_query("SELECT go_secret()").await.unwrap();
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, strong, "after a user function");
+    c.simple_query("RESET search_path").await.unwrap();
+    // SET ROLE changes what "$user" means.
+    c.simple_query("SET ROLE postgres").await.unwrap();
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, strong, "after SET ROLE");
+
+    // The strong inserts before SET ROLE landed in secret.posts: the strengthening was needed.
+    let direct = node.pg.direct().await;
+    let secret: i64 = direct.query_one("SELECT count(*) FROM secret.posts", &[]).await.unwrap().get(0);
+    assert_eq!(secret, 5);
+
+    // A role default the session never states is learned at start-up.
+    direct.batch_execute(&format!("ALTER ROLE {} SET search_path = secret", crate::harness::USER)).await.unwrap();
+    let r = node.client().await;
+    assert_eq!(write_class(&node, &r, INSERT_POST).await, strong, "the role's default path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_named_after_the_role_comes_first_in_the_default_path() {
+    // Postgres's default path is "$user", public: with a schema named after the login role, an
+    // unqualified `posts` means that schema's table.
+    let user = crate::harness::USER;
+    let setup = format!("{SETUP} CREATE SCHEMA {user}; CREATE TABLE {user}.posts (id uuid PRIMARY KEY, title text);");
+    let node = TestNode::start_with_schema(SCHEMA, &setup).await.expect("node starts");
+    let c = node.client().await;
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, Class::StrongWrite);
+    let direct = node.pg.direct().await;
+    let mine: i64 = direct.query_one(&format!("SELECT count(*) FROM {user}.posts"), &[]).await.unwrap().get(0);
+    assert_eq!(mine, 1, "the insert went to the role's own schema");
+    // Where the schema is gone (and the catalog re-read after that DDL), the default path
+    // resolves like the file's again.
+    c.batch_execute(&format!("DROP SCHEMA {user} CASCADE")).await.unwrap();
+    crate::harness::wait_until("the dropped schema is seen", || async {
+        write_class(&node, &c, "INSERT INTO public.posts (id, title) VALUES (gen_random_uuid(), 'x')").await
+            == Class::WeakWrite
+    })
+    .await;
+    assert_eq!(write_class(&node, &c, INSERT_POST).await, Class::WeakWrite);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_path_function_calls_are_strong_writes_and_complete() {
     // psql's \lo_import writes a large object through libpq's fast-path function calls.

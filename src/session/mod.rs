@@ -280,6 +280,7 @@ impl Session {
     /// on the spot (see `answer`).
     fn frame_client(&mut self, up: &mut Flow, down: &mut Flow) -> Result<(), FrameError> {
         loop {
+            let starts_message = !self.client_framer.mid_message();
             match self.client_framer.step(&up.buf[up.ready..], client_inspects)? {
                 Step::Message { tag, body, len } => {
                     if tag == b'X' {
@@ -299,7 +300,13 @@ impl Session {
                         }
                     }
                 }
-                Step::Pass(n) if n > 0 => up.ready += n,
+                Step::Pass(n) if n > 0 => {
+                    // The start of a large message (a Bind with big parameters, say).
+                    if starts_message {
+                        self.state.note_extended(up.buf[up.ready]);
+                    }
+                    up.ready += n;
+                }
                 _ => return Ok(()),
             }
         }
@@ -484,6 +491,7 @@ impl Point<'_> {
             }
             b'P' => {
                 Metrics::inc(&metrics.parses_total);
+                state.unsynced = true;
                 let (name, sql) = messages::parse_message(body);
                 let (class, route, reason) = router.route_parse(sql);
                 state.ddl_pending |= class == crate::classify::Class::Ddl;
@@ -494,6 +502,7 @@ impl Point<'_> {
             }
             b'S' => {
                 state.awaiting_ready += 1;
+                state.unsynced = false;
                 Action::Forward
             }
             b'F' => {
@@ -503,7 +512,10 @@ impl Point<'_> {
                 router.route_function_call();
                 Action::Forward
             }
-            _ => Action::Forward,
+            other => {
+                state.note_extended(other);
+                Action::Forward
+            }
         }
     }
 }

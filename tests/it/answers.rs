@@ -161,3 +161,19 @@ async fn text_in_a_latin1_client_encoding_is_classified_never_skipped() {
     assert_eq!(tags(&msgs), "TDCZ");
     assert_eq!(strong_writes(&node), before + 1, "a table-less SELECT of non-UTF-8 text counts as a strong write");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_unsynced_extended_messages_waits_for_their_replies() {
+    let node = TestNode::start_with("allow", PASSWORD_AUTH).await;
+    let mut c = Raw::login(node.port, USER, PASSWORD, &[]).await;
+    // No Sync: no ReadyForQuery is due for these, but their replies are still on the way when
+    // the refused Query arrives, so pgmix must not answer before them.
+    let flush = [b'H', 0, 0, 0, 4];
+    let mut batch =
+        [raw::parse("", "SELECT pg_sleep(0.2)::text"), raw::bind(""), raw::execute(), flush.to_vec()].concat();
+    batch.extend(raw::query("PREPARE TRANSACTION 'x'"));
+    c.send(&batch).await;
+    let msgs = c.until_ready().await;
+    assert_eq!(tags(&msgs), "12DCEZ", "the refusal comes after the earlier replies");
+    assert_pgmix_refusal(only_error(&msgs));
+}

@@ -238,6 +238,12 @@ local ¦ - ¦ - ¦ LISTEN jobs
 local ¦ - ¦ - ¦ UNLISTEN *
 local ¦ - ¦ - ¦ NOTIFY jobs, 'x'
 local ¦ - ¦ - ¦ DISCARD ALL
+strong_write ¦ - ¦ - ¦ SELECT FROM FROM
+strong_write ¦ - ¦ - ¦ SELECT select FROM posts
+strong_write ¦ - ¦ - ¦ SELECT p.id FROM posts AS where
+strong_write ¦ - ¦ - ¦ INSERT posts VALUES (1)
+strong_write ¦ - ¦ - ¦ SET
+weak_read ¦ posts.id ¦ - ¦ SELECT p.id AS select FROM posts p
 local ¦ - ¦ - ¦ DEALLOCATE ALL
 local ¦ - ¦ - ¦ DEALLOCATE p1
 local ¦ - ¦ - ¦ VACUUM

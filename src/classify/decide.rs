@@ -100,6 +100,15 @@ fn display(name: &TableName, schema: &Schema) -> String {
 
 /// Reads, writes, functions and locks of a DML or query statement.
 pub fn data(c: &Collected, schema: &Schema) -> Classification {
+    if let Some(word) = &c.reserved_as_name {
+        return Classification::simple(
+            Kind::Write,
+            Class::StrongWrite,
+            format!(
+                "the parser read the reserved word {word} as a name, which Postgres rejects: not understood, so treated as a strong write"
+            ),
+        );
+    }
     if c.creates_table {
         return Classification::simple(Kind::Ddl, Class::Ddl, "SELECT ... INTO creates a table: DDL is always strong");
     }

@@ -127,6 +127,17 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
             c.search_path = search_path_change(&tokens);
             Stmt::Known(c)
         }
+        // sqlparser accepts these, Postgres does not: not understood, so strong.
+        ("INSERT", second) if second != "INTO" => known(
+            Kind::Write,
+            Class::StrongWrite,
+            "INSERT without INTO is not Postgres syntax: treated as a strong write",
+        ),
+        ("SET" | "RESET" | "SHOW" | "DISCARD" | "LISTEN" | "UNLISTEN" | "NOTIFY", "")
+            if tokens.iter().filter(|t| !is_trivia(&t.token)).count() == 1 =>
+        {
+            known(Kind::Write, Class::StrongWrite, "an incomplete statement, not understood: treated as a strong write")
+        }
         ("CHECKPOINT", _) => known(Kind::Utility, Class::Local, "CHECKPOINT is maintenance of the local Postgres"),
         ("VACUUM", _) | ("ANALYZE", _) | ("ANALYSE", _) => {
             known(Kind::Utility, Class::Local, "VACUUM/ANALYZE are maintenance of the local Postgres")

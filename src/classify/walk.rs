@@ -65,6 +65,9 @@ pub struct Collected {
     pub table_functions: Vec<TableName>,
     /// SELECT ... INTO creates a table.
     pub creates_table: bool,
+    /// An unquoted word that Postgres reserves, where sqlparser took it for a name (`SELECT FROM
+    /// FROM`): Postgres rejects such text, so the parse cannot be trusted.
+    pub reserved_as_name: Option<String>,
 }
 
 /// The tables one clause makes visible to unqualified column names.
@@ -192,6 +195,10 @@ impl Visitor for Collected {
     }
 
     fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        // Only the first part: after a dot Postgres accepts any word (`s.select`).
+        if let Some(first) = r.0.first().and_then(|p| p.as_ident()) {
+            self.check_name(first);
+        }
         self.relations.push(table_name(r));
         ControlFlow::Continue(())
     }
@@ -207,6 +214,7 @@ impl Visitor for Collected {
                 self.table_functions.push(table_name(name));
             }
             TableFactor::Table { name, alias: Some(alias), .. } => {
+                self.check_name(&alias.name);
                 self.aliases.insert(fold(&alias.name), table_name(name));
             }
             _ => {}
@@ -217,6 +225,7 @@ impl Visitor for Collected {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
             Expr::Identifier(id) => {
+                self.check_name(id);
                 let visible = match &self.visible_now {
                     Some(v) => v.clone(),
                     None => {
@@ -228,6 +237,9 @@ impl Visitor for Collected {
                 self.columns.push((Vec::new(), fold(id), visible));
             }
             Expr::CompoundIdentifier(parts) => {
+                if let Some(first) = parts.first() {
+                    self.check_name(first);
+                }
                 let mut parts: Vec<String> = parts.iter().map(fold).collect();
                 if let Some(col) = parts.pop() {
                     self.columns.push((parts, col, Rc::default()));
@@ -379,6 +391,100 @@ fn assigned(t: &AssignmentTarget) -> Vec<String> {
         AssignmentTarget::ColumnName(n) => vec![last(n)],
         AssignmentTarget::Tuple(ns) => ns.iter().map(last).collect(),
     }
+}
+
+impl Collected {
+    fn check_name(&mut self, id: &Ident) {
+        if id.quote_style.is_none() && self.reserved_as_name.is_none() && is_reserved(&id.value) {
+            self.reserved_as_name = Some(id.value.clone());
+        }
+    }
+}
+
+/// Postgres's fully reserved key words (the `reserved_keyword` list of its grammar): never a
+/// table, column or alias name unless quoted.
+fn is_reserved(word: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "ALL",
+        "ANALYSE",
+        "ANALYZE",
+        "AND",
+        "ANY",
+        "ARRAY",
+        "AS",
+        "ASC",
+        "ASYMMETRIC",
+        "BOTH",
+        "CASE",
+        "CAST",
+        "CHECK",
+        "COLLATE",
+        "COLUMN",
+        "CONSTRAINT",
+        "CREATE",
+        "CURRENT_CATALOG",
+        "CURRENT_DATE",
+        "CURRENT_ROLE",
+        "CURRENT_TIME",
+        "CURRENT_TIMESTAMP",
+        "CURRENT_USER",
+        "DEFAULT",
+        "DEFERRABLE",
+        "DESC",
+        "DISTINCT",
+        "DO",
+        "ELSE",
+        "END",
+        "EXCEPT",
+        "FALSE",
+        "FETCH",
+        "FOR",
+        "FOREIGN",
+        "FROM",
+        "GRANT",
+        "GROUP",
+        "HAVING",
+        "IN",
+        "INITIALLY",
+        "INTERSECT",
+        "INTO",
+        "LATERAL",
+        "LEADING",
+        "LIMIT",
+        "LOCALTIME",
+        "LOCALTIMESTAMP",
+        "NOT",
+        "NULL",
+        "OFFSET",
+        "ON",
+        "ONLY",
+        "OR",
+        "ORDER",
+        "PLACING",
+        "PRIMARY",
+        "REFERENCES",
+        "RETURNING",
+        "SELECT",
+        "SESSION_USER",
+        "SOME",
+        "SYMMETRIC",
+        "SYSTEM_USER",
+        "TABLE",
+        "THEN",
+        "TO",
+        "TRAILING",
+        "TRUE",
+        "UNION",
+        "UNIQUE",
+        "USER",
+        "USING",
+        "VARIADIC",
+        "WHEN",
+        "WHERE",
+        "WINDOW",
+        "WITH",
+    ];
+    word.len() <= 17 && RESERVED.iter().any(|r| r.eq_ignore_ascii_case(word))
 }
 
 pub fn collect(stmt: &Statement) -> Collected {

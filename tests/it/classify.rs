@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use pgmix::classify::Class;
 
-use crate::harness::{TempDir, TestNode, sqlstate};
+use crate::harness::{TempDir, TestNode, TestPg, sqlstate};
 
 const SCHEMA: &str = r#"
 default = "strong"
@@ -407,4 +407,64 @@ async fn each_database_clients_open_is_checked_and_resolved_against_its_own_cata
     node.client().await.batch_execute("CREATE TABLE notes (id int PRIMARY KEY)").await.unwrap();
     node.client().await.simple_query("SELECT * FROM notes").await.unwrap();
     assert_eq!(count(&node, Class::WeakRead), weak_reads + 1);
+}
+
+/// Garbage made of SQL words: whatever Postgres's own parser rejects, pgmix must not classify
+/// weak (a weak class needs a statement the classifier understood completely). The oracle is a
+/// real Postgres, not the classifier's parser: each text is sent as a Parse (it is never executed)
+/// to a database without the tables it names, and a rejection counts when it is SQLSTATE 42601
+/// raised by Postgres's scanner or grammar (scan.l, gram.y). Errors of later stages (no such
+/// table; "subquery must return only one column", also 42601) mean the grammar accepted it.
+/// Texts with several statements cannot be prepared, but Postgres parses the whole text before
+/// refusing that, so a syntax error anywhere still shows; such a text is routed by its strongest
+/// statement, so that is what must not be weak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_postgres_cannot_parse_is_never_classified_weak() {
+    const TEXTS: usize = 3000;
+    let pg = TestPg::start();
+    let direct = pg.direct().await;
+    let schema = pgmix::schema::Schema::from_toml_str("default = \"weak\"", "s.toml").unwrap();
+    let words = [
+        "SELECT", "UPDATE", "FROM", "WHERE", "(", ")", "'", "$$", ";", "t", "SET", "=", ",", "INSERT", "DO", "--", "/*",
+    ];
+    // xorshift64*, fixed seed: the same texts every run.
+    let mut state = 42u64;
+    let mut below = |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545F4914F6CDD1D) % n as u64) as usize
+    };
+    let (mut rejected, mut parsed, mut weak) = (0, 0, Vec::new());
+    for _ in 0..TEXTS {
+        let n = 1 + below(12);
+        let sql = (0..n).map(|_| words[below(words.len())]).collect::<Vec<_>>().join(" ");
+        let grammar_error = match direct.prepare(&sql).await {
+            Ok(_) => None,
+            Err(e) => {
+                let db = e.as_db_error().unwrap_or_else(|| panic!("Parse of {sql:?} failed without an error: {e}"));
+                let by_parser = matches!(db.file(), Some("scan.l" | "gram.y"));
+                (db.code().code() == "42601" && by_parser).then(|| db.message().to_owned())
+            }
+        };
+        let Some(pg_says) = grammar_error else {
+            parsed += 1;
+            continue;
+        };
+        rejected += 1;
+        let classes = pgmix::classify::classify(&sql, &schema);
+        let class = pgmix::classify::combined(&classes);
+        if matches!(class, Class::WeakRead | Class::WeakWrite) {
+            let reasons: Vec<_> = classes.iter().map(|c| (c.class.as_str(), c.reason.clone())).collect();
+            weak.push(format!("{sql}\n    Postgres: {pg_says}\n    pgmix: {reasons:?}"));
+        }
+    }
+    assert!(
+        weak.is_empty(),
+        "{} texts that Postgres's parser rejects are classified weak by pgmix; the first ones:\n{}",
+        weak.len(),
+        weak.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+    );
+    // The oracle said both things often enough for the check to mean something.
+    assert!(rejected > TEXTS / 2 && parsed > 100, "{rejected} rejected by Postgres's parser, {parsed} not");
 }

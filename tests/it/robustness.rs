@@ -1,8 +1,9 @@
 //! Bad input, vanishing peers and shutdown: the client gets the right error, the node keeps
 //! serving everyone else, and nothing is left behind on the backend.
 
+use std::future::Future;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::{PASSWORD, TestNode, USER, sqlstate, startup_packet, string_message};
 
@@ -126,31 +127,60 @@ async fn pgmix_backends(direct: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// Asks `check` every 50 ms until it answers; fails naming `what` after `secs` seconds.
+async fn wait_for<T, F: Future<Output = Option<T>>>(what: &str, secs: u64, mut check: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {secs} s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pid of the backend running `query`, once it is inside pg_sleep.
+async fn sleeping_backend(direct: &tokio_postgres::Client, query: &str) -> Option<i32> {
+    direct
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active' AND wait_event = 'PgSleep'",
+            &[&query],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+async fn backend_exists(direct: &tokio_postgres::Client, pid: i32) -> bool {
+    direct.query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().is_some()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_mid_transaction_rolls_back_and_releases_the_backend() {
     let node = TestNode::start().await;
     let direct = node.pg.direct().await;
+    let d = &direct;
     direct.batch_execute("CREATE TABLE acct (id int primary key, balance int)").await.unwrap();
     let (client, conn) = node.config().connect(tokio_postgres::NoTls).await.unwrap();
     let conn_task = tokio::spawn(conn);
     client.batch_execute("BEGIN; INSERT INTO acct VALUES (1, 100)").await.unwrap();
+    // Far longer than the test waits below: only a cancel ends it in time.
+    const SLEEP: &str = "SELECT pg_sleep(60) -- vanishing client";
     let running = tokio::spawn(async move {
-        let _ = client.batch_execute("SELECT pg_sleep(60)").await;
+        let _ = client.batch_execute(SLEEP).await;
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = wait_for("the query to be sleeping in Postgres", 20, || sleeping_backend(d, SLEEP)).await;
     // The client process dies: its socket closes with a transaction open and a query running.
     conn_task.abort();
     running.abort();
 
-    let mut left = i64::MAX;
-    for _ in 0..100 {
-        left = pgmix_backends(&direct).await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 0, "the backend connection is released");
+    // Postgres notices a closed socket only when it next talks to it; without pgmix's cancel the
+    // backend would sleep on for a minute.
+    wait_for(&format!("backend {pid} to end (pgmix must cancel the query of a vanished client)"), 20, || async move {
+        (!backend_exists(d, pid).await).then_some(())
+    })
+    .await;
+    assert_eq!(pgmix_backends(&direct).await, 0, "the backend connection is released");
     let rows: i64 = direct.query_one("SELECT count(*) FROM acct", &[]).await.unwrap().get(0);
     assert_eq!(rows, 0, "the open transaction was rolled back");
     let prepared: i64 = direct.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).await.unwrap().get(0);
@@ -158,21 +188,52 @@ async fn client_vanishing_mid_transaction_rolls_back_and_releases_the_backend() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_killed_under_a_session_gives_an_error_and_the_node_keeps_serving() {
+async fn backend_terminated_under_a_session_passes_on_postgres_fatal_and_the_node_keeps_serving() {
     let node = TestNode::start().await;
     let direct = node.pg.direct().await;
-    let c = node.client().await;
+    let (c, conn) = node.config().connect(tokio_postgres::NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     direct.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
-    let err = c.simple_query("SELECT 1").await.unwrap_err();
-    // Postgres's own FATAL 57P01 arrives, or the connection is simply closed.
-    if let Some(db) = err.as_db_error() {
-        assert_eq!(db.code().code(), "57P01");
-    } else {
-        assert!(err.is_closed() || err.to_string().contains("closed"), "{err}");
-    }
+    // The client is idle: Postgres's FATAL, passed on by pgmix, ends its connection.
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn).await.expect("the connection ends").unwrap();
+    let err = ended.expect_err("the connection ends with an error");
+    assert_eq!(sqlstate(&err), "57P01", "Postgres's own FATAL: {err}");
+    assert!(c.simple_query("SELECT 1").await.unwrap_err().is_closed());
     let fresh = node.client().await;
     assert_eq!(fresh.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_dying_without_a_word_gets_the_client_08006_from_pgmix() {
+    let node = TestNode::start().await;
+    let direct = node.pg.direct().await;
+    // The test Postgres commits asynchronously: without this, the crash restart below would lose
+    // the setup the harness just did (the test role).
+    direct.batch_execute("CHECKPOINT").await.unwrap();
+    let (c, conn) = node.config().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    const SLEEP: &str = "SELECT pg_sleep(60) -- backend to be killed";
+    let running = tokio::spawn(async move { c.simple_query(SLEEP).await.map(drop) });
+    let pid = wait_for("the query to be sleeping in Postgres", 20, || sleeping_backend(&direct, SLEEP)).await;
+    // SIGKILL: the backend's socket closes with no FATAL first, so whatever the client is told
+    // comes from pgmix. (Postgres then restarts all its backends, the direct connection too.)
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill runs");
+    assert!(killed.success(), "kill -KILL {pid}");
+    let answer = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the query is answered").unwrap();
+    let err = answer.expect_err("the query's backend died");
+    assert_eq!(sqlstate(&err), "08006", "{err}");
+    let msg = err.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("pgmix lost its connection to the local Postgres"), "{msg}");
+
+    // The node serves new sessions once Postgres has recovered.
+    let node = &node;
+    let fresh = wait_for("a new session after Postgres's crash restart", 60, || async move {
+        let c = node.try_client(USER, PASSWORD).await.ok()?;
+        c.query_one("SELECT 1", &[]).await.ok().map(|r| r.get::<_, i32>(0))
+    })
+    .await;
+    assert_eq!(fresh, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

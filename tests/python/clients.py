@@ -51,12 +51,19 @@ def check_psycopg() -> None:
         except psycopg.errors.DivisionByZero:
             pass
         assert conn.execute("SELECT count(*) FROM py_items WHERE name = 'ghost'").fetchone()[0] == 0
-        # Server-side prepared statements (psycopg prepares after repeated use).
-        for i in range(10):
-            conn.execute("SELECT %s::int + 1", (i,), prepare=True)
-    # TLS, when the node offers it.
+        # Server-side prepared statements: prepared once, then bound and executed with each value.
+        got = [conn.execute("SELECT %s::int + 1", (i,), prepare=True).fetchone()[0] for i in range(10)]
+        assert got == list(range(1, 11)), got
+        prepared = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql AND statement = 'SELECT $1::int + 1'"
+        ).fetchone()[0]
+        assert prepared == 1, prepared
+    # TLS between this client and pgmix, as libpq sees it (PQsslInUse). Postgres's pg_stat_ssl
+    # would describe the other hop, pgmix's own connection to Postgres over a Unix socket.
+    with psycopg.connect(conninfo) as conn:
+        assert conn.pgconn.ssl_in_use is False, "sslmode=disable connection uses TLS"
     with psycopg.connect(conninfo.replace("sslmode=disable", "") + " sslmode=require") as conn:
-        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() is not None
+        assert conn.pgconn.ssl_in_use is True, "sslmode=require connection does not use TLS"
         # A deep pipeline, in plaintext and over TLS: about 20 MB of requests in flight while the
         # replies are read as they come. pgmix must move both directions at once or it hangs.
         deep_pipeline(conn)

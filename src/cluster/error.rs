@@ -18,6 +18,18 @@ pub enum ClusterError {
     Cert(String),
     #[error("{path}: {reason}")]
     CertFile { path: PathBuf, reason: String },
+    #[error(
+        "pgmix runs Postgres as the OS user `postgres` when it runs as root (Postgres refuses to run as root), \
+         and that user cannot reach {dir}: a parent directory is not searchable by it (/root, for one, is mode 0700). \
+         Use a data directory it can reach, for example `pgmix up --data-dir /var/tmp/pgmix`, \
+         or let it through with `chmod o+x` on each parent directory"
+    )]
+    PostgresCannotReach { dir: PathBuf },
+    #[error(
+        "pgmix runs Postgres as the OS user `postgres` when it runs as root (Postgres refuses to run as root), \
+         and there is no such user: create it with `useradd --system --create-home postgres`"
+    )]
+    NoPostgresUser,
     #[error("port {port} is already in use; pass --port to choose another base port")]
     PortInUse { port: u16 },
     #[error(transparent)]

@@ -48,6 +48,23 @@ pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
+/// When running as root, checks that the `postgres` user can reach `dir` (every parent directory
+/// searchable), so that initdb does not fail later with a bare "permission denied".
+pub fn check_postgres_can_reach(dir: &Path) -> Result<(), ClusterError> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    let user = Command::new("id").arg("postgres").output();
+    if !user.is_ok_and(|o| o.status.success()) {
+        return Err(ClusterError::NoPostgresUser);
+    }
+    let reach = Command::new("runuser").args(["-u", "postgres", "--", "test", "-x"]).arg(dir).status();
+    match reach {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(ClusterError::PostgresCannotReach { dir: dir.to_owned() }),
+    }
+}
+
 fn command(program: &Path) -> Command {
     if running_as_root() {
         let mut c = Command::new("runuser");

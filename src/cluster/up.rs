@@ -91,6 +91,7 @@ pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
     }
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
     let data_dir = opts.data_dir.canonicalize().map_err(io_err(&opts.data_dir))?;
+    super::pg::check_postgres_can_reach(&data_dir)?;
     let (cert, key) = certs::ensure_self_signed(&data_dir)?;
     let schema = match &opts.schema {
         Some(s) => Some(s.canonicalize().map_err(io_err(s))?),

@@ -109,3 +109,24 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
     drop(client);
     stop(child);
 }
+
+#[test]
+fn up_as_root_says_exactly_what_to_do_when_postgres_cannot_reach_the_data_dir() {
+    if !pgmix::cluster::pg::running_as_root() {
+        eprintln!("not root: Postgres runs as this user, so there is nothing to check");
+        return;
+    }
+    let dir = TempDir::new("up-private");
+    let private = dir.0.join("home");
+    std::fs::create_dir(&private).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmix"))
+        .args(["up", "--nodes", "1", "--port", "1", "--data-dir"])
+        .arg(private.join(".pgmix"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cannot reach") && text.contains("--data-dir /var/tmp/pgmix"), "{text}");
+}

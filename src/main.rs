@@ -35,9 +35,11 @@ enum Command {
         /// Node i listens on BASE+i-1.
         #[arg(long = "port", default_value_t = pgmix::cluster::up::DEFAULT_BASE_PORT)]
         base_port: u16,
-        /// Where the Postgres data directories, certificates and node configs live.
-        #[arg(long, default_value = "./.pgmix")]
-        data_dir: PathBuf,
+        /// Where the Postgres data directories, certificates and node configs live [default:
+        /// ./.pgmix, or /var/tmp/pgmix when run as root from a directory the postgres user
+        /// cannot reach].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// Schema file marking tables strong or weak.
         #[arg(long)]
         schema: Option<PathBuf>,
@@ -120,6 +122,7 @@ fn run() -> anyhow::Result<()> {
                 if nodes == 0 {
                     anyhow::bail!("--nodes must be at least 1");
                 }
+                let data_dir = data_dir.unwrap_or_else(pgmix::cluster::up::default_data_dir);
                 let opts = pgmix::cluster::up::UpOptions { nodes, base_port, data_dir, schema, status_every };
                 pgmix::cluster::up::run(opts).await.context("pgmix up")?;
             }

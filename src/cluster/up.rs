@@ -80,6 +80,23 @@ password = "{DEV_PASSWORD}"
     )
 }
 
+/// `./.pgmix`; but as root, where the `postgres` user cannot reach the current directory (a
+/// checkout under /root, say), `/var/tmp/pgmix`, so that the README's command works as it is.
+pub fn default_data_dir() -> PathBuf {
+    let here = PathBuf::from("./.pgmix");
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    if super::pg::check_postgres_can_reach(&cwd).is_ok() {
+        return here;
+    }
+    let elsewhere = PathBuf::from("/var/tmp/pgmix");
+    say!(
+        "pgmix: the postgres user cannot reach {}; the cluster's data goes to {} instead (--data-dir chooses)",
+        cwd.display(),
+        elsewhere.display()
+    );
+    elsewhere
+}
+
 /// Starts Postgres servers and nodes; prints progress as it goes.
 pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
     let bin = PgBin::find()?;

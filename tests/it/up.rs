@@ -129,4 +129,17 @@ fn up_as_root_says_exactly_what_to_do_when_postgres_cannot_reach_the_data_dir() 
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("cannot reach") && text.contains("--data-dir /var/tmp/pgmix"), "{text}");
+
+    // Without --data-dir, from such a directory, the default moves where Postgres can reach.
+    // (A port held here stops it right after that choice, before anything is created.)
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmix"))
+        .args(["up", "--nodes", "1", "--port", &port.to_string()])
+        .current_dir(&private)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("data goes to /var/tmp/pgmix instead"), "{text}");
+    assert!(text.contains(&format!("port {port} is already in use")), "{text}");
 }

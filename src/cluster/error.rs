@@ -6,8 +6,8 @@ use thiserror::Error;
 pub enum ClusterError {
     #[error(
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH or in /usr/lib/postgresql/*/bin. \
-         Install them: `apt-get install postgresql` (Debian/Ubuntu), `dnf install postgresql-server` (Fedora), \
-         or `brew install postgresql@16` (macOS)"
+         Install them: `apt-get install postgresql` (Debian/Ubuntu) or `dnf install postgresql-server` (Fedora); \
+         pgmix runs on Linux"
     )]
     NoPostgres,
     #[error("{what} failed: {detail}")]

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
 use crate::backend::{BackendConn, BackendStream};
@@ -90,6 +90,8 @@ pub struct Session {
     client_terminated: bool,
     /// Bytes were written to the client since its last flush.
     client_unflushed: bool,
+    /// The backend stopped taking bytes (it is exiting); what it said last is still read.
+    backend_deaf: bool,
 }
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
@@ -126,6 +128,7 @@ impl Session {
             backend_key: (backend.pid, backend.secret),
             client_terminated: false,
             client_unflushed: false,
+            backend_deaf: false,
         };
         (session, backend.leftover)
     }
@@ -186,8 +189,12 @@ impl Session {
                     return Ok(SessionEnd::BackendClosed);
                 }
                 Err(SessionError::Backend(e)) => {
-                    let msg = format!("pgmix lost its connection to the local Postgres ({e}); reconnect to retry");
-                    self.goodbye(&mut down, Some(ClientError::fatal(code::CONNECTION_FAILURE, msg))).await;
+                    // After Postgres's own FATAL, a reset is just its exit: nothing to add.
+                    let ce = (self.last_backend_tag != b'E').then(|| {
+                        let msg = format!("pgmix lost its connection to the local Postgres ({e}); reconnect to retry");
+                        ClientError::fatal(code::CONNECTION_FAILURE, msg)
+                    });
+                    self.goodbye(&mut down, ce).await;
                     return Err(SessionError::Backend(e));
                 }
                 Err(SessionError::ClientProtocol(e)) => {
@@ -220,7 +227,18 @@ impl Session {
     fn poll_io(&mut self, cx: &mut Context<'_>, up: &mut Flow, down: &mut Flow) -> Poll<Result<Event, SessionError>> {
         // Client -> backend.
         for turn in 0.. {
-            up.send(&mut self.backend, cx).map_err(SessionError::Backend)?;
+            if self.backend_deaf {
+                break;
+            }
+            if let Err(e) = up.send(&mut self.backend, cx) {
+                // The backend is exiting (terminated, crashed). Its last words, a FATAL as a rule,
+                // may still wait to be read: the backend direction decides how the session ends.
+                tracing::debug!(error = %e, "the backend stopped taking bytes");
+                self.backend_deaf = true;
+                up.buf.clear();
+                up.ready = 0;
+                break;
+            }
             if self.client_terminated {
                 if up.ready == 0 {
                     return Poll::Ready(Ok(Event::ClientTerminated));
@@ -372,6 +390,14 @@ impl Session {
         let _ = self.client.flush().await;
         let _ = self.client.shutdown().await;
         let _ = self.backend.write_all(&[b'X', 0, 0, 0, 4]).await;
+        // Closing a socket with unread bytes in it sends a reset, and a reset can make the
+        // client's kernel drop the goodbye just sent. Read what the client still sends until it
+        // closes (it does, on a FATAL), for a short while.
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            while matches!(self.client.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     pub tls_connections_total: AtomicU64,
     pub auth_failures_total: AtomicU64,
+    /// Failed logins answered only after a delay (too many from one address).
+    pub auth_delayed_total: AtomicU64,
     pub refused_total: AtomicU64,
     pub cancel_requests_total: AtomicU64,
     pub backend_connect_failures_total: AtomicU64,
@@ -65,6 +67,12 @@ impl Metrics {
             "Failed client authentications.",
             "counter",
             self.auth_failures_total.load(Relaxed),
+        );
+        counter(
+            "auth_delayed_total",
+            "Failed logins answered after a delay because their address failed too often.",
+            "counter",
+            self.auth_delayed_total.load(Relaxed),
         );
         counter(
             "refused_total",

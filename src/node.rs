@@ -116,6 +116,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let cancels = CancelRegistry::default();
+    let gate = Arc::new(frontend::Gate::new(&ctx.cfg, ctx.metrics.clone()));
     let mut next_id: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -135,7 +136,7 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: Cancellat
         Metrics::inc(&ctx.metrics.connections_total);
         let span =
             info_span!("conn", node = %ctx.cfg.node_name, session = next_id, %peer, user = tracing::field::Empty);
-        tracker.spawn(serve_connection(tcp, ctx.clone(), cancels.clone()).instrument(span));
+        tracker.spawn(serve_connection(tcp, ctx.clone(), cancels.clone(), gate.clone()).instrument(span));
     }
     drop(listener);
     tracker.close();
@@ -149,9 +150,9 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: Cancellat
     info!(node = %ctx.cfg.node_name, "node stopped");
 }
 
-async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegistry) {
+async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegistry, gate: Arc<frontend::Gate>) {
     let cfg = &ctx.cfg;
-    let hello = match tokio::time::timeout(cfg.auth_timeout, frontend::handshake(tcp, cfg)).await {
+    let hello = match tokio::time::timeout(cfg.auth_timeout, frontend::handshake(tcp, cfg, &gate)).await {
         Err(_) => {
             debug!("client did not finish logging in in time");
             return;
@@ -184,13 +185,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
         Metrics::inc(&ctx.metrics.tls_connections_total);
     }
     let mut client = hello.stream;
-    let Some(user) = cfg.users.get(&hello.user) else {
-        // Authentication succeeded, so the user is configured; nothing to do if it vanished.
-        return;
-    };
-    // The backend role's own password serves when a user runs as that role.
-    let password = user.plain.as_deref().or(cfg.backend.password.as_deref().filter(|_| user.role == cfg.backend.user));
-    let login = backend::Login { role: &user.role, password };
+    let login = backend::Login { role: &hello.login.role, password: hello.login.password.as_deref() };
     let backend = match backend::connect(&cfg.backend, login, &hello.database, &hello.params).await {
         Ok(b) => b,
         Err(e) => {
@@ -228,7 +223,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     }
 
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &user.role);
+    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &hello.login.role);
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

@@ -80,12 +80,63 @@ pub enum AuthMethod {
     Password,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// "scram-sha-256" (default), "md5" or "password".
     #[serde(default)]
     pub method: AuthMethod,
+    /// Who may log in: "config" (the [[users]] of this file), "postgres" (the login roles of
+    /// the local Postgres, checked against their stored passwords), or "both" (the default; a
+    /// name listed in [[users]] is checked against its entry).
+    #[serde(default)]
+    pub logins: LoginSource,
+    /// How long a role's stored secret is cached, in seconds: a changed or dropped role stops
+    /// working within this time.
+    #[serde(default = "default_role_cache")]
+    pub role_cache_secs: u64,
+    /// Failed logins from one client address in a minute before each further failure is
+    /// answered only after a delay (1 s more per failure, at most 10 s), to slow guessing.
+    #[serde(default = "default_failures_before_delay")]
+    pub failures_before_delay: u32,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            method: AuthMethod::default(),
+            logins: LoginSource::default(),
+            role_cache_secs: default_role_cache(),
+            failures_before_delay: default_failures_before_delay(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginSource {
+    Config,
+    Postgres,
+    #[default]
+    Both,
+}
+
+impl LoginSource {
+    pub fn config(self) -> bool {
+        self != LoginSource::Postgres
+    }
+
+    pub fn postgres(self) -> bool {
+        self != LoginSource::Config
+    }
+}
+
+fn default_role_cache() -> u64 {
+    5
+}
+
+fn default_failures_before_delay() -> u32 {
+    10
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,5 +5,5 @@
 mod file;
 mod validate;
 
-pub use file::{AuthMethod, TlsMode};
+pub use file::{AuthMethod, LoginSource, TlsMode};
 pub use validate::{BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, from_toml_str, load};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::file::{AuthMethod, FileConfig, TlsMode};
+use super::file::{AuthMethod, FileConfig, LoginSource, TlsMode};
 use crate::frontend::scram::ScramVerifier;
 
 /// A problem with `proxy.toml`: file, key and reason.
@@ -102,6 +102,9 @@ pub struct NodeConfig {
     pub tls_mode: TlsMode,
     pub tls: Option<TlsSettings>,
     pub auth_method: AuthMethod,
+    pub logins: LoginSource,
+    pub role_cache: Duration,
+    pub failures_before_delay: u32,
     pub users: HashMap<String, UserAuth>,
     pub max_message_bytes: usize,
     pub shutdown_drain: Duration,
@@ -184,8 +187,11 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
             return Err(invalid(&format!("{key}.name"), format!("user `{}` is listed twice", u.name)));
         }
     }
-    if users.is_empty() {
-        return Err(invalid("users", "at least one [[users]] entry is needed, or no client can log in".into()));
+    if users.is_empty() && !raw.auth.logins.postgres() {
+        return Err(invalid(
+            "users",
+            "at least one [[users]] entry is needed with auth.logins = \"config\", or no client can log in".into(),
+        ));
     }
     if raw.limits.max_message_bytes < 1024 {
         return Err(invalid("limits.max_message_bytes", "must be at least 1024".into()));
@@ -200,6 +206,9 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
         tls_mode: raw.tls.mode,
         tls,
         auth_method: raw.auth.method,
+        logins: raw.auth.logins,
+        role_cache: Duration::from_secs(raw.auth.role_cache_secs),
+        failures_before_delay: raw.auth.failures_before_delay,
         users,
         max_message_bytes: raw.limits.max_message_bytes,
         shutdown_drain: Duration::from_secs(raw.limits.shutdown_drain_secs),

@@ -1,19 +1,31 @@
-//! Client authentication against the users in `proxy.toml`: SCRAM-SHA-256 (and -PLUS over TLS) by
-//! default; MD5 and cleartext only when `auth.method` asks for them.
+//! Client authentication: against the users in `proxy.toml`, or against the login roles of the
+//! local Postgres (`auth.logins`; see `roles`). SCRAM-SHA-256 (and -PLUS over TLS) by default;
+//! MD5 and cleartext only when `auth.method` asks for them. An unknown name goes through the same
+//! exchange as a wrong password and gets the same 28P01, never saying which of the two it was.
 
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::FrontendError;
-use super::scram::{ScramError, ScramServer};
+use super::roles::{RoleSecret, RoleSecrets, StoredPassword, md5_password_matches, md5_response_matches};
+use super::scram::{ScramError, ScramServer, ScramVerifier};
 use super::stream::ClientStream;
-use crate::config::{AuthMethod, NodeConfig};
+use crate::config::{AuthMethod, NodeConfig, UserAuth};
 use crate::protocol::messages;
 use crate::sqlstate::{ClientError, code};
 
 /// Password-family messages are small; this bounds what an unauthenticated client can make us hold.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+/// Who an authenticated client runs as.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The Postgres role its session logs in as.
+    pub role: String,
+    /// A password for that login, when pgmix has one (a plain password in `proxy.toml`).
+    pub password: Option<String>,
+}
 
 fn failed(user: &str) -> FrontendError {
     FrontendError::Refused(ClientError::fatal(
@@ -25,49 +37,156 @@ fn failed(user: &str) -> FrontendError {
 pub async fn authenticate(
     stream: &mut ClientStream,
     cfg: &NodeConfig,
+    roles: &RoleSecrets,
     user: &str,
     tls: bool,
-) -> Result<(), FrontendError> {
-    let auth = cfg.users.get(user);
-    let plain = auth.and_then(|a| a.plain.as_deref());
+) -> Result<Authenticated, FrontendError> {
     let mut buf = BytesMut::new();
-    match (cfg.auth_method, plain) {
-        (AuthMethod::Password, _) => {
-            messages::auth_cleartext(&mut buf);
-            send(stream, &mut buf).await?;
-            let body = read_password_message(stream).await?;
-            let given = messages::cstr(&body).map(|(s, _)| s);
-            if plain.is_none() || given != plain {
+    if let Some(entry) = cfg.users.get(user).filter(|_| cfg.logins.config()) {
+        listed(stream, cfg, entry, user, tls, &mut buf).await?;
+        // The backend role's own password serves when a user runs as that role.
+        let password =
+            entry.plain.clone().or_else(|| cfg.backend.password.clone().filter(|_| entry.role == cfg.backend.user));
+        messages::auth_ok(&mut buf);
+        send(stream, &mut buf).await?;
+        return Ok(Authenticated { role: entry.role.clone(), password });
+    }
+    let secret = if cfg.logins.postgres() {
+        roles.get(user, false).await.map_err(|e| {
+            FrontendError::Refused(
+                ClientError::fatal(
+                    code::CANNOT_CONNECT_NOW,
+                    format!("pgmix node \"{}\" cannot read the roles of its local Postgres: {e}", cfg.node_name),
+                )
+                .with_hint("This node is unhealthy; connect to another node of the cluster, or retry later."),
+            )
+        })?
+    } else {
+        None
+    };
+    role(stream, cfg, roles, user, secret, tls, &mut buf).await?;
+    messages::auth_ok(&mut buf);
+    send(stream, &mut buf).await?;
+    Ok(Authenticated { role: user.to_owned(), password: None })
+}
+
+/// A user listed in `proxy.toml`.
+async fn listed(
+    stream: &mut ClientStream,
+    cfg: &NodeConfig,
+    entry: &UserAuth,
+    user: &str,
+    tls: bool,
+    buf: &mut BytesMut,
+) -> Result<(), FrontendError> {
+    match (cfg.auth_method, entry.plain.as_deref()) {
+        (AuthMethod::Password, plain) => {
+            let given = cleartext(stream, buf).await?;
+            if plain.is_none() || Some(given.as_str()) != plain {
                 return Err(failed(user));
             }
+            Ok(())
         }
         (AuthMethod::Md5, Some(password)) => {
-            let mut salt = [0u8; 4];
-            rand::rng().fill_bytes(&mut salt);
-            messages::auth_md5(salt, &mut buf);
-            send(stream, &mut buf).await?;
-            let body = read_password_message(stream).await?;
+            let (salt, given) = md5_challenge(stream, buf).await?;
             let expected = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
-            if messages::cstr(&body).map(|(s, _)| s) != Some(expected.as_str()) {
+            if given != expected {
                 return Err(failed(user));
             }
+            Ok(())
         }
         // SCRAM, also for md5 users that only have a verifier, as Postgres does.
-        _ => scram(stream, cfg, user, tls, &mut buf).await?,
+        _ => scram(stream, cfg, Some(entry.scram.clone()), user, tls, buf).await,
     }
-    messages::auth_ok(&mut buf);
-    send(stream, &mut buf).await
+}
+
+/// A login role of the local Postgres (`secret` None: no such role, or it may not be used).
+async fn role(
+    stream: &mut ClientStream,
+    cfg: &NodeConfig,
+    roles: &RoleSecrets,
+    user: &str,
+    secret: Option<RoleSecret>,
+    tls: bool,
+    buf: &mut BytesMut,
+) -> Result<(), FrontendError> {
+    let stored = secret.as_ref().map_or(StoredPassword::None, |s| s.password.clone());
+    let result = match (cfg.auth_method, &stored) {
+        (AuthMethod::Password, _) => {
+            let given = cleartext(stream, buf).await?;
+            let ok = match &stored {
+                StoredPassword::Scram(v) => v.matches_password(&given),
+                StoredPassword::Md5(h) => md5_password_matches(h, user, &given),
+                StoredPassword::None => false,
+            };
+            if ok { Ok(()) } else { Err(failed(user)) }
+        }
+        (AuthMethod::Md5, StoredPassword::Md5(h)) => {
+            let (salt, given) = md5_challenge(stream, buf).await?;
+            if md5_response_matches(h, salt, &given) {
+                Ok(())
+            } else {
+                // The cache may be stale: check the answer against the role's current hash.
+                match roles.get(user, true).await {
+                    Ok(Some(RoleSecret { password: StoredPassword::Md5(fresh), expired: false }))
+                        if md5_response_matches(&fresh, salt, &given) =>
+                    {
+                        return Ok(());
+                    }
+                    _ => Err(failed(user)),
+                }
+            }
+        }
+        // SCRAM against a SCRAM secret; anything else (an md5 secret where md5 is not allowed,
+        // no password, no role) runs a mock exchange that fails like a wrong password.
+        (_, stored) => {
+            let verifier = match stored {
+                StoredPassword::Scram(v) => Some(v.clone()),
+                _ => None,
+            };
+            let r = scram(stream, cfg, verifier, user, tls, buf).await;
+            if r.is_err() {
+                // Refresh the cache, so that the next attempt meets a changed password.
+                let _ = roles.get(user, true).await;
+            }
+            r
+        }
+    };
+    result?;
+    // As in Postgres: a password past VALID UNTIL fails like a wrong one.
+    if secret.is_some_and(|s| s.expired) {
+        return Err(failed(user));
+    }
+    Ok(())
+}
+
+async fn cleartext(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, FrontendError> {
+    messages::auth_cleartext(buf);
+    send(stream, buf).await?;
+    let body = read_password_message(stream).await?;
+    Ok(messages::cstr(&body).map(|(s, _)| s.to_owned()).unwrap_or_default())
+}
+
+/// Sends an md5 challenge; returns its salt and the client's answer.
+async fn md5_challenge(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<([u8; 4], String), FrontendError> {
+    let mut salt = [0u8; 4];
+    rand::rng().fill_bytes(&mut salt);
+    messages::auth_md5(salt, buf);
+    send(stream, buf).await?;
+    let body = read_password_message(stream).await?;
+    Ok((salt, messages::cstr(&body).map(|(s, _)| s.to_owned()).unwrap_or_default()))
 }
 
 async fn scram(
     stream: &mut ClientStream,
     cfg: &NodeConfig,
+    verifier: Option<ScramVerifier>,
     user: &str,
     tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
     let binding = if tls { cfg.tls.as_ref().and_then(|t| t.end_point.clone().ok()) } else { None };
-    let mut server = ScramServer::new(cfg.users.get(user).map(|u| u.scram.clone()), user, binding);
+    let mut server = ScramServer::new(verifier, user, binding);
     messages::auth_sasl(server.mechanisms(), buf);
     send(stream, buf).await?;
 

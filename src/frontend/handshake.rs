@@ -29,13 +29,16 @@ pub enum Handshake {
 pub struct ClientHello {
     pub stream: ClientStream,
     pub user: String,
+    /// The role its session runs as.
+    pub login: super::auth::Authenticated,
     pub database: String,
     /// Start-up parameters other than user and database (application_name, options, ...).
     pub params: Vec<(String, String)>,
 }
 
-pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, FrontendError> {
+pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig, gate: &super::Gate) -> Result<Handshake, FrontendError> {
     tcp.set_nodelay(true)?;
+    let peer = tcp.peer_addr()?.ip();
     let mut stream: ClientStream = Either::Left(tcp);
     loop {
         let body = match read_startup_packet(&mut stream).await {
@@ -61,7 +64,7 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
                 return Ok(Handshake::Cancel { pid, secret, stream });
             }
             Some(FirstPacket::Startup { major: 3, minor, params }) => {
-                return startup(stream, cfg, minor, params).await.map(Handshake::Session);
+                return startup(stream, cfg, gate, peer, minor, params).await.map(Handshake::Session);
             }
             Some(FirstPacket::Startup { major, minor, .. }) => {
                 let e = ClientError::fatal(
@@ -81,6 +84,8 @@ pub async fn handshake(tcp: TcpStream, cfg: &NodeConfig) -> Result<Handshake, Fr
 async fn startup(
     mut stream: ClientStream,
     cfg: &NodeConfig,
+    gate: &super::Gate,
+    peer: std::net::IpAddr,
     minor: u16,
     params: Vec<(String, String)>,
 ) -> Result<ClientHello, FrontendError> {
@@ -121,13 +126,21 @@ async fn startup(
         return refuse(&mut stream, e).await;
     };
     let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
-    if let Err(e) = auth::authenticate(&mut stream, cfg, &user, tls).await {
-        return match e {
-            FrontendError::Refused(ce) => refuse(&mut stream, ce).await,
-            other => Err(other),
-        };
-    }
-    Ok(ClientHello { stream, user, database, params: rest })
+    let login = match auth::authenticate(&mut stream, cfg, &gate.roles, &user, tls).await {
+        Ok(login) => login,
+        Err(FrontendError::Refused(ce)) => {
+            if ce.code == code::INVALID_PASSWORD {
+                let delay = gate.failures.failed(peer, std::time::Instant::now());
+                if !delay.is_zero() {
+                    crate::metrics::Metrics::inc(&gate.metrics.auth_delayed_total);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            return refuse(&mut stream, ce).await;
+        }
+        Err(other) => return Err(other),
+    };
+    Ok(ClientHello { stream, user, login, database, params: rest })
 }
 
 async fn read_startup_packet(stream: &mut ClientStream) -> Result<Vec<u8>, FrontendError> {

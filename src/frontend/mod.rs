@@ -5,9 +5,28 @@ pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod handshake;
+pub mod roles;
 pub mod scram;
 pub mod stream;
+pub mod throttle;
 
 pub use error::FrontendError;
+
+/// What the node's connections share for logging clients in.
+pub struct Gate {
+    pub roles: roles::RoleSecrets,
+    pub failures: throttle::FailedLogins,
+    pub metrics: crate::metrics::MetricsHandle,
+}
+
+impl Gate {
+    pub fn new(cfg: &crate::config::NodeConfig, metrics: crate::metrics::MetricsHandle) -> Self {
+        Self {
+            roles: roles::RoleSecrets::new(cfg.backend.clone(), cfg.role_cache),
+            failures: throttle::FailedLogins::new(cfg.failures_before_delay),
+            metrics,
+        }
+    }
+}
 pub use handshake::{ClientHello, Handshake, handshake};
 pub use stream::ClientStream;

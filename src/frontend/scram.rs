@@ -79,6 +79,27 @@ impl ScramVerifier {
     }
 }
 
+impl ScramVerifier {
+    /// Whether `password` is the one this verifier was made from (for a cleartext login against
+    /// a stored SCRAM secret): Hi() as RFC 5802 defines it, then StoredKey compared in constant
+    /// time.
+    pub fn matches_password(&self, password: &str) -> bool {
+        let mut block = self.salt.clone();
+        block.extend_from_slice(&1u32.to_be_bytes());
+        let mut u = hmac(password.as_bytes(), &block);
+        let mut salted = u;
+        for _ in 1..self.iterations {
+            u = hmac(password.as_bytes(), &u);
+            for (s, x) in salted.iter_mut().zip(u) {
+                *s ^= x;
+            }
+        }
+        let client_key = hmac(&salted, b"Client Key");
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        stored.iter().zip(self.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
@@ -223,6 +244,13 @@ impl ScramServer {
 mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    #[test]
+    fn a_cleartext_password_is_checked_against_a_stored_verifier() {
+        let v = ScramVerifier::from_password("s3cret");
+        assert!(v.matches_password("s3cret"));
+        assert!(!v.matches_password("s3cre"));
+    }
 
     /// Binding data as the server derives it; here any bytes stand in for a certificate.
     fn tls_server_end_point(cert: &[u8]) -> Vec<u8> {

@@ -160,6 +160,14 @@ impl TestNode {
         Self { node: Some(node), port, pg }
     }
 
+    /// Stops the node and hands back its Postgres, for another node in front of it.
+    pub async fn into_pg(mut self) -> TestPg {
+        if let Some(n) = self.node.take() {
+            n.stop().await;
+        }
+        self.pg
+    }
+
     pub fn handle(&self) -> &NodeHandle {
         self.node.as_ref().expect("node running")
     }

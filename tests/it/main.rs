@@ -8,6 +8,7 @@ mod classify;
 mod clients;
 mod configs;
 mod harness;
+mod logins;
 mod protocol;
 mod raw;
 mod robustness;

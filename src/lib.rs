@@ -6,12 +6,14 @@
 
 pub mod backend;
 pub mod classify;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod frontend;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod replicate;
 pub mod schema;
 pub mod session;
 pub mod sqlstate;

@@ -18,4 +18,6 @@ pub mod schema;
 pub mod session;
 pub mod sqlstate;
 pub mod status;
+#[cfg(test)]
+mod testrng;
 pub mod tomlfile;

@@ -108,6 +108,7 @@ fn raise(slot: &mut Option<Version>, v: Version) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::Rng;
 
     fn v(hlc: u64, node: u32) -> Version {
         Version::new(hlc, node)
@@ -172,27 +173,13 @@ mod tests {
         assert_eq!(row, before);
     }
 
-    /// xorshift64*: deterministic, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545F4914F6CDD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// A set of changes as three nodes could have made them: versions unique per node.
     fn changes(r: &mut Rng) -> Vec<Change> {
         let names = ["a", "b", "c"];
         let mut out = Vec::new();
         for i in 0..(2 + r.below(12)) {
             let node = 1 + r.below(3) as u32;
-            let ver = v(1 + r.below(20) * 4 + node as u64, node);
+            let ver = v(1 + r.below(20) as u64 * 4 + node as u64, node);
             let value = format!("{i}");
             out.push(match r.below(4) {
                 0 => Change::Insert {
@@ -201,7 +188,7 @@ mod tests {
                 },
                 1 => Change::Delete { version: ver },
                 _ => {
-                    let n = names[r.below(3) as usize];
+                    let n = names[r.below(3)];
                     let value = if r.below(5) == 0 { None } else { Some(value) };
                     Change::Update { columns: [(n.to_string(), (value, ver))].into_iter().collect() }
                 }
@@ -223,10 +210,10 @@ mod tests {
                 // A shuffled copy with some changes delivered twice or three times.
                 let mut delivery: Vec<&Change> = set.iter().collect();
                 for _ in 0..r.below(4) {
-                    delivery.push(&set[r.below(set.len() as u64) as usize]);
+                    delivery.push(&set[r.below(set.len())]);
                 }
                 for i in (1..delivery.len()).rev() {
-                    let j = r.below(i as u64 + 1) as usize;
+                    let j = r.below(i + 1);
                     delivery.swap(i, j);
                 }
                 let mut row = RowState::default();

@@ -34,8 +34,8 @@ pub enum ClusterError {
     PortInUse { port: u16 },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Node(#[from] crate::node::NodeError),
+    #[error("{node}: {detail}")]
+    NodeProcess { node: String, detail: String },
     #[error("cannot prepare database `{db}` on {node}: {detail}")]
     Bootstrap { node: String, db: String, detail: String },
 }

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod error;
 pub mod pg;
+pub mod process;
 pub mod up;
 
 pub use error::ClusterError;

@@ -1,14 +1,14 @@
-//! `pgmix up`: initdb (once) and start one Postgres per node, start the nodes in this process,
-//! print connection strings and live status, and stop everything on Ctrl-C or SIGTERM.
+//! `pgmix up`: initdb (once) and start one Postgres per node, start each node as its own
+//! `pgmix serve` process, print connection strings and live status, restart a node process or a
+//! Postgres that dies, and stop everything on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::certs;
 use super::error::{ClusterError, io_err};
 use super::pg::{PgBin, PgInstance, PgOptions, free_port};
-use crate::node::{self, NodeHandle};
+use super::process::NodeProcess;
 
 /// Progress and status go to stdout; a closed stdout (a pipe whose reader left) must not stop
 /// the cluster, so write errors are ignored instead of panicking as `println!` would.
@@ -29,10 +29,10 @@ pub struct UpOptions {
     pub status_every: u64,
 }
 
-/// A started cluster.
+/// A started cluster: node i's Postgres is `pgs[i]`.
 pub struct Cluster {
     pub pgs: Vec<PgInstance>,
-    pub nodes: Vec<NodeHandle>,
+    pub nodes: Vec<NodeProcess>,
 }
 
 /// The default base port of `pgmix up`.
@@ -163,9 +163,11 @@ async fn start_each(
         );
         let conf_path = dir.join("proxy.toml");
         std::fs::write(&conf_path, &text).map_err(io_err(&conf_path))?;
-        let cfg = crate::config::load(&conf_path)?;
-        cluster.nodes.push(node::start(cfg).await?);
-        say!("pgmix: {name}: node listening on 127.0.0.1:{port}");
+        // Checked here, so that a bad config is reported once, by file, key and reason.
+        crate::config::load(&conf_path)?;
+        let node = NodeProcess::spawn(&name, conf_path, port, metrics_port(opts.base_port, i)).await?;
+        say!("pgmix: {name}: node process {} listening on 127.0.0.1:{port}", node.pid().unwrap_or_default());
+        cluster.nodes.push(node);
     }
     Ok(())
 }
@@ -208,35 +210,55 @@ impl Cluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("postgres://{DEV_USER}:{DEV_PASSWORD}@127.0.0.1:{}/{DEV_DATABASE}", n.addr.port()))
+            .map(|n| format!("postgres://{DEV_USER}:{DEV_PASSWORD}@127.0.0.1:{}/{DEV_DATABASE}", n.port))
             .collect()
     }
 
-    pub fn status_line(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| {
-                let m = &n.metrics;
-                format!(
+    /// One line for all nodes, from their metrics endpoints.
+    pub async fn status_line(&self) -> String {
+        let mut parts = Vec::new();
+        for n in &self.nodes {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], n.metrics_port));
+            let st = tokio::task::spawn_blocking(move || crate::status::fetch(addr)).await;
+            parts.push(match st {
+                Ok(Ok(s)) => format!(
                     "{} [{}] sessions={} connections={} refused={}",
                     n.name,
-                    if m.backend_up.load(Relaxed) { "up" } else { "POSTGRES DOWN" },
-                    m.connections_active.load(Relaxed),
-                    m.connections_total.load(Relaxed),
-                    m.refused_total.load(Relaxed),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
+                    if s.backend_up { "up" } else { "POSTGRES DOWN" },
+                    s.sessions,
+                    s.connections,
+                    s.refused
+                ),
+                _ => format!("{} [NOT ANSWERING]", n.name),
+            });
+        }
+        parts.join(" | ")
+    }
+
+    /// Restarts what died: a node process, or a Postgres (checked with pg_ctl). Says what it did.
+    pub async fn supervise(&mut self) {
+        for (node, pg) in self.nodes.iter_mut().zip(self.pgs.iter_mut()) {
+            if !pg.is_running() {
+                say!("pgmix: {}: Postgres is down; restarting it", node.name);
+                match pg.start(pg.port) {
+                    Ok(()) => say!("pgmix: {}: Postgres restarted on port {}", node.name, pg.port),
+                    Err(e) => say!("pgmix: {}: cannot restart Postgres: {e}", node.name),
+                }
+            }
+            if let Some(how) = node.ended() {
+                say!("pgmix: {}: node process exited ({how}); restarting it", node.name);
+                match node.restart().await {
+                    Ok(()) => say!("pgmix: {}: node process {} restarted", node.name, node.pid().unwrap_or_default()),
+                    Err(e) => say!("pgmix: {}: cannot restart the node: {e}", node.name),
+                }
+            }
+        }
     }
 
     /// Stops the nodes (draining sessions) and then their Postgres servers.
-    pub async fn stop(self) {
-        for n in &self.nodes {
-            n.shutdown();
-        }
-        for n in self.nodes {
-            n.wait().await;
+    pub async fn stop(mut self) {
+        for n in &mut self.nodes {
+            n.stop(Duration::from_secs(15)).await;
         }
         for pg in &self.pgs {
             if let Err(e) = pg.stop() {
@@ -248,7 +270,7 @@ impl Cluster {
 
 /// `pgmix up`: runs until Ctrl-C or SIGTERM.
 pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
-    let cluster = start(&opts).await?;
+    let mut cluster = start(&opts).await?;
     for url in cluster.urls() {
         say!("{url}");
     }
@@ -258,11 +280,13 @@ pub async fn run(opts: UpOptions) -> Result<(), ClusterError> {
     let every = Duration::from_secs(opts.status_every.max(1));
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick(), if opts.status_every > 0 => say!("pgmix: status: {}", cluster.status_line()),
+            _ = watch.tick() => cluster.supervise().await,
+            _ = ticker.tick(), if opts.status_every > 0 => say!("pgmix: status: {}", cluster.status_line().await),
         }
     }
     say!("pgmix: stopping");

@@ -7,6 +7,15 @@ use std::time::Duration;
 use crate::harness::TempDir;
 
 fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>) {
+    let (child, lines, _rest) = run_up_watching(dir, port);
+    (child, lines)
+}
+
+/// `pgmix up` with 2 nodes: its output up to `cluster ready`, and a channel with the lines after.
+fn run_up_watching(
+    dir: &std::path::Path,
+    port: u16,
+) -> (std::process::Child, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let schema = dir.join("schema.toml");
     std::fs::write(&schema, "default = \"strong\"\n[tables.logs]\nconsistency = \"weak\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgmix"))
@@ -19,13 +28,21 @@ fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>
         .spawn()
         .unwrap();
     let mut lines = Vec::new();
-    let reader = BufReader::new(child.stdout.take().unwrap());
-    for line in reader.lines() {
-        let line = line.unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
         let ready = line.contains("pgmix: cluster ready");
         lines.push(line);
         if ready {
-            return (child, lines);
+            return (child, lines, rx);
         }
     }
     // Do not leave a half-started cluster behind.
@@ -142,4 +159,59 @@ fn up_as_root_says_exactly_what_to_do_when_postgres_cannot_reach_the_data_dir() 
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("data goes to /var/tmp/pgmix instead"), "{text}");
     assert!(text.contains(&format!("port {port} is already in use")), "{text}");
+}
+
+/// Waits for a line of `pgmix up` containing `what`.
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("pgmix up never printed `{what}`: {e}"),
+        }
+    }
+}
+
+async fn select_one(port: u16) -> Result<i32, tokio_postgres::Error> {
+    let url = format!("postgres://pgmix:pgmix@127.0.0.1:{port}/pgmix");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client.query_one("SELECT 1", &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
+    let dir = TempDir::new("up-restart");
+    let port = pgmix::cluster::pg::free_port().unwrap();
+    let port = if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() { port } else { port + 2 };
+    let (child, lines, rx) = run_up_watching(&dir.0, port);
+    // Each node is a process of its own.
+    let pid = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pgmix: node1: node process ")?.split(' ').next()?.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("node1's process id is printed: {lines:#?}"));
+    assert_ne!(pid, child.id(), "node1 runs in a process of its own");
+    assert_eq!(select_one(port).await.unwrap(), 1);
+
+    // SIGKILL node1's process: node2 goes on serving, and node1 comes back.
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    wait_for_line(&rx, "node1: node process exited");
+    assert_eq!(select_one(port + 1).await.unwrap(), 1, "node2 is unaffected");
+    wait_for_line(&rx, "node1: node process");
+    crate::harness::wait_until("node1 serves again", || async { select_one(port).await.is_ok() }).await;
+
+    // Stop node2's Postgres behind pgmix's back: it is restarted too.
+    let pgdata = dir.0.join("node2/pgdata");
+    let bin = pgmix::cluster::pg::PgBin::find().unwrap();
+    let mut pg_stop = if pgmix::cluster::pg::running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.path("pg_ctl"));
+        c
+    } else {
+        Command::new(bin.path("pg_ctl"))
+    };
+    assert!(pg_stop.arg("-D").arg(&pgdata).args(["-m", "immediate", "stop"]).status().unwrap().success());
+    wait_for_line(&rx, "node2: Postgres restarted");
+    crate::harness::wait_until("node2 serves again", || async { select_one(port + 1).await.is_ok() }).await;
+    stop(child);
 }

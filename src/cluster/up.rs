@@ -109,14 +109,18 @@ pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
     let data_dir = opts.data_dir.canonicalize().map_err(io_err(&opts.data_dir))?;
     super::pg::check_postgres_can_reach(&data_dir)?;
-    let (cert, key) = certs::ensure_self_signed(&data_dir)?;
+    // The cluster CA and a certificate per node, by the code of `pgmix certs`: clients that
+    // verify the server use DATA/certs/ca.crt, and the peer links will authenticate nodes by them.
+    let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
+    let hosts: Vec<String> = certs::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect();
+    let certs = certs::ensure_cluster(&data_dir.join("certs"), &names, &hosts)?;
     let schema = match &opts.schema {
         Some(s) => Some(s.canonicalize().map_err(io_err(s))?),
         None => None,
     };
 
     let mut cluster = Cluster { pgs: Vec::new(), nodes: Vec::new() };
-    match start_each(opts, &bin, &data_dir, &cert, &key, schema.as_deref(), &mut cluster).await {
+    match start_each(opts, &bin, &data_dir, &certs, schema.as_deref(), &mut cluster).await {
         Ok(()) => Ok(cluster),
         Err(e) => {
             // Leave nothing running behind a failed start.
@@ -130,8 +134,7 @@ async fn start_each(
     opts: &UpOptions,
     bin: &PgBin,
     data_dir: &Path,
-    cert: &Path,
-    key: &Path,
+    certs: &certs::ClusterCerts,
     schema: Option<&Path>,
     cluster: &mut Cluster,
 ) -> Result<(), ClusterError> {
@@ -152,13 +155,14 @@ async fn start_each(
         cluster.pgs.push(pg);
 
         let port = opts.base_port + i - 1;
+        let tls = certs.node(&name).ok_or_else(|| ClusterError::Cert(format!("no certificate for {name}")))?;
         let text = node_config_toml(
             &name,
             port,
             metrics_port(opts.base_port, i),
             cluster.pgs[(i - 1) as usize].socket_dir(),
             pg_port,
-            (cert, key),
+            (&tls.cert, &tls.key),
             schema,
         );
         let conf_path = dir.join("proxy.toml");

@@ -95,6 +95,16 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
         let prepared: String = client.query_one("SHOW max_prepared_transactions", &[]).await.unwrap().get(0);
         assert_ne!(prepared, "0");
     }
+    // Each node's certificate comes from the cluster CA in DATA/certs: a client can verify it.
+    let ca = dir.0.join("certs/ca.crt");
+    let (ok, out, err) = crate::harness::psql(
+        &format!(
+            "host=localhost port={port} user=pgmix password=pgmix dbname=pgmix sslmode=verify-full sslrootcert={}",
+            ca.display()
+        ),
+        &["-c", "SELECT 1"],
+    );
+    assert!(ok && out.trim() == "1", "verify-full against the cluster CA: {err}");
     // The dev login works in database `pgmix`: the schema file is checked against that database,
     // so a weak table created there without a primary key is reported.
     let (client, conn) = tokio_postgres::connect(urls[0], tokio_postgres::NoTls).await.unwrap();

@@ -51,7 +51,9 @@ pub struct Login<'a> {
 }
 
 /// Asked once per backend connection, before the client's first statement.
-const SEARCH_PATH_QUERY: &str = "SELECT current_setting('search_path')";
+/// SHOW, not current_setting(): a function of that name earlier on the session's own path could
+/// answer instead of Postgres's.
+const SEARCH_PATH_QUERY: &str = "SHOW search_path";
 
 pub async fn connect(
     cfg: &BackendConfig,

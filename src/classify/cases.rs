@@ -119,6 +119,7 @@ strong_read ¦ posts.*,app.users.* ¦ - ¦ SELECT * FROM posts JOIN app.users ON
 weak_write ¦ - ¦ posts.id,posts.title ¦ INSERT INTO posts (id, title) VALUES (1, 'a')
 weak_write ¦ - ¦ posts.* ¦ INSERT INTO posts VALUES (1, 'a')
 weak_write ¦ - ¦ posts.* ¦ INSERT INTO posts DEFAULT VALUES
+weak_write ¦ - ¦ posts.id,posts.title ¦ INSERT INTO posts (id, title) VALUES (DEFAULT, 'a')
 weak_write ¦ posts.id ¦ posts.title ¦ INSERT INTO posts (title) VALUES ($1) RETURNING id
 weak_write ¦ - ¦ posts.id,posts.title ¦ INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')
 weak_write ¦ posts.title ¦ posts.id,posts.title ¦ INSERT INTO posts (id, title) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title
@@ -126,6 +127,7 @@ weak_write ¦ - ¦ posts.id,posts.title ¦ INSERT INTO posts (id, title) VALUES 
 weak_write ¦ comments.body ¦ posts.title ¦ INSERT INTO posts (title) SELECT body FROM comments
 weak_write ¦ posts.* ¦ comments.* ¦ INSERT INTO comments SELECT * FROM posts
 weak_write ¦ posts.id ¦ posts.title ¦ UPDATE posts SET title = 'x' WHERE id = 1
+weak_write ¦ posts.id ¦ posts.title ¦ UPDATE posts SET title = DEFAULT WHERE id = 1
 weak_write ¦ posts.likes,posts.id ¦ posts.likes ¦ UPDATE posts SET likes = likes + 1 WHERE id = $1
 weak_write ¦ posts.id ¦ posts.title,posts.body ¦ UPDATE posts SET (title, body) = ('a', 'b') WHERE id = 2
 weak_write ¦ posts.id,comments.post_id,comments.body ¦ posts.title ¦ UPDATE posts p SET title = c.body FROM comments c WHERE c.post_id = p.id
@@ -244,6 +246,7 @@ strong_write ¦ - ¦ - ¦ SELECT p.id FROM posts AS where
 strong_write ¦ - ¦ - ¦ INSERT posts VALUES (1)
 strong_write ¦ - ¦ - ¦ SET
 weak_read ¦ posts.id ¦ - ¦ SELECT p.id AS select FROM posts p
+weak_read ¦ - ¦ - ¦ SELECT current_role, system_user, current_catalog
 local ¦ - ¦ - ¦ DEALLOCATE ALL
 local ¦ - ¦ - ¦ DEALLOCATE p1
 local ¦ - ¦ - ¦ VACUUM

@@ -225,6 +225,12 @@ impl Visitor for Collected {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
             Expr::Identifier(id) => {
+                // Where an expression may stand, Postgres takes these reserved words as values
+                // (`VALUES (DEFAULT)`, `SET c = DEFAULT`, `current_role`), never as columns, and
+                // sqlparser reads some of them as names.
+                if id.quote_style.is_none() && is_value_keyword(&id.value) {
+                    return ControlFlow::Continue(());
+                }
                 self.check_name(id);
                 let visible = match &self.visible_now {
                     Some(v) => v.clone(),
@@ -399,6 +405,28 @@ impl Collected {
             self.reserved_as_name = Some(id.value.clone());
         }
     }
+}
+
+/// Reserved words that stand for a value where an expression may be.
+fn is_value_keyword(word: &str) -> bool {
+    const VALUES: &[&str] = &[
+        "DEFAULT",
+        "CURRENT_CATALOG",
+        "CURRENT_DATE",
+        "CURRENT_ROLE",
+        "CURRENT_TIME",
+        "CURRENT_TIMESTAMP",
+        "CURRENT_USER",
+        "LOCALTIME",
+        "LOCALTIMESTAMP",
+        "SESSION_USER",
+        "SYSTEM_USER",
+        "USER",
+        "TRUE",
+        "FALSE",
+        "NULL",
+    ];
+    VALUES.iter().any(|v| v.eq_ignore_ascii_case(word))
 }
 
 /// Postgres's fully reserved key words (the `reserved_keyword` list of its grammar): never a

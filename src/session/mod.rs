@@ -307,7 +307,10 @@ impl Session {
                         self.client_terminated = true;
                         return Ok(());
                     }
-                    let can_answer = !self.backend_framer.mid_message();
+                    // Answering directly only while the client takes its replies: a client that
+                    // streams refused statements and reads nothing gets stand-ins, which the
+                    // backend's backpressure slows down.
+                    let can_answer = !self.backend_framer.mid_message() && down.ready < READ_CHUNK;
                     let at = Point { state: &mut self.state, router: &mut self.router, answers: &mut self.answers };
                     match at.on_client_message(&self.ctx.metrics, tag, body, can_answer) {
                         Action::Forward => up.ready += len,
@@ -343,7 +346,8 @@ impl Session {
                                 self.state.tx = tx;
                             }
                             self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
-                            if self.state.awaiting_ready == 0 {
+                            // A Parse sent without a Sync yet may still have a stand-in on its way.
+                            if self.state.awaiting_ready == 0 && !self.state.unsynced {
                                 self.answers.settle();
                             }
                             // The DDL has committed or rolled back: let the node re-read the catalog.

@@ -47,12 +47,36 @@ async fn clients_hold_the_real_backend_pid_and_can_terminate_it() {
 async fn a_cancel_with_the_wrong_secret_cancels_nothing() {
     let node = TestNode::start_with("allow", PASSWORD_AUTH).await;
     let mut a = Raw::login(node.port, USER, PASSWORD, &[]).await;
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
-    c.write_all(&raw::cancel_request(a.pid, a.secret.wrapping_add(1))).await.unwrap();
-    let _ = c.read(&mut [0u8; 1]).await;
-    a.send(&raw::query("SELECT pg_sleep(0.3)")).await;
+    let direct = node.pg.direct().await;
+    // The same running query gets a wrong key, then the right one: only the right one cancels.
+    a.send(&raw::query("SELECT pg_sleep(30)")).await;
+    crate::harness::wait_until("the query runs", || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&a.pid])
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    for secret in [a.secret.wrapping_add(1), a.secret] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+        c.write_all(&raw::cancel_request(a.pid, secret)).await.unwrap();
+        let _ = c.read(&mut [0u8; 1]).await;
+        if secret != a.secret {
+            // Delivered (the socket closed); give a wrongly accepted cancel time to land.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let still: i64 = direct
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&a.pid])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(still, 1, "a wrong secret cancelled the query");
+        }
+    }
     let msgs = a.until_ready().await;
-    assert!(msgs.iter().all(|(t, _)| *t != b'E'), "the query was not cancelled");
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("the right secret cancels");
+    assert_eq!(raw::error_field(&err.1, b'C').as_deref(), Some("57014"));
 }
 
 /// A Unix-socket relay in front of Postgres. On a cancel connection it tells the test when

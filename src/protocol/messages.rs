@@ -149,6 +149,19 @@ pub fn parse_message(body: &[u8]) -> (&[u8], &[u8]) {
     (name, until_nul(rest).0)
 }
 
+/// The whole messages in `buf` (type byte and body), in order; a partial one at the end is left.
+pub fn iter(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let tag = *rest.first()?;
+        let len = i32::from_be_bytes(rest.get(1..5)?.try_into().ok()?);
+        let end = usize::try_from(len).ok().filter(|l| *l >= 4)? + 1;
+        let body = rest.get(5..end)?;
+        rest = &rest[end..];
+        Some((tag, body))
+    })
+}
+
 /// Name and value of a ParameterStatus message body.
 pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &str)> {
     let (name, rest) = until_nul(body);

@@ -114,7 +114,16 @@ impl Session {
         role: &str,
     ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), role);
+        let mut router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), role);
+        // The start-up ParameterStatus messages (client_encoding among them) reached the client
+        // in the greeting, before the session began.
+        for (tag, body) in messages::iter(&backend.greeting) {
+            if tag == b'S'
+                && let Some((name, value)) = messages::parameter_status(body)
+            {
+                router.set_parameter(name, value);
+            }
+        }
         let session = Self {
             client,
             backend: backend.stream,
@@ -363,8 +372,8 @@ impl Session {
                             }
                         }
                         b'S' => {
-                            if let Some((b"client_encoding", value)) = messages::parameter_status(body) {
-                                self.router.set_client_encoding(value);
+                            if let Some((name, value)) = messages::parameter_status(body) {
+                                self.router.set_parameter(name, value);
                             }
                         }
                         _ => {}

@@ -71,6 +71,8 @@ pub struct Router {
     /// The client_encoding, as the backend last reported it; None while it is UTF8 or SQL_ASCII,
     /// the encodings whose bytes pgmix reads as they are.
     foreign_encoding: Option<String>,
+    /// standard_conforming_strings is off: backslashes escape inside '...'.
+    backslash_escapes: bool,
 }
 
 impl Router {
@@ -87,6 +89,7 @@ impl Router {
             role: role.to_owned(),
             sure: None,
             foreign_encoding: None,
+            backslash_escapes: false,
         }
     }
 
@@ -109,10 +112,17 @@ impl Router {
         self.schema.refresh_in_background();
     }
 
-    /// The backend reported the session's client_encoding (at start-up or after a SET).
-    pub fn set_client_encoding(&mut self, name: &str) {
-        let utf8 = ["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"].iter().any(|n| n.eq_ignore_ascii_case(name));
-        self.foreign_encoding = (!utf8).then(|| name.to_owned());
+    /// A setting the backend reported (at start-up or after a SET) that decides how pgmix must
+    /// read statement text: the client_encoding, and standard_conforming_strings.
+    pub fn set_parameter(&mut self, name: &[u8], value: &str) {
+        match name {
+            b"client_encoding" => {
+                let utf8 = ["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"].iter().any(|n| n.eq_ignore_ascii_case(value));
+                self.foreign_encoding = (!utf8).then(|| value.to_owned());
+            }
+            b"standard_conforming_strings" => self.backslash_escapes = !value.eq_ignore_ascii_case("on"),
+            _ => {}
+        }
     }
 
     /// The statement text as pgmix can read it, and why its class cannot be trusted when it
@@ -121,6 +131,12 @@ impl Router {
     /// character), so it is read with its undecodable bytes masked, which keeps a refusal
     /// recognisable, and its class is made strong: never weak, never skipped.
     fn text<'a>(&self, raw: &'a [u8]) -> (Cow<'a, str>, Option<String>) {
+        // With standard_conforming_strings off, a backslash in '...' escapes the next character,
+        // which pgmix's tokenizer does not do: where the strings end is not known.
+        if self.backslash_escapes && raw.contains(&b'\\') {
+            let why = "standard_conforming_strings is off and the text holds a backslash".to_owned();
+            return (String::from_utf8_lossy(raw), Some(why));
+        }
         if raw.is_ascii() {
             // ASCII reads the same in every encoding Postgres accepts from clients.
             return (Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default()), None);
@@ -171,11 +187,18 @@ impl Router {
                 "{reason}; but this session's search_path may resolve differently from the schema file's, so its unqualified table names may mean other tables: treated as strong"
             ));
         }
-        if let Some(why) = unreadable
-            && !matches!(class, Class::Refused | Class::Ddl | Class::StrongWrite)
-        {
-            class = Class::StrongWrite;
-            reason = Arc::from(format!("{reason}; but {why}: treated as a strong write"));
+        if let Some(why) = unreadable {
+            // The parse may have put statement boundaries in the wrong places, so a refused
+            // statement could hide inside what looked like a string: look for its words anywhere.
+            if may_hold_refused(sql) {
+                class = Class::Refused;
+                reason = Arc::from(format!(
+                    "{why}, so pgmix cannot tell where its statements end, and it may hold client two-phase commit, which pgmix refuses"
+                ));
+            } else if !matches!(class, Class::Refused | Class::Ddl | Class::StrongWrite) {
+                class = Class::StrongWrite;
+                reason = Arc::from(format!("{reason}; but {why}: treated as a strong write"));
+            }
         }
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
@@ -222,6 +245,12 @@ impl Router {
         }
         executed
     }
+}
+
+/// Whether text may hold PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED anywhere.
+fn may_hold_refused(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    upper.contains("PREPARED") || (upper.contains("PREPARE") && upper.contains("TRANSACTION"))
 }
 
 /// Whether unqualified names resolve along `session` as along `file`: both with `"$user"` read as

@@ -177,3 +177,34 @@ async fn a_refusal_after_unsynced_extended_messages_waits_for_their_replies() {
     assert_eq!(tags(&msgs), "12DCEZ", "the refusal comes after the earlier replies");
     assert_pgmix_refusal(only_error(&msgs));
 }
+
+fn count(node: &TestNode, class: Class) -> u64 {
+    node.handle().metrics.statements_by_class[Class::ALL.iter().position(|c| *c == class).unwrap()].load(Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_encoding_set_at_start_up_is_known_from_the_first_statement() {
+    let node = TestNode::start_with("allow", PASSWORD_AUTH).await;
+    let mut c = Raw::login(node.port, USER, PASSWORD, &[("client_encoding", "SJIS")]).await;
+    // Valid UTF-8, but in SJIS these bytes are other characters: pgmix cannot read it as is.
+    let before = count(&node, Class::StrongWrite);
+    c.send(&raw::query("SELECT 'é'")).await;
+    assert_eq!(tags(&c.until_ready().await), "TDCZ");
+    assert_eq!(count(&node, Class::StrongWrite), before + 1, "non-ASCII SJIS text is never weak");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_backslash_escapes_on_a_refusal_cannot_hide_in_a_string() {
+    let node = TestNode::start_with("allow", PASSWORD_AUTH).await;
+    let mut c = Raw::login(node.port, USER, PASSWORD, &[]).await;
+    c.send(&raw::query("SET standard_conforming_strings = off")).await;
+    c.until_ready().await;
+    // With escapes, Postgres ends the first string at the second quote, and what pgmix would
+    // read as the inside of a string is a PREPARE TRANSACTION.
+    c.send(&raw::query("SELECT '\\', '; PREPARE TRANSACTION $$x$$; SELECT 1 --'")).await;
+    let msgs = c.until_ready().await;
+    assert_pgmix_refusal(only_error(&msgs));
+    let prepared: i64 =
+        node.pg.direct().await.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).await.unwrap().get(0);
+    assert_eq!(prepared, 0);
+}

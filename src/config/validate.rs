@@ -330,7 +330,7 @@ mod example_file {
         let app = &cfg.users["app"];
         assert!(app.plain.is_none());
         // The verifier in the example really is the one for the documented password.
-        let mut server = crate::frontend::scram::ScramServer::new(Some(app.scram.clone()), "app", None);
+        let mut server = crate::frontend::scram::ScramServer::new(Some(app.scram.clone()), "app", None, b"key");
         let mut client = postgres_protocol::authentication::sasl::ScramSha256::new(
             b"change-me",
             postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),

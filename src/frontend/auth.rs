@@ -37,13 +37,14 @@ fn failed(user: &str) -> FrontendError {
 pub async fn authenticate(
     stream: &mut ClientStream,
     cfg: &NodeConfig,
-    roles: &RoleSecrets,
+    gate: &super::Gate,
     user: &str,
     tls: bool,
 ) -> Result<Authenticated, FrontendError> {
     let mut buf = BytesMut::new();
+    let ex = Exchange { cfg, mock_key: &gate.mock_key, user, tls };
     if let Some(entry) = cfg.users.get(user).filter(|_| cfg.logins.config()) {
-        listed(stream, cfg, entry, user, tls, &mut buf).await?;
+        listed(stream, &ex, entry, &mut buf).await?;
         // The backend role's own password serves when a user runs as that role.
         let password =
             entry.plain.clone().or_else(|| cfg.backend.password.clone().filter(|_| entry.role == cfg.backend.user));
@@ -52,7 +53,7 @@ pub async fn authenticate(
         return Ok(Authenticated { role: entry.role.clone(), password });
     }
     let secret = if cfg.logins.postgres() {
-        roles.get(user, false).await.map_err(|e| {
+        gate.roles.get(user, false).await.map_err(|e| {
             FrontendError::Refused(
                 ClientError::fatal(
                     code::CANNOT_CONNECT_NOW,
@@ -64,22 +65,29 @@ pub async fn authenticate(
     } else {
         None
     };
-    role(stream, cfg, roles, user, secret, tls, &mut buf).await?;
+    role(stream, &ex, &gate.roles, secret, &mut buf).await?;
     messages::auth_ok(&mut buf);
     send(stream, &mut buf).await?;
     Ok(Authenticated { role: user.to_owned(), password: None })
 }
 
+/// What every exchange of one login needs.
+struct Exchange<'a> {
+    cfg: &'a NodeConfig,
+    mock_key: &'a [u8],
+    user: &'a str,
+    tls: bool,
+}
+
 /// A user listed in `proxy.toml`.
 async fn listed(
     stream: &mut ClientStream,
-    cfg: &NodeConfig,
+    ex: &Exchange<'_>,
     entry: &UserAuth,
-    user: &str,
-    tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
-    match (cfg.auth_method, entry.plain.as_deref()) {
+    let user = ex.user;
+    match (ex.cfg.auth_method, entry.plain.as_deref()) {
         (AuthMethod::Password, plain) => {
             let given = cleartext(stream, buf).await?;
             if plain.is_none() || Some(given.as_str()) != plain {
@@ -96,30 +104,34 @@ async fn listed(
             Ok(())
         }
         // SCRAM, also for md5 users that only have a verifier, as Postgres does.
-        _ => scram(stream, cfg, Some(entry.scram.clone()), user, tls, buf).await,
+        _ => scram(stream, ex, Some(entry.scram.clone()), buf).await,
     }
 }
 
 /// A login role of the local Postgres (`secret` None: no such role, or it may not be used).
 async fn role(
     stream: &mut ClientStream,
-    cfg: &NodeConfig,
+    ex: &Exchange<'_>,
     roles: &RoleSecrets,
-    user: &str,
     secret: Option<RoleSecret>,
-    tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
+    let user = ex.user;
     let stored = secret.as_ref().map_or(StoredPassword::None, |s| s.password.clone());
-    let result = match (cfg.auth_method, &stored) {
+    let result = match (ex.cfg.auth_method, &stored) {
         (AuthMethod::Password, _) => {
             let given = cleartext(stream, buf).await?;
-            let ok = match &stored {
-                StoredPassword::Scram(v) => v.matches_password(&given),
-                StoredPassword::Md5(h) => md5_password_matches(h, user, &given),
-                StoredPassword::None => false,
-            };
-            if ok { Ok(()) } else { Err(failed(user)) }
+            if cleartext_matches(&stored, user, &given).await {
+                Ok(())
+            } else {
+                // The cache may be stale: check against the role's current secret.
+                match roles.get(user, true).await {
+                    Ok(Some(fresh)) if !fresh.expired && cleartext_matches(&fresh.password, user, &given).await => {
+                        return Ok(());
+                    }
+                    _ => Err(failed(user)),
+                }
+            }
         }
         (AuthMethod::Md5, StoredPassword::Md5(h)) => {
             let (salt, given) = md5_challenge(stream, buf).await?;
@@ -144,7 +156,7 @@ async fn role(
                 StoredPassword::Scram(v) => Some(v.clone()),
                 _ => None,
             };
-            let r = scram(stream, cfg, verifier, user, tls, buf).await;
+            let r = scram(stream, ex, verifier, buf).await;
             if r.is_err() {
                 // Refresh the cache, so that the next attempt meets a changed password.
                 let _ = roles.get(user, true).await;
@@ -158,6 +170,21 @@ async fn role(
         return Err(failed(user));
     }
     Ok(())
+}
+
+/// Most SCRAM iterations pgmix computes for a cleartext login: a role may set any count in its
+/// own verifier, and the computation runs on pgmix's threads.
+const MAX_CLEARTEXT_ITERATIONS: u32 = 1_000_000;
+
+async fn cleartext_matches(stored: &StoredPassword, user: &str, given: &str) -> bool {
+    match stored {
+        StoredPassword::Scram(v) if v.iterations <= MAX_CLEARTEXT_ITERATIONS => {
+            let (v, given) = (v.clone(), given.to_owned());
+            tokio::task::spawn_blocking(move || v.matches_password(&given)).await.unwrap_or(false)
+        }
+        StoredPassword::Md5(h) => md5_password_matches(h, user, given),
+        _ => false,
+    }
 }
 
 async fn cleartext(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, FrontendError> {
@@ -179,14 +206,13 @@ async fn md5_challenge(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<
 
 async fn scram(
     stream: &mut ClientStream,
-    cfg: &NodeConfig,
+    ex: &Exchange<'_>,
     verifier: Option<ScramVerifier>,
-    user: &str,
-    tls: bool,
     buf: &mut BytesMut,
 ) -> Result<(), FrontendError> {
-    let binding = if tls { cfg.tls.as_ref().and_then(|t| t.end_point.clone().ok()) } else { None };
-    let mut server = ScramServer::new(verifier, user, binding);
+    let user = ex.user;
+    let binding = if ex.tls { ex.cfg.tls.as_ref().and_then(|t| t.end_point.clone().ok()) } else { None };
+    let mut server = ScramServer::new(verifier, user, binding, ex.mock_key);
     messages::auth_sasl(server.mechanisms(), buf);
     send(stream, buf).await?;
 

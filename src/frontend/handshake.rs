@@ -126,15 +126,18 @@ async fn startup(
         return refuse(&mut stream, e).await;
     };
     let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
-    let login = match auth::authenticate(&mut stream, cfg, &gate.roles, &user, tls).await {
+    // An address that failed too often waits before every attempt, right or wrong, so that how
+    // long an answer takes tells a guesser nothing.
+    let delay = gate.failures.delay(peer, std::time::Instant::now());
+    if !delay.is_zero() {
+        crate::metrics::Metrics::inc(&gate.metrics.auth_delayed_total);
+        tokio::time::sleep(delay).await;
+    }
+    let login = match auth::authenticate(&mut stream, cfg, gate, &user, tls).await {
         Ok(login) => login,
         Err(FrontendError::Refused(ce)) => {
             if ce.code == code::INVALID_PASSWORD {
-                let delay = gate.failures.failed(peer, std::time::Instant::now());
-                if !delay.is_zero() {
-                    crate::metrics::Metrics::inc(&gate.metrics.auth_delayed_total);
-                    tokio::time::sleep(delay).await;
-                }
+                gate.failures.failed(peer, std::time::Instant::now());
             }
             return refuse(&mut stream, ce).await;
         }

@@ -17,6 +17,8 @@ pub struct Gate {
     pub roles: roles::RoleSecrets,
     pub failures: throttle::FailedLogins,
     pub metrics: crate::metrics::MetricsHandle,
+    /// Keys the salts of unknown users' mock exchanges (random per node process).
+    pub mock_key: [u8; 32],
 }
 
 impl Gate {
@@ -25,6 +27,7 @@ impl Gate {
             roles: roles::RoleSecrets::new(cfg.backend.clone(), cfg.role_cache),
             failures: throttle::FailedLogins::new(cfg.failures_before_delay),
             metrics,
+            mock_key: rand::random(),
         }
     }
 }

@@ -83,14 +83,20 @@ pub struct RoleSecrets {
     backend: BackendConfig,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Option<RoleSecret>)>>,
+    /// Bounds the connections pgmix opens to read secrets, so that a flood of logins with
+    /// unknown names cannot take Postgres's connection slots.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Secret reads in flight at once.
+const CONCURRENT_READS: usize = 4;
 
 const QUERY: &str = "SELECT rolpassword, COALESCE(rolvaliduntil < now(), false) \
     FROM pg_catalog.pg_authid WHERE rolname = $1";
 
 impl RoleSecrets {
     pub fn new(backend: BackendConfig, ttl: Duration) -> Self {
-        Self { backend, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { backend, ttl, cache: Mutex::new(HashMap::new()), reads: tokio::sync::Semaphore::new(CONCURRENT_READS) }
     }
 
     /// The secret of `role` (None: no such role), from the cache when it is younger than the
@@ -120,6 +126,8 @@ impl RoleSecrets {
     }
 
     async fn read(&self, role: &str) -> Result<Option<RoleSecret>, tokio_postgres::Error> {
+        // Never closed, so acquiring cannot fail.
+        let _permit = self.reads.acquire().await.ok();
         let (client, conn) = self.backend.client_config().connect(tokio_postgres::NoTls).await?;
         let conn = tokio::spawn(conn);
         let row = client.query_opt(QUERY, &[&role]).await;

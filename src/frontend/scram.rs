@@ -66,13 +66,15 @@ impl ScramVerifier {
     pub fn from_password(password: &str) -> Self {
         let text = postgres_protocol::password::scram_sha_256(password.as_bytes());
         // The library writes exactly the format `parse` reads.
-        Self::parse(&text).unwrap_or_else(|_| Self::mock("fallback"))
+        Self::parse(&text).unwrap_or_else(|_| Self::mock("fallback", &rand::random::<[u8; 32]>()))
     }
 
     /// A verifier for a user that does not exist, so that an unknown user goes through the same
-    /// exchange as a wrong password and learns nothing more.
-    pub fn mock(user: &str) -> Self {
-        let salt = Sha256::digest(format!("pgmix-mock-salt:{user}").as_bytes())[..16].to_vec();
+    /// exchange as a wrong password and learns nothing more. Its salt is stable per user (a real
+    /// user's salt does not change between attempts either) but keyed with `key`, a secret of
+    /// the node: a salt anyone could compute from the name would tell unknown users apart.
+    pub fn mock(user: &str, key: &[u8]) -> Self {
+        let salt = hmac(key, format!("pgmix-mock-salt:{user}").as_bytes())[..16].to_vec();
         let mut stored_key = [0u8; 32];
         rand::rng().fill_bytes(&mut stored_key);
         Self { iterations: 4096, salt, stored_key, server_key: [0u8; 32] }
@@ -123,9 +125,10 @@ pub struct ScramServer {
 }
 
 impl ScramServer {
-    pub fn new(verifier: Option<ScramVerifier>, user: &str, channel_binding: Option<Vec<u8>>) -> Self {
+    /// `mock_key`: the node's secret for the salts of unknown users (see `ScramVerifier::mock`).
+    pub fn new(verifier: Option<ScramVerifier>, user: &str, channel_binding: Option<Vec<u8>>, mock_key: &[u8]) -> Self {
         let user_exists = verifier.is_some();
-        let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(user));
+        let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(user, mock_key));
         Self { verifier, user_exists, channel_binding, state: State::Initial }
     }
 
@@ -246,6 +249,14 @@ mod tests {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     #[test]
+    fn an_unknown_users_salt_is_stable_but_not_computable_from_the_name() {
+        let a = ScramVerifier::mock("ghost", b"node secret");
+        assert_eq!(a.salt, ScramVerifier::mock("ghost", b"node secret").salt, "stable, like a real user's");
+        assert_ne!(a.salt, ScramVerifier::mock("ghost", b"another secret").salt);
+        assert_ne!(a.salt, Sha256::digest(b"pgmix-mock-salt:ghost")[..16].to_vec());
+    }
+
+    #[test]
     fn a_cleartext_password_is_checked_against_a_stored_verifier() {
         let v = ScramVerifier::from_password("s3cret");
         assert!(v.matches_password("s3cret"));
@@ -265,7 +276,7 @@ mod tests {
         mechanism: &str,
     ) -> Result<(), ScramError> {
         let verifier = server_pw.map(ScramVerifier::from_password);
-        let mut server = ScramServer::new(verifier, "alice", tls_cert.map(tls_server_end_point));
+        let mut server = ScramServer::new(verifier, "alice", tls_cert.map(tls_server_end_point), b"key");
         let mut client = ScramSha256::new(client_pw.as_bytes(), client_cb);
         let first = server.client_first(mechanism, client.message())?;
         client.update(first.as_bytes()).map_err(|_| ScramError::Malformed("client rejected server-first"))?;
@@ -311,7 +322,7 @@ mod tests {
     fn plus_is_never_accepted_without_tls() {
         let cb = ChannelBinding::tls_server_end_point(vec![1; 32]);
         assert_eq!(run(Some("pw"), "pw", None, cb, SCRAM_SHA_256_PLUS), Err(ScramError::Mechanism));
-        let server = ScramServer::new(None, "a", None);
+        let server = ScramServer::new(None, "a", None, b"key");
         assert_eq!(server.mechanisms(), &[SCRAM_SHA_256]);
     }
 
@@ -326,7 +337,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        let mut s = ScramServer::new(None, "a", None);
+        let mut s = ScramServer::new(None, "a", None, b"key");
         for junk in [&b""[..], b"n", b"n,,", b"x,,n=,r=abc", b"n,,r=abc", b"n,a=b,n=,r=x", b"\xff\xfe"] {
             assert!(s.client_first(SCRAM_SHA_256, junk).is_err(), "{junk:?}");
         }

@@ -1,7 +1,8 @@
 //! Slowing down password guessing: failed logins are counted per client address over a minute,
-//! and past a threshold each further failure is answered only after a delay that grows with the
-//! count (1 s more per failure, at most 10 s), as Postgres's `auth_delay` does for every failure.
-//! The delay holds only the failing connection; other clients are not slowed.
+//! and past a threshold every further attempt from that address, right or wrong, waits before
+//! its exchange starts, 1 s more per failure up to 10 s. Delaying only the failures would let a
+//! guesser read the answer from how long it takes. The delay holds only that connection; other
+//! clients are not slowed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,7 +23,18 @@ impl FailedLogins {
         Self { free, by_addr: Mutex::new(HashMap::new()) }
     }
 
-    /// Records a failed login from `addr`; returns how long to wait before answering it.
+    /// How long a login attempt from `addr` waits before its exchange.
+    pub fn delay(&self, addr: IpAddr, now: Instant) -> Duration {
+        let map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&addr) {
+            Some((since, n)) if now.duration_since(*since) < WINDOW => {
+                (Duration::from_secs(1) * n.saturating_sub(self.free)).min(MAX_DELAY)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a failed login from `addr`; returns the delay its next attempt will get.
     pub fn failed(&self, addr: IpAddr, now: Instant) -> Duration {
         let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
@@ -57,6 +69,9 @@ mod tests {
             f.failed(a, t);
         }
         assert_eq!(f.failed(a, t), MAX_DELAY);
-        assert_eq!(f.failed(a, t + WINDOW), Duration::ZERO, "a new minute starts afresh");
+        assert_eq!(f.delay(a, t), MAX_DELAY, "the next attempt waits, whatever its password");
+        assert_eq!(f.delay(b, t), Duration::ZERO);
+        assert_eq!(f.delay(a, t + WINDOW), Duration::ZERO, "a new minute starts afresh");
+        assert_eq!(f.failed(a, t + WINDOW), Duration::ZERO);
     }
 }

@@ -29,6 +29,8 @@ pub struct LiveSchema {
     wanted: AtomicBool,
     /// Errors found by this database's last check; `metrics.schema_errors` is the node's sum.
     errors: AtomicU64,
+    /// Moves on every installed schema, so that sessions can tell a new one with one load.
+    generation: AtomicU64,
     /// `schema_errors` there: errors found by the last check.
     metrics: MetricsHandle,
 }
@@ -44,8 +46,14 @@ impl LiveSchema {
             refreshing: AtomicBool::new(false),
             wanted: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// Changes whenever `current` does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn current(&self) -> Arc<Schema> {
@@ -88,6 +96,7 @@ impl LiveSchema {
         if let Ok(mut cur) = self.current.write() {
             *cur = Arc::new(schema);
         }
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.cache.clear();
         let before = self.errors.swap(errors.len() as u64, Relaxed);
         self.metrics.schema_errors.fetch_add(errors.len() as u64, Relaxed);

@@ -66,8 +66,12 @@ pub struct Router {
     start_path: Option<Vec<String>>,
     /// What `"$user"` means.
     role: String,
-    /// Whether `path` resolves like the file's path, judged against this schema.
-    sure: Option<(Arc<Schema>, bool)>,
+    /// Whether `path` resolves like the file's path, judged against this generation of the
+    /// schema.
+    sure: Option<(u64, bool)>,
+    /// A statement prepared in this session (Parse, or SQL PREPARE) runs user code that may
+    /// change the search_path whenever it is executed, which pgmix does not see.
+    prepared_user_code: bool,
     /// The client_encoding, as the backend last reported it; None while it is UTF8 or SQL_ASCII,
     /// the encodings whose bytes pgmix reads as they are.
     foreign_encoding: Option<String>,
@@ -88,6 +92,7 @@ impl Router {
             start_path,
             role: role.to_owned(),
             sure: None,
+            prepared_user_code: false,
             foreign_encoding: None,
             backslash_escapes: false,
         }
@@ -96,14 +101,19 @@ impl Router {
     /// Whether the session's path is known and resolves like the schema file's.
     fn path_is_sure(&mut self) -> bool {
         let Some(path) = &self.path else { return false };
-        let schema = self.schema.current();
-        if let Some((judged, sure)) = &self.sure
-            && Arc::ptr_eq(judged, &schema)
-        {
-            return *sure;
+        if self.prepared_user_code {
+            return false;
         }
+        // One atomic load per statement; the schema is looked at only when it changed.
+        let generation = self.schema.generation();
+        if let Some((judged, sure)) = self.sure
+            && judged == generation
+        {
+            return sure;
+        }
+        let schema = self.schema.current();
         let sure = resolves_alike(path, &schema.search_path, &self.role, &schema);
-        self.sure = Some((schema, sure));
+        self.sure = Some((generation, sure));
         sure
     }
 
@@ -166,6 +176,12 @@ impl Router {
             }
         }
         let differed = !self.path_is_sure();
+        // A prepared statement whose text may change the path does so at each execution.
+        if matches!(entry.search_path, Some(SearchPathChange::Unknown))
+            && (at_rest.is_none() || !entry.sql_prepared.is_empty())
+        {
+            self.prepared_user_code = true;
+        }
         if let Some(change) = &entry.search_path {
             // Only a change that cannot be rolled back or deferred gives a known path.
             let settled = at_rest == Some(true) && entry.statements == 1;

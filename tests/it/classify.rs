@@ -188,6 +188,16 @@ async fn when_pgmix_cannot_be_sure_of_the_search_path_weak_becomes_strong() {
     let secret: i64 = direct.query_one("SELECT count(*) FROM secret.posts", &[]).await.unwrap().get(0);
     assert_eq!(secret, 5);
 
+    // A prepared statement that runs user code changes the path at every EXECUTE, after any
+    // number of SETs pgmix trusted.
+    let p = node.client().await;
+    p.simple_query("PREPARE go AS SELECT public.go_secret()").await.unwrap();
+    p.simple_query("SET search_path = public").await.unwrap();
+    p.simple_query("EXECUTE go").await.unwrap();
+    assert_eq!(write_class(&node, &p, INSERT_POST).await, strong, "after EXECUTE of user code");
+    let secret: i64 = direct.query_one("SELECT count(*) FROM secret.posts", &[]).await.unwrap().get(0);
+    assert_eq!(secret, 6, "that insert went to secret.posts");
+
     // A role default the session never states is learned at start-up.
     direct.batch_execute(&format!("ALTER ROLE {} SET search_path = secret", crate::harness::USER)).await.unwrap();
     let r = node.client().await;

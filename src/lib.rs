@@ -12,6 +12,7 @@ pub mod config;
 pub mod frontend;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod protocol;
 pub mod replicate;
 pub mod schema;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub strengthened_for_search_path_total: AtomicU64,
     /// Statements by consistency class, indexed like `Class::ALL`.
     pub statements_by_class: [AtomicU64; crate::classify::Class::ALL.len()],
+    /// Each peer's link, once the peer links have started (a node in a cluster).
+    pub peers: std::sync::OnceLock<Vec<Arc<crate::peer::PeerUp>>>,
 }
 
 pub type MetricsHandle = Arc<Metrics>;
@@ -128,6 +130,24 @@ impl Metrics {
                 class.as_str(),
                 n.load(Relaxed)
             ));
+        }
+        if let Some(peers) = self.peers.get() {
+            out.push_str(
+                "# HELP pgmix_peer_up Whether the peer link to each other node is up.
+",
+            );
+            out.push_str(
+                "# TYPE pgmix_peer_up gauge
+",
+            );
+            for p in peers {
+                out.push_str(&format!(
+                    "pgmix_peer_up{{node=\"{node}\",peer=\"{}\"}} {}
+",
+                    p.name,
+                    u8::from(p.is_up())
+                ));
+            }
         }
         out
     }

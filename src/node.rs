@@ -36,6 +36,8 @@ pub enum NodeError {
     Schema(#[from] crate::schema::SchemaError),
     #[error("the schema file does not fit the database:\n{0}")]
     SchemaCheck(String),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
 }
 
 /// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
@@ -103,6 +105,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => None,
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
+    if let Some(cluster) = &cfg.cluster {
+        let peers = crate::peer::start(Arc::new(cluster.clone()), shutdown.clone()).await?;
+        let _ = metrics.peers.set(peers);
+    }
 
     let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), databases: schema };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));

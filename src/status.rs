@@ -27,6 +27,8 @@ pub struct NodeStatus {
     pub statements: Vec<(String, u64)>,
     /// Weak statements counted as strong because their session changed its search_path.
     pub strengthened: u64,
+    /// (peer, link up)
+    pub peers: Vec<(String, bool)>,
 }
 
 /// Parses the Prometheus text pgmix serves.
@@ -40,6 +42,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
         schema_errors: 0,
         statements: Vec::new(),
         strengthened: 0,
+        peers: Vec::new(),
     };
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -63,6 +66,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
             "pgmix_schema_errors" => st.schema_errors = value,
             "pgmix_strengthened_for_search_path_total" => st.strengthened = value,
             "pgmix_statements_total" => st.statements.push((label("class").unwrap_or_default(), value)),
+            "pgmix_peer_up" => st.peers.push((label("peer").unwrap_or_default(), value == 1)),
             _ => {}
         }
     }
@@ -96,6 +100,11 @@ impl std::fmt::Display for NodeStatus {
         )?;
         if self.strengthened > 0 {
             write!(f, " ({} weak made strong by a session search_path)", self.strengthened)?;
+        }
+        if !self.peers.is_empty() {
+            let peers: Vec<String> =
+                self.peers.iter().map(|(p, up)| format!("{p}={}", if *up { "up" } else { "DOWN" })).collect();
+            write!(f, " peers: {}", peers.join(" "))?;
         }
         Ok(())
     }

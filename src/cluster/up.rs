@@ -43,14 +43,15 @@ pub const DEV_USER: &str = "pgmix";
 pub const DEV_PASSWORD: &str = "pgmix";
 pub const DEV_DATABASE: &str = "pgmix";
 
+/// The config `pgmix up` writes for one node; the ports are the client and the metrics port.
 pub fn node_config_toml(
     name: &str,
-    listen_port: u16,
-    metrics_port: u16,
+    (listen_port, metrics_port): (u16, u16),
     socket_dir: &Path,
     pg_port: u16,
     (cert, key): (&Path, &Path),
     schema: Option<&Path>,
+    cluster: &str,
 ) -> String {
     let schema = schema.map(|s| format!("schema = {:?}\n", s.display().to_string())).unwrap_or_default();
     format!(
@@ -73,7 +74,7 @@ key = {key:?}
 [[users]]
 name = "{DEV_USER}"
 password = "{DEV_PASSWORD}"
-"#,
+{cluster}"#,
         socket = socket_dir.display().to_string(),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
@@ -100,10 +101,11 @@ pub fn default_data_dir() -> PathBuf {
 /// Starts Postgres servers and nodes; prints progress as it goes.
 pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
     let bin = PgBin::find()?;
-    for i in 0..opts.nodes {
-        let port = opts.base_port + i;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            return Err(ClusterError::PortInUse { port });
+    for i in 1..=opts.nodes {
+        for port in [opts.base_port + i - 1, peer_port(opts.base_port, i)] {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return Err(ClusterError::PortInUse { port });
+            }
         }
     }
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
@@ -158,12 +160,12 @@ async fn start_each(
         let tls = certs.node(&name).ok_or_else(|| ClusterError::Cert(format!("no certificate for {name}")))?;
         let text = node_config_toml(
             &name,
-            port,
-            metrics_port(opts.base_port, i),
+            (port, metrics_port(opts.base_port, i)),
             cluster.pgs[(i - 1) as usize].socket_dir(),
             pg_port,
             (&tls.cert, &tls.key),
             schema,
+            &cluster_section(opts.base_port, i, opts.nodes, certs),
         );
         let conf_path = dir.join("proxy.toml");
         std::fs::write(&conf_path, &text).map_err(io_err(&conf_path))?;
@@ -174,6 +176,34 @@ async fn start_each(
         cluster.nodes.push(node);
     }
     Ok(())
+}
+
+/// The id of the clusters `pgmix up` makes.
+pub const DEV_CLUSTER: &str = "pgmix-dev";
+
+/// Where node `i`'s (1-based) peer links listen, for base port `base`.
+pub fn peer_port(base: u16, i: u16) -> u16 {
+    base.wrapping_add(2000).wrapping_add(i - 1)
+}
+
+/// The `[cluster]` section of node `i` of `n`.
+fn cluster_section(base: u16, i: u16, n: u16, certs: &certs::ClusterCerts) -> String {
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let Some(me) = certs.node(&format!("node{i}")) else { return String::new() };
+    let mut s = format!(
+        "\n[cluster]\nid = \"{DEV_CLUSTER}\"\nnode_id = {i}\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
+        peer_port(base, i),
+        q(&certs.ca_cert),
+        q(&me.cert),
+        q(&me.key)
+    );
+    for j in (1..=n).filter(|j| *j != i) {
+        s.push_str(&format!(
+            "\n[[cluster.peers]]\nid = {j}\nname = \"node{j}\"\naddr = \"127.0.0.1:{}\"\n",
+            peer_port(base, j)
+        ));
+    }
+    s
 }
 
 /// Where `pgmix up` serves node `i`'s (1-based) metrics, for base port `base`.

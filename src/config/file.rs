@@ -24,6 +24,40 @@ pub struct FileConfig {
     pub users: Vec<UserSection>,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// This node's place in a cluster; leave out for a node on its own.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: the cluster id, this node's id, the peer links' address and TLS files, and the
+/// other nodes. Peer links are mutually authenticated TLS: each side proves with a certificate
+/// from the cluster CA that it is the node it says (`pgmix certs` makes them).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's id; a node of another cluster is refused on the peer port.
+    pub id: String,
+    /// This node's id: unique in the cluster, at least 1.
+    pub node_id: u32,
+    /// Where this node's peer links listen, e.g. "0.0.0.0:7432".
+    pub listen: String,
+    /// The cluster CA certificate (PEM), relative to this file.
+    pub ca: String,
+    /// This node's certificate (PEM), valid for `node_name`, and its key.
+    pub cert: String,
+    pub key: String,
+    /// The other nodes.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub id: u32,
+    /// The node's name, which its certificate must be valid for.
+    pub name: String,
+    /// Its peer links' address, `host:port`.
+    pub addr: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,5 +5,8 @@
 mod file;
 mod validate;
 
+pub mod cluster;
+
+pub use cluster::{ClusterConfig, Peer};
 pub use file::{AuthMethod, LoginSource, TlsMode};
 pub use validate::{BackendAddr, BackendConfig, ConfigError, NodeConfig, TlsSettings, UserAuth, from_toml_str, load};

@@ -109,6 +109,8 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     pub shutdown_drain: Duration,
     pub auth_timeout: Duration,
+    /// None for a node on its own.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 /// Reads and validates a config file.
@@ -193,6 +195,10 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
             "at least one [[users]] entry is needed with auth.logins = \"config\", or no client can log in".into(),
         ));
     }
+    let cluster = match &raw.cluster {
+        Some(c) => Some(super::cluster::validate(c, &raw.node_name, base).map_err(|(k, r)| invalid(&k, r))?),
+        None => None,
+    };
     if raw.limits.max_message_bytes < 1024 {
         return Err(invalid("limits.max_message_bytes", "must be at least 1024".into()));
     }
@@ -213,6 +219,7 @@ pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<NodeConfig, 
         max_message_bytes: raw.limits.max_message_bytes,
         shutdown_drain: Duration::from_secs(raw.limits.shutdown_drain_secs),
         auth_timeout: Duration::from_secs(raw.limits.auth_timeout_secs),
+        cluster,
     })
 }
 

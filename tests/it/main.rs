@@ -9,6 +9,7 @@ mod clients;
 mod configs;
 mod harness;
 mod logins;
+mod peers;
 mod protocol;
 mod raw;
 mod robustness;

@@ -95,6 +95,12 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
         let prepared: String = client.query_one("SHOW max_prepared_transactions", &[]).await.unwrap().get(0);
         assert_ne!(prepared, "0");
     }
+    // The nodes are linked to each other.
+    let m1 = pgmix::cluster::up::metrics_port(port, 1);
+    crate::harness::wait_until("node1's peer link to node2 is up", || async move {
+        metrics(m1).contains("pgmix_peer_up{node=\"node1\",peer=\"node2\"} 1")
+    })
+    .await;
     // Each node's certificate comes from the cluster CA in DATA/certs: a client can verify it.
     let ca = dir.0.join("certs/ca.crt");
     let (ok, out, err) = crate::harness::psql(
@@ -209,6 +215,11 @@ async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
     assert_eq!(select_one(port + 1).await.unwrap(), 1, "node2 is unaffected");
     wait_for_line(&rx, "node1: node process");
     crate::harness::wait_until("node1 serves again", || async { select_one(port).await.is_ok() }).await;
+    let m2 = pgmix::cluster::up::metrics_port(port, 2);
+    crate::harness::wait_until("node2's link to the restarted node1 is up again", || async move {
+        metrics(m2).contains("pgmix_peer_up{node=\"node2\",peer=\"node1\"} 1")
+    })
+    .await;
 
     // Stop node2's Postgres behind pgmix's back: it is restarted too.
     let pgdata = dir.0.join("node2/pgdata");

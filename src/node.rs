@@ -38,6 +38,8 @@ pub enum NodeError {
     SchemaCheck(String),
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Migrate(#[from] crate::schema::migrate::MigrateError),
 }
 
 /// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
@@ -50,8 +52,8 @@ pub async fn load_schema(cfg: &NodeConfig, metrics: MetricsHandle) -> Result<Dat
             (Schema::default(), None)
         }
     };
-    let live = Databases::new(schema, file, cfg.backend.clone(), metrics);
-    match live.check_startup().await {
+    let live = Databases::new(schema, file, cfg.backend.clone(), metrics, cfg.cluster.clone().map(Arc::new));
+    match live.check_startup().await? {
         Ok(errors) if !errors.is_empty() => return Err(NodeError::SchemaCheck(errors.join("\n"))),
         Ok(_) => {}
         Err(e) => {
@@ -216,7 +218,21 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
 
     // The first session of a database waits for its catalog check: its statements are classified
     // against that database's tables from the first one on.
-    let schema = ctx.databases.get(&hello.database).await;
+    let schema = match ctx.databases.get(&hello.database).await {
+        Ok(s) => s,
+        Err(reason) => {
+            let e = crate::sqlstate::ClientError::fatal(
+                crate::sqlstate::code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("pgmix node \"{}\" cannot serve database \"{}\": {reason}", cfg.node_name, hello.database),
+            );
+            let mut buf = BytesMut::new();
+            e.encode(&mut buf);
+            let _ = client.write_all(&buf).await;
+            let _ = client.shutdown().await;
+            info!(%reason, "refused a database pgmix cannot serve");
+            return;
+        }
+    };
     let guard = cancels.register(cfg.backend.addr.clone(), backend.pid, backend.secret);
     // The greeting ends with ReadyForQuery (6 bytes); our BackendKeyData goes right before it.
     let mut buf = BytesMut::with_capacity(backend.greeting.len() + 16);

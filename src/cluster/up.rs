@@ -226,6 +226,12 @@ async fn ensure_database(pg: &PgInstance, db: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
+    // Postgres's default path starts with "$user", which for this role is pgmix's own metadata
+    // schema: without this, its tables would be created among pgmix's.
+    client
+        .batch_execute(&format!("ALTER ROLE \"{DEV_USER}\" SET search_path = public"))
+        .await
+        .map_err(|e| e.to_string())?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
         .await

@@ -11,24 +11,45 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::Schema;
 use super::live::LiveSchema;
-use crate::config::BackendConfig;
+use super::migrate::MigrateError;
+use crate::config::{BackendConfig, ClusterConfig};
 use crate::metrics::MetricsHandle;
 
 pub struct Databases {
+    /// In a cluster, each database gets pgmix's own schema (`migrate`) before it is used.
+    cluster: Option<Arc<ClusterConfig>>,
     file_schema: Schema,
     file: Option<String>,
     backend: BackendConfig,
     metrics: MetricsHandle,
-    by_name: Mutex<HashMap<String, Arc<OnceCell<Arc<LiveSchema>>>>>,
+    by_name: Mutex<HashMap<String, Slot>>,
 }
 
+/// One database's schema once it has been checked, or why the database cannot be served.
+type Slot = Arc<OnceCell<Result<Arc<LiveSchema>, String>>>;
+
 impl Databases {
-    pub fn new(file_schema: Schema, file: Option<String>, backend: BackendConfig, metrics: MetricsHandle) -> Self {
-        Self { file_schema, file, backend, metrics, by_name: Mutex::new(HashMap::new()) }
+    pub fn new(
+        file_schema: Schema,
+        file: Option<String>,
+        backend: BackendConfig,
+        metrics: MetricsHandle,
+        cluster: Option<Arc<ClusterConfig>>,
+    ) -> Self {
+        Self { cluster, file_schema, file, backend, metrics, by_name: Mutex::new(HashMap::new()) }
+    }
+
+    async fn migrate(&self, database: &str) -> Result<(), MigrateError> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        let mut backend = self.backend.clone();
+        backend.database = database.to_owned();
+        let version = super::migrate::migrate(&backend, cluster).await?;
+        info!(database, version, "pgmix schema up to date");
+        Ok(())
     }
 
     fn live(&self, database: &str) -> LiveSchema {
@@ -37,23 +58,31 @@ impl Databases {
         LiveSchema::new(self.file_schema.clone(), self.file.clone(), backend, self.metrics.clone())
     }
 
-    fn cell(&self, database: &str) -> Arc<OnceCell<Arc<LiveSchema>>> {
+    fn cell(&self, database: &str) -> Slot {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(database.to_owned()).or_default().clone()
     }
 
     /// Checks `backend.database` at start-up: Ok(errors), which stop the node when not empty.
-    pub async fn check_startup(&self) -> Result<Vec<String>, tokio_postgres::Error> {
+    /// A failed migration stops the node too.
+    pub async fn check_startup(&self) -> Result<Result<Vec<String>, tokio_postgres::Error>, MigrateError> {
+        self.migrate(&self.backend.database).await?;
         let live = Arc::new(self.live(&self.backend.database));
         let result = live.check().await;
-        let _ = self.cell(&self.backend.database).set(live);
-        result
+        let _ = self.cell(&self.backend.database).set(Ok(live));
+        Ok(result)
     }
 
-    /// The schema of `database`, checked against its catalog the first time it is asked for.
-    pub async fn get(&self, database: &str) -> Arc<LiveSchema> {
+    /// The schema of `database`, checked against its catalog the first time it is asked for; Err
+    /// with the reason when the database cannot be used (its pgmix schema is newer than this
+    /// pgmix, or belongs to another node).
+    pub async fn get(&self, database: &str) -> Result<Arc<LiveSchema>, String> {
         let cell = self.cell(database);
         cell.get_or_init(|| async {
+            if let Err(e) = self.migrate(database).await {
+                error!(database, "{e}");
+                return Err(e.to_string());
+            }
             let live = Arc::new(self.live(database));
             match live.check().await {
                 Ok(errors) => {
@@ -65,7 +94,7 @@ impl Databases {
                     warn!(database, error = %e, "cannot read the catalog: names resolve by the schema file alone")
                 }
             }
-            live
+            Ok(live)
         })
         .await
         .clone()

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod databases;
 pub mod lint;
 pub mod live;
+pub mod migrate;
 mod names;
 
 use std::collections::{HashMap, HashSet};

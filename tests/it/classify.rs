@@ -209,7 +209,9 @@ async fn a_schema_named_after_the_role_comes_first_in_the_default_path() {
     // Postgres's default path is "$user", public: with a schema named after the login role, an
     // unqualified `posts` means that schema's table.
     let user = crate::harness::USER;
-    let setup = format!("{SETUP} CREATE SCHEMA {user}; CREATE TABLE {user}.posts (id uuid PRIMARY KEY, title text);");
+    let setup = format!(
+        "{SETUP} ALTER ROLE {user} RESET search_path; CREATE SCHEMA {user}; CREATE TABLE {user}.posts (id uuid PRIMARY KEY, title text);"
+    );
     let node = TestNode::start_with_schema(SCHEMA, &setup).await.expect("node starts");
     let c = node.client().await;
     assert_eq!(write_class(&node, &c, INSERT_POST).await, Class::StrongWrite);

@@ -56,7 +56,8 @@ impl TestPg {
                 // A runtime of its own, on a thread of its own: tests call this from async code.
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async {
-                    let sql = format!("CREATE ROLE {USER} SUPERUSER LOGIN");
+                    // As `pgmix up` does: "$user" would otherwise be pgmix's metadata schema.
+                    let sql = format!("CREATE ROLE {USER} SUPERUSER LOGIN; ALTER ROLE {USER} SET search_path = public");
                     me.direct().await.batch_execute(&sql).await.expect("create the test role");
                 })
             });

@@ -9,6 +9,7 @@ mod clients;
 mod configs;
 mod harness;
 mod logins;
+mod migrate;
 mod peers;
 mod protocol;
 mod raw;

@@ -11,12 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{TempDir, TestNode, TestPg, node_toml, wait_until};
 
-fn hosts() -> Vec<String> {
+pub fn hosts() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into()]
 }
 
 /// A node named `name` (id `id`) of a two-node cluster whose peer ports are `ports`.
-async fn cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> TestNode {
+pub async fn cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> TestNode {
     let name = format!("node{id}");
     let other = 3 - id;
     let me = certs.node(&name).unwrap();

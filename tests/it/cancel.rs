@@ -14,6 +14,19 @@ use crate::raw::{self, Raw, first_value};
 
 const PASSWORD_AUTH: &str = "[auth]\nmethod = \"password\"\n";
 
+/// Waits until backend `pid` is running a statement.
+async fn wait_running(direct: &tokio_postgres::Client, pid: i32) {
+    crate::harness::wait_until("the query runs", || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+}
+
 async fn backend_pid_of(raw: &mut Raw) -> i32 {
     raw.send(&raw::query("SELECT pg_backend_pid()")).await;
     let msgs = raw.until_ready().await;
@@ -50,15 +63,7 @@ async fn a_cancel_with_the_wrong_secret_cancels_nothing() {
     let direct = node.pg.direct().await;
     // The same running query gets a wrong key, then the right one: only the right one cancels.
     a.send(&raw::query("SELECT pg_sleep(30)")).await;
-    crate::harness::wait_until("the query runs", || async {
-        let n: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&a.pid])
-            .await
-            .unwrap()
-            .get(0);
-        n == 1
-    })
-    .await;
+    wait_running(&direct, a.pid).await;
     for secret in [a.secret.wrapping_add(1), a.secret] {
         let mut c = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
         c.write_all(&raw::cancel_request(a.pid, secret)).await.unwrap();
@@ -143,15 +148,7 @@ async fn the_cancel_socket_closes_only_after_postgres_is_done_with_the_request()
     let mut a = Raw::login(node.port, USER, PASSWORD, &[]).await;
     a.send(&raw::query("SELECT pg_sleep(60)")).await;
     let direct = node.pg.direct().await;
-    crate::harness::wait_until("the query runs", || async {
-        let n: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(60)%' AND state = 'active'", &[&a.pid])
-            .await
-            .unwrap()
-            .get(0);
-        n == 1
-    })
-    .await;
+    wait_running(&direct, a.pid).await;
 
     let mut c = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
     c.write_all(&raw::cancel_request(a.pid, a.secret)).await.unwrap();

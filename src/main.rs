@@ -71,6 +71,10 @@ enum Command {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// Stop when standard input closes: `pgmix up` starts its nodes this way, so that they
+        /// end with it however it ends.
+        #[arg(long, hide = true)]
+        until_stdin_closes: bool,
     },
     /// Make a cluster CA and a certificate signed by it for each node, for client TLS and peer
     /// links. Existing files are kept: run it again to add nodes under the same CA.
@@ -116,7 +120,7 @@ fn run() -> anyhow::Result<()> {
         b
     };
     let rt = builder.enable_all().build().context("starting the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             Command::Up { nodes, base_port, data_dir, schema, status_every } => {
                 if nodes == 0 {
@@ -126,22 +130,38 @@ fn run() -> anyhow::Result<()> {
                 let opts = pgmix::cluster::up::UpOptions { nodes, base_port, data_dir, schema, status_every };
                 pgmix::cluster::up::run(opts).await.context("pgmix up")?;
             }
-            Command::Serve { config } => serve(config).await?,
+            Command::Serve { config, until_stdin_closes } => serve(config, until_stdin_closes).await?,
             Command::Explain { schema, json, sql } => explain(schema, json, &sql)?,
             Command::Status { metrics, config } => status(metrics, config)?,
             Command::Certs { dir, nodes, hosts } => certs(&dir, &nodes, &hosts)?,
         }
         Ok(())
-    })
+    });
+    // A node started by `pgmix up` has a blocking read of its standard input in flight, which
+    // would hold a plain drop of the runtime forever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
-async fn serve(config: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: PathBuf, until_stdin_closes: bool) -> anyhow::Result<()> {
     let cfg = pgmix::config::load(&config)?;
     let node = pgmix::node::start(cfg).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stdin_closed = async {
+        if !until_stdin_closes {
+            return std::future::pending().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+        })
+        .await;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}
+        _ = stdin_closed => tracing::warn!("the process that started this node is gone: stopping"),
     }
     node.stop().await;
     Ok(())

@@ -5,7 +5,8 @@
 //! Crash meaning: a node holds no durable state of its own (its Postgres does), so a restarted
 //! node simply serves again; clients of the dead process lost their sessions and reconnect. When
 //! `pgmix up` ends, its node processes are killed with it (`kill_on_drop`), and the next
-//! `pgmix up` stops any Postgres left running before it starts one.
+//! `pgmix up` stops any Postgres left running before it starts one. Should `pgmix up` be killed
+//! outright, its nodes see their standard input close and stop by themselves.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,10 +37,17 @@ impl NodeProcess {
     async fn start(&mut self) -> Result<(), ClusterError> {
         let failed = |detail: String| ClusterError::NodeProcess { node: self.name.clone(), detail };
         let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the pgmix executable: {e}")))?;
+        // A pipe as standard input that only `pgmix up` holds: when it ends, however it ends,
+        // the pipe closes and the node stops (`--until-stdin-closes`), so no node outlives it.
+        // Nodes log warnings and errors only, unless PGMIX_LOG says otherwise: `pgmix up` prints
+        // its own progress and status.
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .arg("--until-stdin-closes")
+            .stdin(std::process::Stdio::piped())
+            .env("PGMIX_LOG", std::env::var("PGMIX_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| failed(format!("cannot start `pgmix serve`: {e}")))?;

@@ -11,12 +11,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{TempDir, TestNode, TestPg, node_toml, wait_until};
 
+/// Two linked nodes; free ports are picked again if another test took one first.
+pub async fn two_nodes(certs: &ClusterCerts) -> (TestNode, TestNode, [u16; 2]) {
+    for _ in 0..5 {
+        let ports = [free_port().unwrap(), free_port().unwrap()];
+        let (Some(n1), Some(n2)) = (try_cluster_node(certs, 1, ports).await, try_cluster_node(certs, 2, ports).await)
+        else {
+            continue;
+        };
+        return (n1, n2, ports);
+    }
+    panic!("no free peer ports after 5 tries");
+}
+
 pub fn hosts() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into()]
 }
 
 /// A node named `name` (id `id`) of a two-node cluster whose peer ports are `ports`.
 pub async fn cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> TestNode {
+    try_cluster_node(certs, id, ports).await.expect("the peer port was free")
+}
+
+/// None when the peer port was taken meanwhile.
+async fn try_cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> Option<TestNode> {
     let name = format!("node{id}");
     let other = 3 - id;
     let me = certs.node(&name).unwrap();
@@ -33,7 +51,14 @@ pub async fn cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> Tes
     let pg = TestPg::start();
     let text = node_toml(&pg, 0, "allow", &section).replace("node_name = \"test\"", &format!("node_name = \"{name}\""));
     let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
-    TestNode::from_parts(pgmix::node::start(cfg).await.expect("node starts"), pg)
+    match pgmix::node::start(cfg).await {
+        Ok(node) => Some(TestNode::from_parts(node, pg)),
+        Err(pgmix::node::NodeError::Peer(e)) => {
+            eprintln!("retrying: {e}");
+            None
+        }
+        Err(e) => panic!("node starts: {e}"),
+    }
 }
 
 fn link_up(node: &TestNode) -> bool {
@@ -87,9 +112,7 @@ async fn nodes_of_a_cluster_link_up_and_strangers_are_refused() {
     let dir = TempDir::new("peers");
     let certs = ensure_cluster(&dir.0.join("certs"), &["node1".into(), "node2".into()], &hosts()).unwrap();
     let other_ca = ensure_cluster(&dir.0.join("other"), &["node1".into()], &hosts()).unwrap();
-    let ports = [free_port().unwrap(), free_port().unwrap()];
-    let n1 = cluster_node(&certs, 1, ports).await;
-    let n2 = cluster_node(&certs, 2, ports).await;
+    let (n1, n2, ports) = two_nodes(&certs).await;
     wait_until("both ends of the link are up", || async { link_up(&n1) && link_up(&n2) }).await;
     let port = ports[1];
 

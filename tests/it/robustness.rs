@@ -193,7 +193,16 @@ async fn backend_terminated_under_a_session_passes_on_postgres_fatal_and_the_nod
     let direct = node.pg.direct().await;
     let (c, conn) = node.config().connect(tokio_postgres::NoTls).await.unwrap();
     let conn = tokio::spawn(conn);
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // A simple query: the extended protocol would leave the client's Close of its statement in
+    // flight, racing the termination below (that race can cost the client the FATAL).
+    let rows = c.simple_query("SELECT pg_backend_pid()").await.unwrap();
+    let pid: i32 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .expect("a pid");
     direct.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
     // The client is idle: Postgres's FATAL, passed on by pgmix, ends its connection.
     let ended = tokio::time::timeout(Duration::from_secs(20), conn).await.expect("the connection ends").unwrap();

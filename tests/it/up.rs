@@ -6,16 +6,34 @@ use std::time::Duration;
 
 use crate::harness::TempDir;
 
-fn run_up(dir: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>) {
+/// A running `pgmix up`: stopped with SIGTERM (and killed if it does not stop) when dropped, so
+/// that a failing test leaves no cluster behind.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..300 {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_up(dir: &std::path::Path, port: u16) -> (Up, Vec<String>) {
     let (child, lines, _rest) = run_up_watching(dir, port);
     (child, lines)
 }
 
 /// `pgmix up` with 2 nodes: its output up to `cluster ready`, and a channel with the lines after.
-fn run_up_watching(
-    dir: &std::path::Path,
-    port: u16,
-) -> (std::process::Child, Vec<String>, std::sync::mpsc::Receiver<String>) {
+fn run_up_watching(dir: &std::path::Path, port: u16) -> (Up, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let schema = dir.join("schema.toml");
     std::fs::write(&schema, "default = \"strong\"\n[tables.logs]\nconsistency = \"weak\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgmix"))
@@ -42,7 +60,7 @@ fn run_up_watching(
         let ready = line.contains("pgmix: cluster ready");
         lines.push(line);
         if ready {
-            return (child, lines, rx);
+            return (Up(child), lines, rx);
         }
     }
     // Do not leave a half-started cluster behind.
@@ -60,7 +78,8 @@ fn metrics(port: u16) -> String {
     body
 }
 
-fn stop(mut child: std::process::Child) {
+fn stop(mut up: Up) {
+    let child = &mut up.0;
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     for _ in 0..300 {
@@ -206,7 +225,7 @@ async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
         .iter()
         .find_map(|l| l.strip_prefix("pgmix: node1: node process ")?.split(' ').next()?.parse::<u32>().ok())
         .unwrap_or_else(|| panic!("node1's process id is printed: {lines:#?}"));
-    assert_ne!(pid, child.id(), "node1 runs in a process of its own");
+    assert_ne!(pid, child.0.id(), "node1 runs in a process of its own");
     assert_eq!(select_one(port).await.unwrap(), 1);
 
     // SIGKILL node1's process: node2 goes on serving, and node1 comes back.
@@ -234,5 +253,25 @@ async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
     assert!(pg_stop.arg("-D").arg(&pgdata).args(["-m", "immediate", "stop"]).status().unwrap().success());
     wait_for_line(&rx, "node2: Postgres restarted");
     crate::harness::wait_until("node2 serves again", || async { select_one(port + 1).await.is_ok() }).await;
-    stop(child);
+
+    // `pgmix up` itself killed outright: its node processes stop by themselves.
+    let mut child = child;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    crate::harness::wait_until("the orphaned nodes stop", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err()
+            && tokio::net::TcpStream::connect(("127.0.0.1", port + 1)).await.is_err()
+    })
+    .await;
+    // Its Postgres servers are left for the next `pgmix up` to stop; stop them here.
+    for node in ["node1", "node2"] {
+        let mut c = if pgmix::cluster::pg::running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.path("pg_ctl"));
+            c
+        } else {
+            Command::new(bin.path("pg_ctl"))
+        };
+        let _ = c.arg("-D").arg(dir.0.join(node).join("pgdata")).args(["-m", "immediate", "stop"]).status();
+    }
 }

@@ -102,7 +102,7 @@ pub fn default_data_dir() -> PathBuf {
 pub async fn start(opts: &UpOptions) -> Result<Cluster, ClusterError> {
     let bin = PgBin::find()?;
     for i in 1..=opts.nodes {
-        for port in [opts.base_port + i - 1, peer_port(opts.base_port, i)] {
+        for port in [opts.base_port + i - 1, metrics_port(opts.base_port, i), peer_port(opts.base_port, i)] {
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                 return Err(ClusterError::PortInUse { port });
             }

@@ -27,6 +27,21 @@ impl Drop for Up {
     }
 }
 
+/// A base port for a 2-node `pgmix up` whose client, metrics (+1000) and peer (+2000) ports are
+/// all free. Chosen below the kernel's ephemeral range, where the other tests' `free_port` never
+/// lands, so they cannot take one of them in the meantime.
+fn base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 20_000 + (std::process::id() as u16 % 500) * 10 + n * 3 % 5000;
+        let all = [base, base + 1, base + 1000, base + 1001, base + 2000, base + 2001];
+        if all.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
 fn run_up(dir: &std::path::Path, port: u16) -> (Up, Vec<String>) {
     let (child, lines, _rest) = run_up_watching(dir, port);
     (child, lines)
@@ -96,9 +111,7 @@ fn stop(mut up: Up) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_data() {
     let dir = TempDir::new("up");
-    let port = pgmix::cluster::pg::free_port().unwrap();
-    // Two consecutive ports: pick a base whose successor is free too.
-    let port = if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() { port } else { port + 2 };
+    let port = base_port();
     let (child, lines) = run_up(&dir.0, port);
     let urls: Vec<&String> = lines.iter().filter(|l| l.starts_with("postgres://")).collect();
     assert_eq!(urls.len(), 2, "{lines:#?}");
@@ -217,8 +230,7 @@ async fn select_one(port: u16) -> Result<i32, tokio_postgres::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
     let dir = TempDir::new("up-restart");
-    let port = pgmix::cluster::pg::free_port().unwrap();
-    let port = if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() { port } else { port + 2 };
+    let port = base_port();
     let (child, lines, rx) = run_up_watching(&dir.0, port);
     // Each node is a process of its own.
     let pid = lines

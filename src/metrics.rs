@@ -32,8 +32,14 @@ pub struct Metrics {
     pub strengthened_for_search_path_total: AtomicU64,
     /// Statements by consistency class, indexed like `Class::ALL`.
     pub statements_by_class: [AtomicU64; crate::classify::Class::ALL.len()],
+    /// Weak changes from peers that changed something here.
+    pub weak_applied_total: AtomicU64,
+    /// Parked weak changes, by database.
+    pub weak_parked: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Weak replication lag, by (peer, database): (changes, milliseconds).
+    pub weak_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, u64)>>,
     /// Each peer's link, once the peer links have started (a node in a cluster).
-    pub peers: std::sync::OnceLock<Vec<Arc<crate::peer::PeerUp>>>,
+    pub peers: std::sync::OnceLock<Arc<crate::peer::Peers>>,
 }
 
 pub type MetricsHandle = Arc<Metrics>;
@@ -41,6 +47,20 @@ pub type MetricsHandle = Arc<Metrics>;
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn weak_parked_add(&self, db: &str, n: u64) {
+        let mut m = self.weak_parked.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(db.to_owned()).or_default() += n;
+    }
+
+    pub fn weak_parked_set(&self, db: &str, n: u64) {
+        self.weak_parked.lock().unwrap_or_else(|p| p.into_inner()).insert(db.to_owned(), n);
+    }
+
+    pub fn set_weak_lag(&self, peer: &str, db: &str, changes: u64, millis: u64) {
+        let mut m = self.weak_lag.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert((peer.to_owned(), db.to_owned()), (changes, millis));
     }
 
     pub fn count_class(&self, class: crate::classify::Class) {
@@ -122,6 +142,16 @@ impl Metrics {
             "counter",
             self.strengthened_for_search_path_total.load(Relaxed),
         );
+        if self.peers.get().is_some() {
+            counter(
+                "weak_applied_total",
+                "Weak changes from peers that changed something on this node.",
+                "counter",
+                self.weak_applied_total.load(Relaxed),
+            );
+            let parked: u64 = self.weak_parked.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+            counter("weak_conflicts_parked", "Weak changes from peers waiting to be applied (pgmix.conflicts).", "gauge", parked);
+        }
         out.push_str("# HELP pgmix_statements_total Statements by consistency class.\n");
         out.push_str("# TYPE pgmix_statements_total counter\n");
         for (class, n) in crate::classify::Class::ALL.iter().zip(&self.statements_by_class) {
@@ -132,6 +162,27 @@ impl Metrics {
             ));
         }
         if let Some(peers) = self.peers.get() {
+            // Per peer, over the databases: changes summed, seconds the worst.
+            let mut lag: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+            let lags = self.weak_lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for p in &peers.list {
+                lag.insert(&p.name, (0, 0));
+            }
+            for ((peer, _), (n, ms)) in &lags {
+                let e = lag.entry(peer.as_str()).or_default();
+                e.0 += n;
+                e.1 = e.1.max(*ms);
+            }
+            out.push_str("# HELP pgmix_weak_lag_changes Changes in each peer's log this node has not applied yet.\n");
+            out.push_str("# TYPE pgmix_weak_lag_changes gauge\n");
+            for (peer, (n, _)) in &lag {
+                out.push_str(&format!("pgmix_weak_lag_changes{{node=\"{node}\",peer=\"{peer}\"}} {n}\n"));
+            }
+            out.push_str("# HELP pgmix_weak_lag_seconds Age of the oldest change in each peer's log this node has not applied yet.\n");
+            out.push_str("# TYPE pgmix_weak_lag_seconds gauge\n");
+            for (peer, (_, ms)) in &lag {
+                out.push_str(&format!("pgmix_weak_lag_seconds{{node=\"{node}\",peer=\"{peer}\"}} {:.3}\n", *ms as f64 / 1000.0));
+            }
             out.push_str(
                 "# HELP pgmix_peer_up Whether the peer link to each other node is up.
 ",
@@ -140,7 +191,7 @@ impl Metrics {
                 "# TYPE pgmix_peer_up gauge
 ",
             );
-            for p in peers {
+            for p in &peers.list {
                 out.push_str(&format!(
                     "pgmix_peer_up{{node=\"{node}\",peer=\"{}\"}} {}
 ",

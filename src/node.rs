@@ -108,8 +108,34 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
     if let Some(cluster) = &cfg.cluster {
-        let peers = crate::peer::start(Arc::new(cluster.clone()), shutdown.clone()).await?;
-        let _ = metrics.peers.set(peers);
+        let cluster = Arc::new(cluster.clone());
+        let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
+        let _ = metrics.peers.set(peers.clone());
+        let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
+        crate::replicate::Replicator::start(
+            cluster,
+            cfg.backend.clone(),
+            peers,
+            metrics.clone(),
+            shutdown.clone(),
+            open_tx,
+            opened_rx,
+        );
+        schema.notify_opened(opened_tx);
+        // Databases a peer asks for are opened here as a client's would be.
+        let (databases, stop) = (schema.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let db = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    db = open_rx.recv() => match db { Some(db) => db, None => return },
+                };
+                if let Err(e) = databases.get(&db).await {
+                    warn!(database = %db, "a peer replicates this database, but it cannot be opened here: {e}");
+                }
+            }
+        });
     }
 
     let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), databases: schema };

@@ -26,6 +26,7 @@ pub struct Peer {
 pub struct ClusterConfig {
     pub id: String,
     pub node_id: u32,
+    pub max_nodes: u32,
     pub listen: SocketAddr,
     pub peers: Vec<Peer>,
     /// Accepts only clients with a certificate from the cluster CA.
@@ -64,8 +65,12 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
     if raw.id.is_empty() {
         return Err(err("id", "must not be empty".into()));
     }
-    if raw.node_id == 0 {
-        return Err(err("node_id", "must be at least 1".into()));
+    if raw.max_nodes < 1 + raw.peers.len() as u32 {
+        return Err(err("max_nodes", format!("{} is fewer than the {} nodes listed", raw.max_nodes, 1 + raw.peers.len())));
+    }
+    let in_range = |id: u32| (1..=raw.max_nodes).contains(&id);
+    if !in_range(raw.node_id) {
+        return Err(err("node_id", format!("must be from 1 to max_nodes ({})", raw.max_nodes)));
     }
     let listen: SocketAddr =
         raw.listen.parse().map_err(|e| err("listen", format!("`{}` is not an address: {e}", raw.listen)))?;
@@ -74,6 +79,9 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
     let mut peers = Vec::new();
     for (i, p) in raw.peers.iter().enumerate() {
         let key = |k: &str| format!("peers[{i}].{k}");
+        if !in_range(p.id) {
+            return Err(err(&key("id"), format!("must be from 1 to max_nodes ({})", raw.max_nodes)));
+        }
         if !ids.insert(p.id) {
             return Err(err(&key("id"), format!("node id {} is used twice (this node is {})", p.id, raw.node_id)));
         }
@@ -132,6 +140,7 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
     let cfg = ClusterConfig {
         id: raw.id.clone(),
         node_id: raw.node_id,
+        max_nodes: raw.max_nodes,
         listen,
         peers,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),

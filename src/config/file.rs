@@ -36,8 +36,13 @@ pub struct FileConfig {
 pub struct ClusterSection {
     /// The cluster's id; a node of another cluster is refused on the peer port.
     pub id: String,
-    /// This node's id: unique in the cluster, at least 1.
+    /// This node's id: unique in the cluster, from 1 to `max_nodes`.
     pub node_id: u32,
+    /// The most nodes the cluster will ever have. Serial keys of weak tables step by it, each node
+    /// taking the values of its own id modulo it, so nodes never hand out the same key. Fixed
+    /// for the cluster's life.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
     /// Where this node's peer links listen, e.g. "0.0.0.0:7432".
     pub listen: String,
     /// The cluster CA certificate (PEM), relative to this file.
@@ -48,6 +53,10 @@ pub struct ClusterSection {
     /// The other nodes.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
+}
+
+fn default_max_nodes() -> u32 {
+    16
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,10 +2,11 @@
 //!
 //! A frame is `[version u8][kind u8][length u32 BE][payload]`. A peer that speaks another version
 //! is refused at its first frame, so nodes of different releases never misread each other. The
-//! kinds are few today: the greeting that names the cluster and the node, and a heartbeat. Weak
-//! changes and consensus traffic will be kinds of their own, on the same links.
+//! kinds: the greeting that names the cluster and the node, a heartbeat, and requests and their
+//! responses. A request names the service it is for (weak replication today, consensus later), so
+//! the transport knows nothing of what the services say.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const VERSION: u8 = 1;
 /// Largest payload a peer may send in one frame.
@@ -20,6 +21,17 @@ pub enum Frame {
     },
     Ping,
     Pong,
+    /// A call to one of the peer's services; answered by a `Response` with the same id.
+    Request {
+        id: u64,
+        service: u8,
+        payload: Bytes,
+    },
+    /// The answer to a request: Ok(payload), or Err(reason) when the service failed.
+    Response {
+        id: u64,
+        result: Result<Bytes, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +49,8 @@ pub enum FrameError {
 const HELLO: u8 = 1;
 const PING: u8 = 2;
 const PONG: u8 = 3;
+const REQUEST: u8 = 4;
+const RESPONSE: u8 = 5;
 
 impl Frame {
     pub fn encode(&self, buf: &mut BytesMut) {
@@ -49,6 +63,28 @@ impl Frame {
             }
             Frame::Ping => (PING, BytesMut::new()),
             Frame::Pong => (PONG, BytesMut::new()),
+            Frame::Request { id, service, payload } => {
+                let mut p = BytesMut::with_capacity(9 + payload.len());
+                p.put_u64(*id);
+                p.put_u8(*service);
+                p.put_slice(payload);
+                (REQUEST, p)
+            }
+            Frame::Response { id, result } => {
+                let mut p = BytesMut::new();
+                p.put_u64(*id);
+                match result {
+                    Ok(payload) => {
+                        p.put_u8(0);
+                        p.put_slice(payload);
+                    }
+                    Err(reason) => {
+                        p.put_u8(1);
+                        p.put_slice(reason.as_bytes());
+                    }
+                }
+                (RESPONSE, p)
+            }
         };
         buf.put_u8(VERSION);
         buf.put_u8(kind);
@@ -85,6 +121,22 @@ impl Frame {
             }
             PING => Ok(Some(Frame::Ping)),
             PONG => Ok(Some(Frame::Pong)),
+            REQUEST | RESPONSE => {
+                if payload.len() < 9 {
+                    return Err(FrameError::Malformed("request or response without its header"));
+                }
+                let id = payload.get_u64();
+                let flag = payload.get_u8();
+                let body = payload.freeze();
+                if kind == REQUEST {
+                    return Ok(Some(Frame::Request { id, service: flag, payload: body }));
+                }
+                let result = match flag {
+                    0 => Ok(body),
+                    _ => Err(String::from_utf8_lossy(&body).into_owned()),
+                };
+                Ok(Some(Frame::Response { id, result }))
+            }
             other => Err(FrameError::Kind(other)),
         }
     }
@@ -96,7 +148,14 @@ mod tests {
 
     #[test]
     fn frames_round_trip_whole_and_in_pieces() {
-        let frames = [Frame::Hello { cluster: "dev".into(), node: 7 }, Frame::Ping, Frame::Pong];
+        let frames = [
+            Frame::Hello { cluster: "dev".into(), node: 7 },
+            Frame::Ping,
+            Frame::Pong,
+            Frame::Request { id: 9, service: 1, payload: Bytes::from_static(b"pull") },
+            Frame::Response { id: 9, result: Ok(Bytes::from_static(b"batch")) },
+            Frame::Response { id: 10, result: Err("no such database".into()) },
+        ];
         let mut wire = BytesMut::new();
         for f in &frames {
             f.encode(&mut wire);

@@ -1,4 +1,292 @@
-//! Weak replication. Today this holds the pure merge rule that every node applies to captured
-//! changes; the capture, exchange and apply that move changes between nodes build on it.
+//! Weak replication: every node captures its weak writes into its change log (`capture`), pulls
+//! the logs of its peers over the peer links (`log`, service [`SERVICE`]) and applies what it
+//! gets with the merge rule (`merge`, `apply`).
+//!
+//! Each node pulls from every peer, for every database it replicates, with a durable cursor per
+//! peer. Because a node's log also holds what it applied from others, a node that was down
+//! catches up from any live peer, including the changes of a third node that is down now.
+//! Duplicates and reordering are harmless: the merge rule takes maxima.
+//!
+//! A database is replicated once it is opened on this node (at start-up for `backend.database`,
+//! by a client, or by a peer asking for its log), and only then: capture is installed and the
+//! pgmix schema migrated when it is opened.
+//!
+//! Crash meaning: nothing here is held only in memory. A captured change is in the log with the
+//! user's commit; a pulled batch is applied with its cursor in one transaction, so a crash before
+//! that commit means the batch is asked for again.
 
+pub mod apply;
+pub mod capture;
+pub mod log;
 pub mod merge;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{BackendConfig, ClusterConfig};
+use crate::metrics::MetricsHandle;
+use crate::peer::{Peers, PeerUp};
+use log::{Batch, Pos, Pull};
+
+/// The peer-link service number of weak replication.
+pub const SERVICE: u8 = 1;
+/// Changes asked for at once.
+const BATCH: i64 = 2_000;
+/// How long a puller that is caught up waits before asking again: the floor of the lag.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a pull may take before it is asked again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_PARKED: Duration = Duration::from_secs(2);
+
+/// One node's weak replication.
+pub struct Replicator {
+    cluster: Arc<ClusterConfig>,
+    backend: BackendConfig,
+    peers: Arc<Peers>,
+    metrics: MetricsHandle,
+    stop: CancellationToken,
+    dbs: Mutex<HashMap<String, Arc<Db>>>,
+    /// Databases to open (migrate and install capture) before they are served or pulled.
+    open: mpsc::UnboundedSender<String>,
+}
+
+/// One replicated database: a connection that serves peers' pulls and one that applies, each
+/// made again when it breaks. Applies from different peers take turns, so that they do not
+/// deadlock each other on the same rows.
+struct Db {
+    name: String,
+    serve: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    apply: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Replicator {
+    /// Starts replication: offers this node's logs to its peers and replicates every database
+    /// sent on `opened` (databases this node has opened, schema migrated and capture installed).
+    /// `open` asks for a database to be opened (a peer asked for it); it comes back on `opened`.
+    pub fn start(
+        cluster: Arc<ClusterConfig>,
+        backend: BackendConfig,
+        peers: Arc<Peers>,
+        metrics: MetricsHandle,
+        stop: CancellationToken,
+        open: mpsc::UnboundedSender<String>,
+        mut opened: mpsc::UnboundedReceiver<String>,
+    ) -> Arc<Self> {
+        let me = Arc::new(Self { cluster, backend, peers: peers.clone(), metrics, stop, dbs: Mutex::new(HashMap::new()), open });
+        let weak = Arc::downgrade(&me);
+        peers.serve(
+            SERVICE,
+            Arc::new(move |from, payload| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(me) = weak.upgrade() else { return Err("this node is stopping".to_owned()) };
+                    me.serve_pull(from, payload).await
+                })
+            }),
+        );
+        let me2 = me.clone();
+        tokio::spawn(async move {
+            loop {
+                let db = tokio::select! {
+                    _ = me2.stop.cancelled() => return,
+                    db = opened.recv() => match db { Some(db) => db, None => return },
+                };
+                me2.ensure(&db);
+            }
+        });
+        me
+    }
+
+    /// Replicates `db` from now on (once is enough).
+    fn ensure(self: &Arc<Self>, db: &str) -> Arc<Db> {
+        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = dbs.get(db) {
+            return d.clone();
+        }
+        let d = Arc::new(Db {
+            name: db.to_owned(),
+            serve: tokio::sync::Mutex::new(None),
+            apply: tokio::sync::Mutex::new(None),
+        });
+        dbs.insert(db.to_owned(), d.clone());
+        info!(database = db, peers = self.peers.list.len(), "weak replication started");
+        for peer in &self.peers.list {
+            tokio::spawn(self.clone().pull_loop(d.clone(), peer.clone()));
+        }
+        tokio::spawn(self.clone().parked_loop(d.clone()));
+        d
+    }
+
+    async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut backend = self.backend.clone();
+        backend.database = db.to_owned();
+        let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// A peer's pull: a batch from this node's log.
+    async fn serve_pull(self: Arc<Self>, from: u32, payload: Bytes) -> Result<Bytes, String> {
+        let pull: Pull = serde_json::from_slice(&payload).map_err(|e| format!("malformed pull: {e}"))?;
+        let db = {
+            let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+            dbs.get(&pull.db).cloned()
+        };
+        let Some(db) = db else {
+            // Not opened here yet: open it (a peer replicates it), and ask the peer to come back.
+            let _ = self.open.send(pull.db.clone());
+            return Err(format!("database `{}` is being opened on this node; ask again", pull.db));
+        };
+        let mut conn = db.serve.lock().await;
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            *conn = Some(self.connect(&db.name).await.map_err(|e| format!("database `{}`: {}", db.name, pg_text(&e)))?);
+        }
+        let Some(client) = conn.as_ref() else { return Err("no connection".into()) };
+        let batch = log::read(client, &pull).await.map_err(|e| {
+            debug!(peer = from, error = %pg_text(&e), "serving a pull failed");
+            format!("reading the change log of `{}`: {}", db.name, pg_text(&e))
+        })?;
+        serde_json::to_vec(&batch).map(Bytes::from).map_err(|e| e.to_string())
+    }
+
+    /// Pulls `db` from `peer` for as long as the node runs.
+    async fn pull_loop(self: Arc<Self>, db: Arc<Db>, peer: Arc<PeerUp>) {
+        let mut cursor: Option<Pos> = None;
+        let mut quiet = false;
+        loop {
+            if quiet || cursor.is_none() {
+                let wait = if cursor.is_none() { Duration::from_millis(200) } else { POLL };
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            quiet = true;
+            if !peer.is_up() {
+                continue;
+            }
+            let Some(after) = cursor else {
+                match self.load_cursor(&db, peer.id).await {
+                    Ok(c) => cursor = Some(c),
+                    Err(e) => debug!(database = %db.name, error = %e, "cannot read the cursor yet"),
+                }
+                continue;
+            };
+            let pull = Pull { db: db.name.clone(), after, limit: BATCH };
+            let Ok(payload) = serde_json::to_vec(&pull) else { continue };
+            let batch: Batch = match peer.call(SERVICE, payload.into(), CALL_TIMEOUT).await {
+                Ok(b) => match serde_json::from_slice(&b) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(peer = %peer.name, error = %e, "a malformed batch; asking again");
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    debug!(peer = %peer.name, database = %db.name, error = %e, "pull failed");
+                    continue;
+                }
+            };
+            if let Some((to, _)) = batch.changes.last() {
+                let to = *to;
+                match self.apply(&db, peer.id, &batch).await {
+                    Ok(a) => {
+                        cursor = Some(to);
+                        self.metrics.weak_applied_total.fetch_add(a.changed, Relaxed);
+                        if a.parked > 0 {
+                            self.metrics.weak_parked_add(&db.name, a.parked);
+                        }
+                        quiet = batch.changes.len() < BATCH as usize;
+                    }
+                    Err(e) => {
+                        warn!(peer = %peer.name, database = %db.name, error = %e, "applying a batch failed; it will be asked for again");
+                        cursor = None;
+                    }
+                }
+            }
+            let lag_ms = batch.oldest_pending_hlc.map_or(0, |h| now_ms().saturating_sub(crate::clock::millis(h as u64)));
+            self.metrics.set_weak_lag(&peer.name, &db.name, batch.remaining as u64, lag_ms);
+        }
+    }
+
+    async fn load_cursor(&self, db: &Db, source: u32) -> Result<Pos, tokio_postgres::Error> {
+        let mut conn = db.apply.lock().await;
+        let client = self.apply_client(&mut conn, &db.name).await?;
+        let row = client.query_opt("SELECT xid, seq FROM pgmix.cursors WHERE source = $1", &[&(source as i32)]).await?;
+        Ok(row.map_or(Pos::default(), |r| Pos { xid: r.get(0), seq: r.get(1) }))
+    }
+
+    async fn apply_client<'a>(
+        &self,
+        conn: &'a mut Option<tokio_postgres::Client>,
+        db: &str,
+    ) -> Result<&'a mut tokio_postgres::Client, tokio_postgres::Error> {
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            *conn = Some(self.connect(db).await?);
+        }
+        match conn.as_mut() {
+            Some(c) => Ok(c),
+            None => unreachable!("set just above"),
+        }
+    }
+
+    async fn apply(&self, db: &Db, source: u32, batch: &Batch) -> Result<apply::Applied, apply::ApplyError> {
+        let Some((to, _)) = batch.changes.last() else { return Ok(apply::Applied::default()) };
+        let mut conn = db.apply.lock().await;
+        let client = self.apply_client(&mut conn, &db.name).await?;
+        let result = apply::batch(client, source, &batch.changes, *to).await;
+        if let Ok(a) = &result {
+            debug!(database = %db.name, source, changed = a.changed, stale = a.stale, parked = a.parked, "batch applied");
+        }
+        result
+    }
+
+    /// Retries parked changes every few seconds and keeps `pgmix_weak_conflicts_parked` true.
+    async fn parked_loop(self: Arc<Self>, db: Arc<Db>) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_PARKED) => {}
+            }
+            let mut conn = db.apply.lock().await;
+            let result = match self.apply_client(&mut conn, &db.name).await {
+                Ok(client) => apply::retry_parked(client).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok((applied, left)) => {
+                    if applied > 0 {
+                        info!(database = %db.name, applied, left, "parked changes applied");
+                        self.metrics.weak_applied_total.fetch_add(applied, Relaxed);
+                    }
+                    self.metrics.weak_parked_set(&db.name, left);
+                }
+                Err(e) => debug!(database = %db.name, error = %e, "retrying parked changes failed"),
+            }
+        }
+    }
+
+    /// This node's id, for logs and status.
+    pub fn node_id(&self) -> u32 {
+        self.cluster.node_id
+    }
+}
+
+/// A Postgres error with the server's message, which `Display` leaves out.
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

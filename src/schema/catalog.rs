@@ -10,7 +10,7 @@ const RELATIONS: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::tex
     WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname <> 'pgmix'";
 
-const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, pg_get_expr(d.adbin, d.adrelid), a.attidentity <> '' \
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, pg_get_expr(d.adbin, d.adrelid), a.attidentity <> '', a.attgenerated <> '' \
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
     WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') \
@@ -47,7 +47,12 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
     for row in client.query(COLUMNS, &[]).await? {
         let name = TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1));
         if let Some(t) = tables.get_mut(&name) {
-            t.columns.push(CatalogColumn { name: row.get(2), default: row.get(3), identity: row.get(4) });
+            t.columns.push(CatalogColumn {
+                name: row.get(2),
+                default: row.get(3),
+                identity: row.get(4),
+                generated: row.get(5),
+            });
         }
     }
     for row in client.query(CONSTRAINTS, &[]).await? {

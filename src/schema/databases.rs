@@ -27,6 +27,8 @@ pub struct Databases {
     backend: BackendConfig,
     metrics: MetricsHandle,
     by_name: Mutex<HashMap<String, Slot>>,
+    /// Told the name of each database once it is open (migrated, checked, capture installed).
+    opened: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// One database's schema once it has been checked, or why the database cannot be served.
@@ -40,7 +42,15 @@ impl Databases {
         metrics: MetricsHandle,
         cluster: Option<Arc<ClusterConfig>>,
     ) -> Self {
-        Self { cluster, file_schema, file, backend, metrics, by_name: Mutex::new(HashMap::new()) }
+        Self {
+            cluster,
+            file_schema,
+            file,
+            backend,
+            metrics,
+            by_name: Mutex::new(HashMap::new()),
+            opened: Default::default(),
+        }
     }
 
     async fn migrate(&self, database: &str) -> Result<(), MigrateError> {
@@ -55,7 +65,24 @@ impl Databases {
     fn live(&self, database: &str) -> LiveSchema {
         let mut backend = self.backend.clone();
         backend.database = database.to_owned();
-        LiveSchema::new(self.file_schema.clone(), self.file.clone(), backend, self.metrics.clone())
+        LiveSchema::new(self.file_schema.clone(), self.file.clone(), backend, self.metrics.clone(), self.cluster.clone())
+    }
+
+    /// From now on, each database opened is sent on `tx`; so are those already open.
+    pub fn notify_opened(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        let map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, slot) in map.iter() {
+            if matches!(slot.get(), Some(Ok(_))) {
+                let _ = tx.send(name.clone());
+            }
+        }
+        let _ = self.opened.set(tx);
+    }
+
+    fn announce(&self, database: &str) {
+        if let Some(tx) = self.opened.get() {
+            let _ = tx.send(database.to_owned());
+        }
     }
 
     fn cell(&self, database: &str) -> Slot {
@@ -70,6 +97,7 @@ impl Databases {
         let live = Arc::new(self.live(&self.backend.database));
         let result = live.check().await;
         let _ = self.cell(&self.backend.database).set(Ok(live));
+        self.announce(&self.backend.database);
         Ok(result)
     }
 
@@ -94,6 +122,7 @@ impl Databases {
                     warn!(database, error = %e, "cannot read the catalog: names resolve by the schema file alone")
                 }
             }
+            self.announce(database);
             Ok(live)
         })
         .await

@@ -10,6 +10,8 @@ pub struct CatalogColumn {
     pub name: String,
     pub default: Option<String>,
     pub identity: bool,
+    /// GENERATED ALWAYS AS (...) STORED: computed on every node, never written.
+    pub generated: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -146,13 +148,17 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
             }
         }
         for col in &table.columns {
-            let serial = col.default.as_deref().is_some_and(|d| d.starts_with("nextval("));
-            if (serial || col.identity) && table.primary_key.contains(&col.name) {
+            // A plain sequence default or an identity column is interleaved per node in a
+            // cluster (see replicate::capture); a key computed from a sequence any other way is
+            // not, and two nodes would hand out the same values.
+            let uses_sequence = col.default.as_deref().is_some_and(|d| d.contains("nextval("));
+            if uses_sequence && sequence_of(col).is_none() && table.primary_key.contains(&col.name) {
                 push(
                     Severity::Error,
                     format!(
-                        "{file}: weak table {name} has a serial or identity key \"{}\"; two nodes would hand out the same values: use UUID keys (DEFAULT gen_random_uuid()) or mark the table strong",
-                        col.name
+                        "{file}: weak table {name} computes its key \"{}\" from a sequence ({}); pgmix can make a sequence unique per node only when it is the whole default: use DEFAULT nextval('...') alone, an identity column, or UUID keys (DEFAULT gen_random_uuid())",
+                        col.name,
+                        col.default.as_deref().unwrap_or_default()
                     ),
                 );
             }
@@ -160,6 +166,12 @@ pub fn lint(schema: &Schema, catalog: &Catalog, file: &str) -> Vec<Finding> {
     }
     cascades_into_strong_data(schema, catalog, file, &mut out);
     out
+}
+
+/// The sequence behind a column whose whole default is `nextval('seq'::regclass)`, as `seq`.
+pub fn sequence_of(col: &CatalogColumn) -> Option<&str> {
+    let d = col.default.as_deref()?;
+    d.strip_prefix("nextval('")?.strip_suffix("'::regclass)")
 }
 
 /// A foreign key whose action changes the referencing rows (CASCADE, SET NULL, SET DEFAULT) lets
@@ -242,7 +254,7 @@ consistency = "weak"
     fn every_contract_breaking_shape_is_an_error_that_says_how_to_fix_it() {
         let mut cat = Catalog::default();
         let mut id = col("id");
-        id.default = Some("nextval('users_id_seq'::regclass)".into());
+        id.default = Some("(nextval('users_id_seq'::regclass) * 10)".into());
         cat.tables.insert(
             TableName::new(Some("public"), "users"),
             CatalogTable {
@@ -273,7 +285,7 @@ consistency = "weak"
         assert!(errors.iter().any(|m| m.contains("UNIQUE constraint on (name)")), "{errors:#?}");
         assert!(!errors.iter().any(|m| m.contains("UNIQUE constraint on (email)")), "email is strong: {errors:#?}");
         assert!(errors.iter().any(|m| m.contains("CHECK constraint range")), "{errors:#?}");
-        assert!(errors.iter().any(|m| m.contains("serial or identity key \"id\"")), "{errors:#?}");
+        assert!(errors.iter().any(|m| m.contains("computes its key \"id\" from a sequence")), "{errors:#?}");
         assert!(warnings.iter().any(|m| m.contains("references weak table posts")), "{warnings:#?}");
         assert!(warnings.iter().any(|m| m.contains("CHECK constraint pos")), "{warnings:#?}");
         assert!(warnings.iter().any(|m| m.contains("trigger touch_updated_at")), "{warnings:#?}");

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use super::lint::{Severity, lint};
 use super::{Schema, catalog};
 use crate::classify::cache::ClassCache;
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ClusterConfig};
 use crate::metrics::MetricsHandle;
 
 pub struct LiveSchema {
@@ -33,10 +33,18 @@ pub struct LiveSchema {
     generation: AtomicU64,
     /// `schema_errors` there: errors found by the last check.
     metrics: MetricsHandle,
+    /// In a cluster, every check also installs weak change capture for what it found.
+    cluster: Option<Arc<ClusterConfig>>,
 }
 
 impl LiveSchema {
-    pub fn new(file_schema: Schema, file: Option<String>, backend: BackendConfig, metrics: MetricsHandle) -> Self {
+    pub fn new(
+        file_schema: Schema,
+        file: Option<String>,
+        backend: BackendConfig,
+        metrics: MetricsHandle,
+        cluster: Option<Arc<ClusterConfig>>,
+    ) -> Self {
         Self {
             current: RwLock::new(Arc::new(file_schema.clone())),
             file_schema,
@@ -48,6 +56,7 @@ impl LiveSchema {
             errors: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             metrics,
+            cluster,
         }
     }
 
@@ -68,12 +77,23 @@ impl LiveSchema {
     /// Reads the catalog, checks the schema file against it and installs the result. Returns the
     /// error messages (warnings are logged); Err when the catalog cannot be read.
     pub async fn check(&self) -> Result<Vec<String>, tokio_postgres::Error> {
-        let (client, conn) = self.backend.client_config().connect(tokio_postgres::NoTls).await?;
+        let (mut client, conn) = self.backend.client_config().connect(tokio_postgres::NoTls).await?;
         let conn = tokio::spawn(conn);
         let cat = catalog::read(&client).await;
+        let capture = match (&cat, &self.cluster) {
+            (Ok(cat), Some(cluster)) => {
+                let plans = crate::replicate::capture::plan(&self.file_schema, cat, cluster.node_id);
+                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id).await.map(|_| ())
+            }
+            _ => Ok(()),
+        };
         drop(client);
         let _ = conn.await;
         let cat = cat?;
+        if let Err(e) = capture {
+            error!(error = %e, "cannot install weak change capture: weak writes to new tables are not replicated until it is");
+            return Err(e);
+        }
         let mut errors = Vec::new();
         if let Some(file) = &self.file {
             for f in lint(&self.file_schema, &cat, file) {

@@ -14,7 +14,10 @@ use crate::config::{BackendConfig, ClusterConfig};
 
 /// (number, file name, SQL), in order.
 pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_node_identity.sql", include_str!("../../migrations/0001_node_identity.sql"))];
+    &[
+    (1, "0001_node_identity.sql", include_str!("../../migrations/0001_node_identity.sql")),
+    (2, "0002_weak_replication.sql", include_str!("../../migrations/0002_weak_replication.sql")),
+];
 
 /// The newest version this pgmix knows.
 pub fn latest() -> i32 {

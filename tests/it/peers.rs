@@ -62,7 +62,7 @@ async fn try_cluster_node(certs: &ClusterCerts, id: u32, ports: [u16; 2]) -> Opt
 }
 
 fn link_up(node: &TestNode) -> bool {
-    node.handle().metrics.peers.get().is_some_and(|p| p.iter().all(|p| p.is_up()))
+    node.handle().metrics.peers.get().is_some_and(|p| p.list.iter().all(|p| p.is_up()))
 }
 
 /// A TLS client for the peer port: trusting `ca`, presenting `cert` if given.

@@ -1,0 +1,403 @@
+//! Applies changes from peers to the local database: per change, the row and its versions are
+//! read under lock, the merge rule (`merge`) decides, and the row, its versions and the local log
+//! are written, all in one transaction with the cursor of the peer they came from.
+//!
+//! Apply runs with `session_replication_role = replica`, as Postgres's own logical replication
+//! does: neither user triggers nor pgmix's capture fire, so nothing echoes back as a local write,
+//! and foreign keys are not re-checked (the origin checked them). A change that changed
+//! something is logged again, so that it can be forwarded to a node that missed it; a duplicate
+//! or a change that lost changes nothing and is not logged, so nothing circulates for ever.
+//!
+//! A change that cannot be applied (its table or column is not here yet, a constraint refuses
+//! it) is parked in `pgmix.conflicts` with its reason and retried; the batch goes on without it.
+//!
+//! Crash meaning: a batch commits with its cursor or not at all, so after a crash the peer is
+//! asked again from the last committed cursor; changes applied twice merge to the same state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use super::capture::ident;
+use super::log::{LogChange, Pos};
+use super::merge::{Change, RowState, Value};
+use crate::clock::Version;
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{}", .0.as_db_error().map_or_else(|| .0.to_string(), |d| format!("{}: {}", d.code().code(), d.message())))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// This change cannot be applied here now; it is parked and retried.
+    #[error("{reason}")]
+    Park { reason: String, sqlstate: String },
+}
+
+impl ApplyError {
+    fn park(reason: impl Into<String>) -> Self {
+        ApplyError::Park { reason: reason.into(), sqlstate: String::new() }
+    }
+
+    /// Errors that say nothing about the change (a deadlock, a lost connection, a shutdown):
+    /// the batch is tried again later rather than parking anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Park { .. } => false,
+            ApplyError::Postgres(e) => match e.code() {
+                None => true,
+                Some(c) => {
+                    let c = c.code();
+                    c.starts_with("40") || c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55P03"
+                }
+            },
+        }
+    }
+
+    fn into_parked(self) -> (String, String) {
+        match self {
+            ApplyError::Park { reason, sqlstate } => (reason, sqlstate),
+            ApplyError::Postgres(e) => {
+                let state = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+                let reason = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                (reason, state)
+            }
+        }
+    }
+}
+
+/// What the apply side knows of a captured table (from `pgmix.tables`).
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    pub key: Vec<String>,
+    pub whole: bool,
+    pub columns: Vec<String>,
+}
+
+pub async fn tables(client: &impl tokio_postgres::GenericClient) -> Result<HashMap<String, TableMeta>, tokio_postgres::Error> {
+    let rows = client.query("SELECT tbl, key, whole, cols FROM pgmix.tables", &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), TableMeta { key: r.get(1), whole: r.get(2), columns: r.get(3) })).collect())
+}
+
+/// How a batch went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Changes that changed something.
+    pub changed: u64,
+    /// Duplicates and changes that lost to what was here.
+    pub stale: u64,
+    pub parked: u64,
+}
+
+fn version(h: i64, n: i32) -> Version {
+    Version::new(h as u64, n as u32)
+}
+
+/// The change's own form for the merge rule, and the columns it names.
+pub fn to_change(c: &LogChange) -> Result<Change, ApplyError> {
+    let cols: BTreeMap<String, (i64, i32, Box<RawValue>)> = serde_json::from_str(&c.cols)
+        .map_err(|e| ApplyError::park(format!("malformed columns from node {}: {e}", c.origin)))?;
+    let value = |raw: &RawValue| -> Value { (raw.get() != "null").then(|| raw.get().to_owned()) };
+    if let Some((h, n)) = c.del {
+        return Ok(Change::Delete { version: version(h, n) });
+    }
+    if let Some((h, n)) = c.ins {
+        let columns = cols.iter().map(|(k, (_, _, v))| (k.clone(), value(v))).collect();
+        return Ok(Change::Insert { version: version(h, n), columns });
+    }
+    let columns = cols.iter().map(|(k, (h, n, v))| (k.clone(), (value(v), version(*h, *n)))).collect();
+    Ok(Change::Update { columns })
+}
+
+/// The row as stored here: its versions row and its current values (None when it is not here).
+struct Stored {
+    state: RowState,
+    present: bool,
+    top: i64,
+}
+
+fn parse_object(text: &str) -> Result<BTreeMap<String, Box<RawValue>>, ApplyError> {
+    serde_json::from_str(text).map_err(|e| ApplyError::park(format!("malformed row: {e}")))
+}
+
+/// The stored row's state for the merge rule: values from the row while it is here, from under
+/// its tombstone (`ghost`) when it is not; versions from `pgmix.versions`, where a value
+/// written before capture began has the lowest version.
+fn stored(row: Option<&str>, versions: Option<&tokio_postgres::Row>) -> Result<Stored, ApplyError> {
+    let mut st = RowState::default();
+    let mut top = 0;
+    let mut col_versions: BTreeMap<String, (i64, i32)> = BTreeMap::new();
+    let mut ghost = None;
+    if let Some(v) = versions {
+        st.inserted = v.get::<_, Option<i64>>(0).zip(v.get::<_, Option<i32>>(1)).map(|(h, n)| version(h, n));
+        st.deleted = v.get::<_, Option<i64>>(2).zip(v.get::<_, Option<i32>>(3)).map(|(h, n)| version(h, n));
+        col_versions = serde_json::from_str(v.get::<_, &str>(4))
+            .map_err(|e| ApplyError::park(format!("malformed versions: {e}")))?;
+        ghost = v.get::<_, Option<&str>>(5);
+        top = v.get(6);
+    } else if row.is_some() {
+        st.inserted = Some(Version::default());
+    }
+    let values = match (row, ghost) {
+        (Some(r), _) => parse_object(r)?,
+        (None, Some(g)) => parse_object(g)?,
+        (None, None) => BTreeMap::new(),
+    };
+    for (name, raw) in values {
+        let v = col_versions.get(&name).map_or(Version::default(), |(h, n)| version(*h, *n));
+        let value = (raw.get() != "null").then(|| raw.get().to_owned());
+        st.columns.insert(name, (value, v));
+    }
+    Ok(Stored { state: st, present: row.is_some(), top })
+}
+
+/// `{"col": value, ...}` for `names`, from the state's values.
+fn values_json<'a>(st: &RowState, names: impl Iterator<Item = &'a String>) -> String {
+    let parts: Vec<String> = names
+        .filter_map(|n| {
+            let (v, _) = st.columns.get(n)?;
+            Some(format!("{}:{}", serde_json::Value::from(n.as_str()), v.as_deref().unwrap_or("null")))
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+fn key_match(table: &str, key: &[String], param: usize) -> String {
+    let cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    let cols = cols.join(", ");
+    format!("({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, ${param}::text::jsonb))")
+}
+
+/// Applies one change inside `tx`.
+pub async fn apply_one(
+    tx: &tokio_postgres::Transaction<'_>,
+    c: &LogChange,
+    tables: &HashMap<String, TableMeta>,
+) -> Result<bool, ApplyError> {
+    let Some(meta) = tables.get(&c.tbl) else {
+        return Err(ApplyError::park(format!("table {} is not a weak table here (yet)", c.tbl)));
+    };
+    let change = to_change(c)?;
+    let named: Vec<&String> = match &change {
+        Change::Insert { columns, .. } => columns.keys().collect(),
+        Change::Update { columns } => columns.keys().collect(),
+        Change::Delete { .. } => Vec::new(),
+    };
+    if let Some(missing) = named.iter().find(|n| !meta.columns.contains(n)) {
+        return Err(ApplyError::park(format!("table {} has no column {} here (yet)", c.tbl, ident(missing))));
+    }
+    let t = &c.tbl;
+    let lock_row = format!("SELECT to_jsonb(t)::text FROM {t} t WHERE {} FOR UPDATE", key_match(t, &meta.key, 1));
+    let row = tx.query_opt(&lock_row, &[&c.key]).await?;
+    let versions = tx
+        .query_opt(
+            "SELECT ins, ins_node, del, del_node, cols::text, ghost::text, top FROM pgmix.versions \
+             WHERE tbl = $1 AND key = $2::text::jsonb FOR UPDATE",
+            &[&c.tbl, &c.key],
+        )
+        .await?;
+    let row_text: Option<String> = row.map(|r| r.get(0));
+    let Stored { state: before, present, top } = stored(row_text.as_deref(), versions.as_ref())?;
+    if !meta.whole && !present {
+        return Err(ApplyError::park(format!("row {} of {} is not here yet", c.key, c.tbl)));
+    }
+    let mut after = before.clone();
+    if !after.apply(&change) {
+        return Ok(false);
+    }
+    let visible = if meta.whole { after.visible() } else { true };
+    let writable = meta.columns.iter();
+    match (present, visible) {
+        (true, true) => {
+            let changed: Vec<&String> =
+                writable.filter(|n| after.columns.get(*n).map(|x| &x.0) != before.columns.get(*n).map(|x| &x.0)).collect();
+            if !changed.is_empty() {
+                let cols: Vec<String> = changed.iter().map(|n| ident(n)).collect();
+                let cols = cols.join(", ");
+                let sql = format!(
+                    "UPDATE {t} SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{t}, $2::text::jsonb)) WHERE {}",
+                    key_match(t, &meta.key, 1)
+                );
+                tx.execute(&sql, &[&c.key, &values_json(&after, changed.into_iter())]).await?;
+            }
+        }
+        (false, true) => {
+            let names: Vec<&String> = writable.filter(|n| after.columns.contains_key(*n)).collect();
+            let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
+            let cols = cols.join(", ");
+            let sql = format!(
+                "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM jsonb_populate_record(NULL::{t}, $1::text::jsonb)"
+            );
+            tx.execute(&sql, &[&values_json(&after, names.into_iter())]).await?;
+        }
+        (true, false) => {
+            tx.execute(&format!("DELETE FROM {t} WHERE {}", key_match(t, &meta.key, 1)), &[&c.key]).await?;
+        }
+        (false, false) => {}
+    }
+    let mut top = top;
+    let mut stamps = Vec::new();
+    for (name, (_, v)) in &after.columns {
+        top = top.max(v.hlc as i64);
+        stamps.push(format!("{}:[{},{}]", serde_json::Value::from(name.as_str()), v.hlc, v.node));
+    }
+    for v in [after.inserted, after.deleted].into_iter().flatten() {
+        top = top.max(v.hlc as i64);
+    }
+    let ghost = (!visible).then(|| values_json(&after, after.columns.keys()));
+    let pair = |v: Option<Version>| (v.map(|v| v.hlc as i64), v.map(|v| v.node as i32));
+    let (ins, ins_node) = pair(after.inserted);
+    let (del, del_node) = pair(after.deleted);
+    tx.execute(
+        "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
+         VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) \
+         ON CONFLICT (tbl, key) DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
+         del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top",
+        &[&c.tbl, &c.key, &ins, &ins_node, &del, &del_node, &format!("{{{}}}", stamps.join(",")), &ghost, &top],
+    )
+    .await?;
+    let (ins, ins_node) = (c.ins.map(|x| x.0), c.ins.map(|x| x.1));
+    let (del, del_node) = (c.del.map(|x| x.0), c.del.map(|x| x.1));
+    tx.execute(
+        "INSERT INTO pgmix.changes (origin, hlc, tbl, key, ins, ins_node, del, del_node, cols) \
+         VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9::text::jsonb)",
+        &[&c.origin, &c.hlc, &c.tbl, &c.key, &ins, &ins_node, &del, &del_node, &c.cols],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Parks `c` in `pgmix.conflicts`.
+pub async fn park(
+    tx: &tokio_postgres::Transaction<'_>,
+    source: i32,
+    c: &LogChange,
+    err: ApplyError,
+) -> Result<(), tokio_postgres::Error> {
+    let (reason, sqlstate) = err.into_parked();
+    tracing::warn!(table = %c.tbl, key = %c.key, %reason, "a change from a peer is parked; it will be retried");
+    let (ins, ins_node) = (c.ins.map(|x| x.0), c.ins.map(|x| x.1));
+    let (del, del_node) = (c.del.map(|x| x.0), c.del.map(|x| x.1));
+    tx.execute(
+        "INSERT INTO pgmix.conflicts (source, origin, hlc, tbl, key, ins, ins_node, del, del_node, cols, reason, sqlstate) \
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9, $10::text::jsonb, $11, $12)",
+        &[&source, &c.origin, &c.hlc, &c.tbl, &c.key, &ins, &ins_node, &del, &del_node, &c.cols, &reason, &sqlstate],
+    )
+    .await?;
+    Ok(())
+}
+
+const REPLICA: &str = "SET LOCAL session_replication_role = replica";
+
+/// Applies a batch from `source` and moves its cursor to `to`, in one transaction. Tries the
+/// batch whole first; when a change fails for a reason of its own, again with a savepoint per
+/// change, parking the ones that fail.
+pub async fn batch(
+    client: &mut tokio_postgres::Client,
+    source: u32,
+    changes: &[(Pos, LogChange)],
+    to: Pos,
+) -> Result<Applied, ApplyError> {
+    match attempt(client, source, changes, to, false).await {
+        Err(e) if !e.is_transient() => attempt(client, source, changes, to, true).await,
+        other => other,
+    }
+}
+
+async fn attempt(
+    client: &mut tokio_postgres::Client,
+    source: u32,
+    changes: &[(Pos, LogChange)],
+    to: Pos,
+    careful: bool,
+) -> Result<Applied, ApplyError> {
+    let mut tx = client.transaction().await?;
+    tx.batch_execute(REPLICA).await?;
+    let tables = tables(&tx).await?;
+    let mut out = Applied::default();
+    for (_, c) in changes {
+        if !careful {
+            match apply_one(&tx, c, &tables).await? {
+                true => out.changed += 1,
+                false => out.stale += 1,
+            }
+            continue;
+        }
+        let sp = tx.savepoint("change").await?;
+        match apply_one(&sp, c, &tables).await {
+            Ok(changed) => {
+                sp.commit().await?;
+                if changed {
+                    out.changed += 1;
+                } else {
+                    out.stale += 1;
+                }
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                sp.rollback().await?;
+                park(&tx, source as i32, c, e).await?;
+                out.parked += 1;
+            }
+        }
+    }
+    let max_hlc = changes.iter().map(|(_, c)| c.hlc).max().unwrap_or(0);
+    tx.execute("UPDATE pgmix.clock SET hlc = greatest(hlc, $1)", &[&max_hlc]).await?;
+    tx.execute(
+        "INSERT INTO pgmix.cursors (source, xid, seq, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (source) DO UPDATE SET xid = excluded.xid, seq = excluded.seq, updated_at = now()",
+        &[&(source as i32), &to.xid, &to.seq],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Tries the parked changes again; those that apply leave `pgmix.conflicts`. Returns how many
+/// applied and how many are still parked.
+pub async fn retry_parked(client: &mut tokio_postgres::Client) -> Result<(u64, u64), ApplyError> {
+    let mut tx = client.transaction().await?;
+    tx.batch_execute(REPLICA).await?;
+    let tables = tables(&tx).await?;
+    let rows = tx
+        .query(
+            "SELECT id, origin, hlc, tbl, key::text, ins, ins_node, del, del_node, cols::text \
+             FROM pgmix.conflicts ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await?;
+    let mut applied = 0;
+    for r in &rows {
+        let id: i64 = r.get(0);
+        let pair = |a: Option<i64>, b: Option<i32>| a.zip(b);
+        let c = LogChange {
+            origin: r.get(1),
+            hlc: r.get(2),
+            tbl: r.get(3),
+            key: r.get(4),
+            ins: pair(r.get(5), r.get(6)),
+            del: pair(r.get(7), r.get(8)),
+            cols: r.get(9),
+        };
+        let sp = tx.savepoint("parked").await?;
+        match apply_one(&sp, &c, &tables).await {
+            Ok(_) => {
+                sp.execute("DELETE FROM pgmix.conflicts WHERE id = $1", &[&id]).await?;
+                sp.commit().await?;
+                applied += 1;
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                sp.rollback().await?;
+                let (reason, sqlstate) = e.into_parked();
+                tx.execute(
+                    "UPDATE pgmix.conflicts SET attempts = attempts + 1, last_try = now(), reason = $2, sqlstate = $3 WHERE id = $1",
+                    &[&id, &reason, &sqlstate],
+                )
+                .await?;
+            }
+        }
+    }
+    let left: i64 = tx.query_one("SELECT count(*) FROM pgmix.conflicts", &[]).await?.get(0);
+    tx.commit().await?;
+    Ok((applied, left.max(0) as u64))
+}

@@ -22,3 +22,4 @@ pub mod status;
 #[cfg(test)]
 mod testrng;
 pub mod tomlfile;
+pub mod verify;

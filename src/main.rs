@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Compare every weak table across the nodes: a checksum per table, then per key range; names
+    /// the keys that differ. Reads each node's Postgres as its config's [backend] says.
+    Verify {
+        /// The nodes' configs. Default: those `pgmix up` wrote in --data-dir.
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// Where `pgmix up` keeps its nodes [default: as `pgmix up`].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The database to compare [default: each config's backend database].
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Run one node with a config file (see proxy.toml).
     Serve {
         #[arg(long)]
@@ -134,6 +147,7 @@ fn run() -> anyhow::Result<()> {
             Command::Explain { schema, json, sql } => explain(schema, json, &sql)?,
             Command::Status { metrics, config } => status(metrics, config)?,
             Command::Certs { dir, nodes, hosts } => certs(&dir, &nodes, &hosts)?,
+            Command::Verify { configs, data_dir, database } => verify(configs, data_dir, database).await?,
         }
         Ok(())
     });
@@ -227,6 +241,34 @@ fn certs(dir: &std::path::Path, nodes: &[String], hosts: &[String]) -> anyhow::R
     if made.ca_key.exists() {
         println!("Keep {} off the nodes' machines; it is only needed to add nodes.", made.ca_key.display());
     }
+    Ok(())
+}
+
+async fn verify(mut configs: Vec<PathBuf>, data_dir: Option<PathBuf>, database: Option<String>) -> anyhow::Result<()> {
+    if configs.is_empty() {
+        let dir = data_dir.unwrap_or_else(pgmix::cluster::up::default_data_dir);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}: no `pgmix up` data here; pass --config for each node", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path().join("proxy.toml")))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        configs = found;
+    }
+    let mut nodes = Vec::new();
+    for path in &configs {
+        let cfg = pgmix::config::load(path)?;
+        let mut backend = cfg.backend.clone();
+        if let Some(db) = &database {
+            backend.database = db.clone();
+        }
+        nodes.push((cfg.node_name.clone(), backend.client_config()));
+    }
+    let names: Vec<String> = nodes.iter().map(|n| n.0.clone()).collect();
+    let reports = pgmix::verify::verify(&nodes).await?;
+    let (text, equal) = pgmix::verify::render(&reports, &names);
+    print!("{text}");
+    anyhow::ensure!(equal, "the nodes differ");
     Ok(())
 }
 

@@ -203,3 +203,42 @@ async fn a_change_that_cannot_apply_yet_is_parked_and_applied_later() {
     assert_eq!(c.converged("the parked change applied", q).await, ["1|e"]);
     crate::harness::wait_until("nothing parked", || async { parked_metric() == 0 }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_keys_that_differ_after_a_change_made_behind_pgmix() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    c.client(1).await.batch_execute("INSERT INTO kv SELECT g, 'a', 'b', g FROM generate_series(1, 200) g").await.unwrap();
+    c.converged("the rows", KV).await;
+    let nodes: Vec<(String, tokio_postgres::Config)> = c
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host_path(n.pg.pg.socket_dir()).port(n.pg.pg.port).user("postgres").dbname("postgres");
+            (format!("node{}", i + 1), cfg)
+        })
+        .collect();
+    let names: Vec<String> = nodes.iter().map(|n| n.0.clone()).collect();
+    let reports = pgmix::verify::verify(&nodes).await.unwrap();
+    let (text, equal) = pgmix::verify::render(&reports, &names);
+    assert!(equal, "{text}");
+    assert!(text.contains("\"public\".\"kv\": equal on 3 nodes (200 rows)"), "{text}");
+    // By hand, on node3's Postgres, with capture off: a real divergence.
+    c.nodes[2]
+        .pg
+        .direct()
+        .await
+        .batch_execute(
+            "SET session_replication_role = replica; UPDATE kv SET b = 'hand' WHERE id = 117; DELETE FROM kv WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    let reports = pgmix::verify::verify(&nodes).await.unwrap();
+    let (text, equal) = pgmix::verify::render(&reports, &names);
+    assert!(!equal, "{text}");
+    let kv = reports.iter().find(|r| r.table.contains("kv")).unwrap();
+    let keys: Vec<&str> = kv.differing.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["{\"id\": 117}", "{\"id\": 3}"], "{text}");
+    assert!(text.contains("node3: missing"), "{text}");
+}

@@ -286,7 +286,44 @@ pub async fn park(
     Ok(())
 }
 
-const REPLICA: &str = "SET LOCAL session_replication_role = replica";
+/// Apply runs as a replica (no triggers) and, should it deadlock with a user's transaction,
+/// notices first and gives way: the user's transaction goes on, the batch is tried again.
+const REPLICA: &str = "SET LOCAL session_replication_role = replica; SET LOCAL deadlock_timeout = '50ms'";
+
+/// The changes of `changes` that the stored versions already hold (duplicates, and changes
+/// that lost), found with one unlocked read: versions only grow, so such a change stays
+/// dominated, and skipping it spares locking rows that local writers may hold.
+async fn dominated(
+    tx: &tokio_postgres::Transaction<'_>,
+    changes: &[(Pos, LogChange)],
+) -> Result<Vec<bool>, ApplyError> {
+    let tbls: Vec<&str> = changes.iter().map(|(_, c)| c.tbl.as_str()).collect();
+    let keys: Vec<&str> = changes.iter().map(|(_, c)| c.key.as_str()).collect();
+    let rows = tx
+        .query(
+            "SELECT v.tbl, v.key::text, v.ins, v.ins_node, v.del, v.del_node, v.cols::text FROM pgmix.versions v \
+             JOIN (SELECT DISTINCT t, k::jsonb AS k FROM unnest($1::text[], $2::text[]) AS x(t, k)) w ON v.tbl = w.t AND v.key = w.k",
+            &[&tbls, &keys],
+        )
+        .await?;
+    let mut stored: HashMap<(String, String), RowState> = HashMap::new();
+    for r in &rows {
+        let mut st = RowState::default();
+        st.inserted = r.get::<_, Option<i64>>(2).zip(r.get::<_, Option<i32>>(3)).map(|(h, n)| version(h, n));
+        st.deleted = r.get::<_, Option<i64>>(4).zip(r.get::<_, Option<i32>>(5)).map(|(h, n)| version(h, n));
+        let cols: BTreeMap<String, (i64, i32)> = serde_json::from_str(r.get::<_, &str>(6)).unwrap_or_default();
+        st.columns = cols.into_iter().map(|(k, (h, n))| (k, (None, version(h, n)))).collect();
+        stored.insert((r.get(0), r.get(1)), st);
+    }
+    // Both key texts are Postgres's jsonb output, which is canonical: they compare as text.
+    Ok(changes
+        .iter()
+        .map(|(_, c)| {
+            let Some(st) = stored.get(&(c.tbl.clone(), c.key.clone())) else { return false };
+            to_change(c).is_ok_and(|change| st.dominates(&change))
+        })
+        .collect())
+}
 
 /// Applies a batch from `source` and moves its cursor to `to`, in one transaction. Tries the
 /// batch whole first; when a change fails for a reason of its own, again with a savepoint per
@@ -313,8 +350,13 @@ async fn attempt(
     let mut tx = client.transaction().await?;
     tx.batch_execute(REPLICA).await?;
     let tables = tables(&tx).await?;
+    let skip = dominated(&tx, changes).await?;
     let mut out = Applied::default();
-    for (_, c) in changes {
+    for ((_, c), skip) in changes.iter().zip(skip) {
+        if skip {
+            out.stale += 1;
+            continue;
+        }
         if !careful {
             match apply_one(&tx, c, &tables).await? {
                 true => out.changed += 1,

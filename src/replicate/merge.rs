@@ -85,6 +85,20 @@ impl RowState {
         }
     }
 
+    /// Whether `change` is already here or lost to what is here, judged by versions alone (so
+    /// it can be decided from `pgmix.versions` without reading or locking the row). A version is
+    /// issued once per field by one node, so an equal version is the same write arriving again.
+    pub fn dominates(&self, change: &Change) -> bool {
+        let col = |name: &str, v: Version| self.columns.get(name).is_some_and(|(_, have)| *have >= v);
+        match change {
+            Change::Insert { version, columns } => {
+                self.inserted >= Some(*version) && columns.keys().all(|k| col(k, *version))
+            }
+            Change::Update { columns } => columns.iter().all(|(k, (_, v))| col(k, *v)),
+            Change::Delete { version } => self.deleted >= Some(*version),
+        }
+    }
+
     /// Whether the row exists.
     pub fn visible(&self) -> bool {
         self.inserted > self.deleted
@@ -108,6 +122,23 @@ fn raise(slot: &mut Option<Version>, v: Version) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_already_merged_is_dominated_and_a_newer_one_is_not() {
+        let mut st = RowState::default();
+        let ins = Change::Insert { version: v(10, 1), columns: cols(&[("a", "x"), ("b", "y")]) };
+        assert!(!st.dominates(&ins));
+        st.apply(&ins);
+        assert!(st.dominates(&ins), "a duplicate");
+        let upd = |h, val: &str| Change::Update {
+            columns: [("a".to_string(), (Some(val.to_string()), v(h, 2)))].into_iter().collect(),
+        };
+        assert!(!st.dominates(&upd(11, "z")));
+        st.apply(&upd(11, "z"));
+        assert!(st.dominates(&upd(11, "z")) && st.dominates(&upd(9, "old")));
+        assert!(!st.dominates(&Change::Delete { version: v(12, 3) }));
+        assert!(!st.dominates(&Change::Insert { version: v(10, 1), columns: cols(&[("c", "new")]) }));
+    }
     use crate::testrng::Rng;
 
     fn v(hlc: u64, node: u32) -> Version {

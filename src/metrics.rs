@@ -150,7 +150,12 @@ impl Metrics {
                 self.weak_applied_total.load(Relaxed),
             );
             let parked: u64 = self.weak_parked.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
-            counter("weak_conflicts_parked", "Weak changes from peers waiting to be applied (pgmix.conflicts).", "gauge", parked);
+            counter(
+                "weak_conflicts_parked",
+                "Weak changes from peers waiting to be applied (pgmix.conflicts).",
+                "gauge",
+                parked,
+            );
         }
         out.push_str("# HELP pgmix_statements_total Statements by consistency class.\n");
         out.push_str("# TYPE pgmix_statements_total counter\n");
@@ -181,7 +186,10 @@ impl Metrics {
             out.push_str("# HELP pgmix_weak_lag_seconds Age of the oldest change in each peer's log this node has not applied yet.\n");
             out.push_str("# TYPE pgmix_weak_lag_seconds gauge\n");
             for (peer, (_, ms)) in &lag {
-                out.push_str(&format!("pgmix_weak_lag_seconds{{node=\"{node}\",peer=\"{peer}\"}} {:.3}\n", *ms as f64 / 1000.0));
+                out.push_str(&format!(
+                    "pgmix_weak_lag_seconds{{node=\"{node}\",peer=\"{peer}\"}} {:.3}\n",
+                    *ms as f64 / 1000.0
+                ));
             }
             out.push_str(
                 "# HELP pgmix_peer_up Whether the peer link to each other node is up.

@@ -15,7 +15,7 @@ pub enum StatusError {
 }
 
 /// What `status` shows of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
     pub node: String,
     pub backend_up: bool,
@@ -27,8 +27,18 @@ pub struct NodeStatus {
     pub statements: Vec<(String, u64)>,
     /// Weak statements counted as strong because their session changed its search_path.
     pub strengthened: u64,
-    /// (peer, link up)
-    pub peers: Vec<(String, bool)>,
+    pub peers: Vec<PeerStatus>,
+    /// Weak changes from peers waiting to be applied.
+    pub parked: u64,
+}
+
+/// A peer as one node sees it: its link, and how far behind its change log this node is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    pub up: bool,
+    pub lag_changes: u64,
+    pub lag_seconds: f64,
 }
 
 /// Parses the Prometheus text pgmix serves.
@@ -43,11 +53,13 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
         statements: Vec::new(),
         strengthened: 0,
         peers: Vec::new(),
+        parked: 0,
     };
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name_labels, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<u64>() else { continue };
+        let Ok(real) = value.parse::<f64>() else { continue };
+        let value = real as u64;
         let (name, labels) = name_labels.split_once('{').unwrap_or((name_labels, ""));
         let label = |key: &str| {
             labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{key}=\""))?.split('"').next().map(str::to_owned))
@@ -66,11 +78,31 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
             "pgmix_schema_errors" => st.schema_errors = value,
             "pgmix_strengthened_for_search_path_total" => st.strengthened = value,
             "pgmix_statements_total" => st.statements.push((label("class").unwrap_or_default(), value)),
-            "pgmix_peer_up" => st.peers.push((label("peer").unwrap_or_default(), value == 1)),
+            "pgmix_peer_up" | "pgmix_weak_lag_changes" | "pgmix_weak_lag_seconds" => {
+                let name = label("peer").unwrap_or_default();
+                let i = match st.peers.iter().position(|p| p.name == name) {
+                    Some(i) => i,
+                    None => {
+                        st.peers.push(PeerStatus { name, up: false, lag_changes: 0, lag_seconds: 0.0 });
+                        st.peers.len() - 1
+                    }
+                };
+                let p = &mut st.peers[i];
+                match name_of(name_labels) {
+                    "pgmix_peer_up" => p.up = value == 1,
+                    "pgmix_weak_lag_changes" => p.lag_changes = value,
+                    _ => p.lag_seconds = real,
+                }
+            }
+            "pgmix_weak_conflicts_parked" => st.parked = value,
             _ => {}
         }
     }
     seen.then_some(st)
+}
+
+fn name_of(name_labels: &str) -> &str {
+    name_labels.split_once('{').map_or(name_labels, |(n, _)| n)
 }
 
 pub fn fetch(addr: SocketAddr) -> Result<NodeStatus, StatusError> {
@@ -102,9 +134,23 @@ impl std::fmt::Display for NodeStatus {
             write!(f, " ({} weak made strong by a session search_path)", self.strengthened)?;
         }
         if !self.peers.is_empty() {
-            let peers: Vec<String> =
-                self.peers.iter().map(|(p, up)| format!("{p}={}", if *up { "up" } else { "DOWN" })).collect();
+            let peers: Vec<String> = self
+                .peers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}={} (lag {} changes, {:.1}s)",
+                        p.name,
+                        if p.up { "up" } else { "DOWN" },
+                        p.lag_changes,
+                        p.lag_seconds
+                    )
+                })
+                .collect();
             write!(f, " peers: {}", peers.join(" "))?;
+            if self.parked > 0 {
+                write!(f, " parked weak changes: {} (see pgmix.conflicts)", self.parked)?;
+            }
         }
         Ok(())
     }
@@ -129,5 +175,22 @@ mod tests {
         let st = parse(&m.render("n1")).unwrap();
         assert!(st.to_string().ends_with("(3 weak made strong by a session search_path)"), "{st}");
         assert_eq!(parse("hello"), None);
+    }
+
+    #[test]
+    fn shows_each_peers_link_and_lag_and_the_parked_changes() {
+        let text = "pgmix_backend_up{node=\"node1\"} 1\n\
+            pgmix_weak_conflicts_parked{node=\"node1\"} 2\n\
+            pgmix_peer_up{node=\"node1\",peer=\"node2\"} 1\n\
+            pgmix_peer_up{node=\"node1\",peer=\"node3\"} 0\n\
+            pgmix_weak_lag_changes{node=\"node1\",peer=\"node2\"} 0\n\
+            pgmix_weak_lag_changes{node=\"node1\",peer=\"node3\"} 1500\n\
+            pgmix_weak_lag_seconds{node=\"node1\",peer=\"node2\"} 0.050\n\
+            pgmix_weak_lag_seconds{node=\"node1\",peer=\"node3\"} 12.345\n";
+        let st = parse(text).unwrap();
+        let line = st.to_string();
+        assert!(line.contains("node2=up (lag 0 changes, 0.1s)"), "{line}");
+        assert!(line.contains("node3=DOWN (lag 1500 changes, 12.3s)"), "{line}");
+        assert!(line.ends_with("parked weak changes: 2 (see pgmix.conflicts)"), "{line}");
     }
 }

@@ -73,7 +73,9 @@ pub async fn verify(nodes: &[(String, tokio_postgres::Config)]) -> Result<Vec<Ta
         for (name, c) in &clients {
             let r = c
                 .query_one(
-                    &format!("SELECT count(*), coalesce(md5(string_agg(k || h, ',' ORDER BY k)), '') FROM ({rows_of}) x"),
+                    &format!(
+                        "SELECT count(*), coalesce(md5(string_agg(k || h, ',' ORDER BY k)), '') FROM ({rows_of}) x"
+                    ),
                     &[&key, &cols],
                 )
                 .await;
@@ -118,7 +120,8 @@ async fn compare_rows(
         per_node.push(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
     }
     let all: BTreeSet<i32> = per_node.iter().flat_map(|m| m.keys().copied()).collect();
-    let suspect: Vec<i32> = all.into_iter().filter(|b| per_node.iter().any(|m| m.get(b) != per_node[0].get(b))).collect();
+    let suspect: Vec<i32> =
+        all.into_iter().filter(|b| per_node.iter().any(|m| m.get(b) != per_node[0].get(b))).collect();
     let in_buckets = format!("SELECT k, h FROM ({rows_of}) x WHERE b = ANY($3)");
     let mut rows: Vec<BTreeMap<String, String>> = Vec::new();
     for (name, c) in clients {
@@ -158,12 +161,22 @@ pub fn render(reports: &[TableReport], nodes: &[String]) -> (String, bool) {
     }
     for r in reports {
         if r.equal() {
-            text.push_str(&format!("{}: equal on {} nodes ({} rows)\n", r.table, nodes.len(), r.rows.first().unwrap_or(&0)));
+            text.push_str(&format!(
+                "{}: equal on {} nodes ({} rows)\n",
+                r.table,
+                nodes.len(),
+                r.rows.first().unwrap_or(&0)
+            ));
             continue;
         }
         equal = false;
         let counts: Vec<String> = nodes.iter().zip(&r.rows).map(|(n, c)| format!("{n}={c}")).collect();
-        text.push_str(&format!("{}: DIFFERENT (rows: {}); {} keys differ:\n", r.table, counts.join(" "), r.differing.len()));
+        text.push_str(&format!(
+            "{}: DIFFERENT (rows: {}); {} keys differ:\n",
+            r.table,
+            counts.join(" "),
+            r.differing.len()
+        ));
         for (k, odd) in r.differing.iter().take(50) {
             text.push_str(&format!("  key {k}: {}\n", odd.join(", ")));
         }

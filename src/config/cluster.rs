@@ -66,7 +66,10 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
         return Err(err("id", "must not be empty".into()));
     }
     if raw.max_nodes < 1 + raw.peers.len() as u32 {
-        return Err(err("max_nodes", format!("{} is fewer than the {} nodes listed", raw.max_nodes, 1 + raw.peers.len())));
+        return Err(err(
+            "max_nodes",
+            format!("{} is fewer than the {} nodes listed", raw.max_nodes, 1 + raw.peers.len()),
+        ));
     }
     let in_range = |id: u32| (1..=raw.max_nodes).contains(&id);
     if !in_range(raw.node_id) {

@@ -335,7 +335,13 @@ async fn dial_once(
 /// A greeted link, the same on both sides: a writer sends queued frames and a heartbeat; the
 /// reader answers heartbeats, runs requests through the services and hands responses to the
 /// calls waiting for them. Silence longer than `SILENCE` ends the link.
-async fn run_link<S>(stream: S, mut buf: BytesMut, peer: Arc<PeerUp>, peers: Arc<Peers>, stop: &CancellationToken) -> Result<(), LinkError>
+async fn run_link<S>(
+    stream: S,
+    mut buf: BytesMut,
+    peer: Arc<PeerUp>,
+    peers: Arc<Peers>,
+    stop: &CancellationToken,
+) -> Result<(), LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

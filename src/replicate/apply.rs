@@ -47,7 +47,11 @@ impl ApplyError {
                 None => true,
                 Some(c) => {
                     let c = c.code();
-                    c.starts_with("40") || c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55P03"
+                    c.starts_with("40")
+                        || c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57")
+                        || c == "55P03"
                 }
             },
         }
@@ -73,7 +77,9 @@ pub struct TableMeta {
     pub columns: Vec<String>,
 }
 
-pub async fn tables(client: &impl tokio_postgres::GenericClient) -> Result<HashMap<String, TableMeta>, tokio_postgres::Error> {
+pub async fn tables(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<HashMap<String, TableMeta>, tokio_postgres::Error> {
     let rows = client.query("SELECT tbl, key, whole, cols FROM pgmix.tables", &[]).await?;
     Ok(rows.iter().map(|r| (r.get(0), TableMeta { key: r.get(1), whole: r.get(2), columns: r.get(3) })).collect())
 }
@@ -208,8 +214,9 @@ pub async fn apply_one(
     let writable = meta.columns.iter();
     match (present, visible) {
         (true, true) => {
-            let changed: Vec<&String> =
-                writable.filter(|n| after.columns.get(*n).map(|x| &x.0) != before.columns.get(*n).map(|x| &x.0)).collect();
+            let changed: Vec<&String> = writable
+                .filter(|n| after.columns.get(*n).map(|x| &x.0) != before.columns.get(*n).map(|x| &x.0))
+                .collect();
             if !changed.is_empty() {
                 let cols: Vec<String> = changed.iter().map(|n| ident(n)).collect();
                 let cols = cols.join(", ");

@@ -257,7 +257,11 @@ mod tests {
         total.generated = true;
         cat.tables.insert(
             TableName::new(Some("public"), "posts"),
-            CatalogTable { columns: vec![id, col("body"), total], primary_key: vec!["id".into()], ..Default::default() },
+            CatalogTable {
+                columns: vec![id, col("body"), total],
+                primary_key: vec!["id".into()],
+                ..Default::default()
+            },
         );
         cat.tables.insert(
             TableName::new(Some("public"), "users"),

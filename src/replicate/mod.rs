@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{BackendConfig, ClusterConfig};
 use crate::metrics::MetricsHandle;
-use crate::peer::{Peers, PeerUp};
+use crate::peer::{PeerUp, Peers};
 use log::{Batch, Pos, Pull};
 
 /// The peer-link service number of weak replication.
@@ -44,6 +44,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a pull may take before it is asked again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_PARKED: Duration = Duration::from_secs(2);
+/// How often the log is pruned of what every peer has, and how much one pass deletes at once.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+const PRUNE_CHUNK: i64 = 10_000;
 
 /// One node's weak replication.
 pub struct Replicator {
@@ -53,6 +56,9 @@ pub struct Replicator {
     metrics: MetricsHandle,
     stop: CancellationToken,
     dbs: Mutex<HashMap<String, Arc<Db>>>,
+    /// Per database, how far each peer has applied this node's log (the `after` of its last
+    /// pull, which is its durable cursor): what every peer has is pruned.
+    acks: Mutex<HashMap<String, HashMap<u32, Pos>>>,
     /// Databases to open (migrate and install capture) before they are served or pulled.
     open: mpsc::UnboundedSender<String>,
 }
@@ -79,7 +85,16 @@ impl Replicator {
         open: mpsc::UnboundedSender<String>,
         mut opened: mpsc::UnboundedReceiver<String>,
     ) -> Arc<Self> {
-        let me = Arc::new(Self { cluster, backend, peers: peers.clone(), metrics, stop, dbs: Mutex::new(HashMap::new()), open });
+        let me = Arc::new(Self {
+            cluster,
+            backend,
+            peers: peers.clone(),
+            metrics,
+            stop,
+            dbs: Mutex::new(HashMap::new()),
+            acks: Mutex::new(HashMap::new()),
+            open,
+        });
         let weak = Arc::downgrade(&me);
         peers.serve(
             SERVICE,
@@ -121,7 +136,47 @@ impl Replicator {
             tokio::spawn(self.clone().pull_loop(d.clone(), peer.clone()));
         }
         tokio::spawn(self.clone().parked_loop(d.clone()));
+        tokio::spawn(self.clone().prune_loop(d.clone()));
         d
+    }
+
+    /// Deletes from the log what every peer has applied. A peer that has not pulled since this
+    /// node started, or that is down, holds everything after its last known cursor: a node
+    /// that comes back catches up from any live peer, so every peer keeps what it lacks.
+    async fn prune_loop(self: Arc<Self>, db: Arc<Db>) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+            let upto = {
+                let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(by_peer) = acks.get(&db.name) else { continue };
+                let all: Option<Vec<Pos>> = self.peers.list.iter().map(|p| by_peer.get(&p.id).copied()).collect();
+                all.and_then(|a| a.into_iter().min())
+            };
+            let Some(upto) = upto.filter(|p| *p > Pos::default()) else { continue };
+            let mut conn = db.serve.lock().await;
+            let client = match self.apply_client(&mut conn, &db.name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(database = %db.name, error = %pg_text(&e), "cannot prune the change log now");
+                    continue;
+                }
+            };
+            let deleted = client
+                .execute(
+                    "DELETE FROM pgmix.changes WHERE ctid = ANY(ARRAY(SELECT ctid FROM pgmix.changes \
+                     WHERE (xid, seq) <= ($1, $2) ORDER BY xid, seq LIMIT $3))",
+                    &[&upto.xid, &upto.seq, &PRUNE_CHUNK],
+                )
+                .await;
+            match deleted {
+                Ok(n) if n > 0 => debug!(database = %db.name, deleted = n, "change log pruned"),
+                Ok(_) => {}
+                Err(e) => debug!(database = %db.name, error = %pg_text(&e), "pruning the change log failed"),
+            }
+        }
     }
 
     async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -135,6 +190,11 @@ impl Replicator {
     /// A peer's pull: a batch from this node's log.
     async fn serve_pull(self: Arc<Self>, from: u32, payload: Bytes) -> Result<Bytes, String> {
         let pull: Pull = serde_json::from_slice(&payload).map_err(|e| format!("malformed pull: {e}"))?;
+        {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            let ack = acks.entry(pull.db.clone()).or_default().entry(from).or_default();
+            *ack = (*ack).max(pull.after);
+        }
         let db = {
             let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
             dbs.get(&pull.db).cloned()
@@ -211,7 +271,8 @@ impl Replicator {
                     }
                 }
             }
-            let lag_ms = batch.oldest_pending_hlc.map_or(0, |h| now_ms().saturating_sub(crate::clock::millis(h as u64)));
+            let lag_ms =
+                batch.oldest_pending_hlc.map_or(0, |h| now_ms().saturating_sub(crate::clock::millis(h as u64)));
             self.metrics.set_weak_lag(&peer.name, &db.name, batch.remaining as u64, lag_ms);
         }
     }

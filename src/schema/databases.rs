@@ -65,7 +65,13 @@ impl Databases {
     fn live(&self, database: &str) -> LiveSchema {
         let mut backend = self.backend.clone();
         backend.database = database.to_owned();
-        LiveSchema::new(self.file_schema.clone(), self.file.clone(), backend, self.metrics.clone(), self.cluster.clone())
+        LiveSchema::new(
+            self.file_schema.clone(),
+            self.file.clone(),
+            backend,
+            self.metrics.clone(),
+            self.cluster.clone(),
+        )
     }
 
     /// From now on, each database opened is sent on `tx`; so are those already open.

@@ -83,7 +83,9 @@ impl LiveSchema {
         let capture = match (&cat, &self.cluster) {
             (Ok(cat), Some(cluster)) => {
                 let plans = crate::replicate::capture::plan(&self.file_schema, cat, cluster.node_id);
-                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id).await.map(|_| ())
+                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id)
+                    .await
+                    .map(|_| ())
             }
             _ => Ok(()),
         };

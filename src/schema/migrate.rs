@@ -13,8 +13,7 @@ use thiserror::Error;
 use crate::config::{BackendConfig, ClusterConfig};
 
 /// (number, file name, SQL), in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_node_identity.sql", include_str!("../../migrations/0001_node_identity.sql")),
     (2, "0002_weak_replication.sql", include_str!("../../migrations/0002_weak_replication.sql")),
 ];

@@ -214,5 +214,6 @@ fn node_config(
         ));
     }
     let top = format!("schema = {:?}", schema.display().to_string());
-    node_toml_with_top(pg, 0, "allow", &top, &section).replace("node_name = \"test\"", &format!("node_name = \"node{id}\""))
+    node_toml_with_top(pg, 0, "allow", &top, &section)
+        .replace("node_name = \"test\"", &format!("node_name = \"node{id}\""))
 }

@@ -32,6 +32,28 @@ async fn inserts_updates_and_deletes_reach_every_node() {
     let items = "SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s', id, origin, body, price, at AT TIME ZONE 'UTC'), ','), '') FROM items";
     let got = c.converged("typed values", items).await;
     assert_eq!(got, ["3|n3|{\"k\": [1, 2.50, \"s\"]}|12345678901234567890.123456789|2026-01-02 03:04:05.678901"]);
+
+    // Every way of writing rows is captured: upserts, MERGE, COPY, INSERT ... SELECT.
+    n1.batch_execute(
+        "INSERT INTO kv VALUES (1, 'ignored', 'up', 9) ON CONFLICT (id) DO UPDATE SET b = excluded.b; \
+         MERGE INTO kv USING (VALUES (1), (5)) s(id) ON kv.id = s.id \
+           WHEN MATCHED THEN UPDATE SET n = 10 WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'merged', NULL, 5); \
+         INSERT INTO kv SELECT id + 100, a, b, n FROM kv WHERE id = 5",
+    )
+    .await
+    .unwrap();
+    let copy = n2.copy_in::<_, bytes::Bytes>("COPY kv FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(copy);
+    use futures_util::SinkExt;
+    copy.send(bytes::Bytes::from_static(b"7\tcopied\t\\N\t7\n")).await.unwrap();
+    copy.finish().await.unwrap();
+    assert_eq!(c.converged("upsert, merge, copy", KV).await, ["1|x2|up|10,5|merged||5,7|copied||7,105|merged||5"]);
+
+    // Once every peer has a change, it leaves the log.
+    crate::harness::wait_until("the change logs are pruned", || async {
+        c.each("SELECT count(*)::text FROM pgmix.changes").await.iter().all(|n| n == &["0"])
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +76,11 @@ async fn two_transactions_writing_different_columns_of_one_row_both_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_conflicting_updates_on_all_nodes_converge_to_written_values() {
     let c = Cluster::start(3, SCHEMA, SETUP).await;
-    c.client(1).await.batch_execute("INSERT INTO kv SELECT g, 'a0', 'b0', 0 FROM generate_series(1, 5) g").await.unwrap();
+    c.client(1)
+        .await
+        .batch_execute("INSERT INTO kv SELECT g, 'a0', 'b0', 0 FROM generate_series(1, 5) g")
+        .await
+        .unwrap();
     c.converged("the rows", KV).await;
     let mut written: BTreeMap<(i32, &str), BTreeSet<String>> = BTreeMap::new();
     for id in 1..=5 {
@@ -74,7 +100,10 @@ async fn concurrent_conflicting_updates_on_all_nodes_converge_to_written_values(
         }
         tasks.push(tokio::spawn(async move {
             for (id, col, value) in plan {
-                client.execute(&format!("UPDATE kv SET {col} = $1, n = n + 1 WHERE id = $2"), &[&value, &id]).await.unwrap();
+                client
+                    .execute(&format!("UPDATE kv SET {col} = $1, n = n + 1 WHERE id = $2"), &[&value, &id])
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -93,7 +122,11 @@ async fn concurrent_conflicting_updates_on_all_nodes_converge_to_written_values(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_updates_and_reinserts_racing_converge() {
     let c = Cluster::start(3, SCHEMA, SETUP).await;
-    c.client(1).await.batch_execute("INSERT INTO kv SELECT g, 'a', 'b', 0 FROM generate_series(1, 20) g").await.unwrap();
+    c.client(1)
+        .await
+        .batch_execute("INSERT INTO kv SELECT g, 'a', 'b', 0 FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
     c.converged("the rows", KV).await;
     // Node 3 is cut off while the others race it, so the writes really are concurrent.
     c.isolate(3, true);
@@ -131,7 +164,11 @@ async fn deletes_updates_and_reinserts_racing_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_both_sides_of_a_partition_converge_after_it_heals() {
     let c = Cluster::start(3, SCHEMA, SETUP).await;
-    c.client(1).await.batch_execute("INSERT INTO kv SELECT g, 'a', 'b', 0 FROM generate_series(1, 10) g").await.unwrap();
+    c.client(1)
+        .await
+        .batch_execute("INSERT INTO kv SELECT g, 'a', 'b', 0 FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
     c.converged("the rows", KV).await;
     c.isolate(1, true);
     let (n1, n2, n3) = (c.client(1).await, c.client(2).await, c.client(3).await);
@@ -207,7 +244,11 @@ async fn a_change_that_cannot_apply_yet_is_parked_and_applied_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_the_keys_that_differ_after_a_change_made_behind_pgmix() {
     let c = Cluster::start(3, SCHEMA, SETUP).await;
-    c.client(1).await.batch_execute("INSERT INTO kv SELECT g, 'a', 'b', g FROM generate_series(1, 200) g").await.unwrap();
+    c.client(1)
+        .await
+        .batch_execute("INSERT INTO kv SELECT g, 'a', 'b', g FROM generate_series(1, 200) g")
+        .await
+        .unwrap();
     c.converged("the rows", KV).await;
     let nodes: Vec<(String, tokio_postgres::Config)> = c
         .nodes

@@ -315,11 +315,12 @@ async fn dominated(
         .await?;
     let mut stored: HashMap<(String, String), RowState> = HashMap::new();
     for r in &rows {
-        let mut st = RowState::default();
-        st.inserted = r.get::<_, Option<i64>>(2).zip(r.get::<_, Option<i32>>(3)).map(|(h, n)| version(h, n));
-        st.deleted = r.get::<_, Option<i64>>(4).zip(r.get::<_, Option<i32>>(5)).map(|(h, n)| version(h, n));
         let cols: BTreeMap<String, (i64, i32)> = serde_json::from_str(r.get::<_, &str>(6)).unwrap_or_default();
-        st.columns = cols.into_iter().map(|(k, (h, n))| (k, (None, version(h, n)))).collect();
+        let st = RowState {
+            inserted: r.get::<_, Option<i64>>(2).zip(r.get::<_, Option<i32>>(3)).map(|(h, n)| version(h, n)),
+            deleted: r.get::<_, Option<i64>>(4).zip(r.get::<_, Option<i32>>(5)).map(|(h, n)| version(h, n)),
+            columns: cols.into_iter().map(|(k, (h, n))| (k, (None, version(h, n)))).collect(),
+        };
         stored.insert((r.get(0), r.get(1)), st);
     }
     // Both key texts are Postgres's jsonb output, which is canonical: they compare as text.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgmix::cluster::certs::{ClusterCerts, ensure_cluster};
+
 use pgmix::cluster::pg::free_port;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -66,8 +67,8 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     /// relays[i][j]: node i+1's way to node j+1's peer port (used when i < j: the lower id dials).
     relays: Vec<Vec<Option<Relay>>>,
-    pub certs: ClusterCerts,
-    pub dir: TempDir,
+    /// Kept for the nodes' lifetime: their certificates and schema file live there.
+    _dir: TempDir,
 }
 
 impl Cluster {
@@ -85,9 +86,9 @@ impl Cluster {
         for _ in 0..5 {
             let ports: Vec<u16> = (0..n).map(|_| free_port().expect("free port")).collect();
             let mut relays: Vec<Vec<Option<Relay>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-            for i in 0..n {
-                for j in i + 1..n {
-                    relays[i][j] = Some(Relay::start(ports[j]).await);
+            for (i, row) in relays.iter_mut().enumerate() {
+                for (j, slot) in row.iter_mut().enumerate().skip(i + 1) {
+                    *slot = Some(Relay::start(ports[j]).await);
                 }
             }
             let mut pgs = Vec::new();
@@ -119,7 +120,7 @@ impl Cluster {
                 }
                 continue;
             }
-            let me = Self { nodes, relays, certs, dir };
+            let me = Self { nodes, relays, _dir: dir };
             me.wait_linked().await;
             return me;
         }

@@ -8,7 +8,7 @@ use crate::harness::TempDir;
 
 /// A running `pgmix up`: stopped with SIGTERM (and killed if it does not stop) when dropped, so
 /// that a failing test leaves no cluster behind.
-struct Up(std::process::Child);
+pub struct Up(pub std::process::Child);
 
 impl Drop for Up {
     fn drop(&mut self) {
@@ -30,13 +30,14 @@ impl Drop for Up {
 /// A base port for a 2-node `pgmix up` whose client, metrics (+1000) and peer (+2000) ports are
 /// all free. Chosen below the kernel's ephemeral range, where the other tests' `free_port` never
 /// lands, so they cannot take one of them in the meantime.
-fn base_port() -> u16 {
+pub fn base_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     loop {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = 20_000 + (std::process::id() as u16 % 500) * 10 + n * 3 % 5000;
-        let all = [base, base + 1, base + 1000, base + 1001, base + 2000, base + 2001];
-        if all.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+        // Room for three nodes.
+        let all = (0..3).flat_map(|i| [base + i, base + 1000 + i, base + 2000 + i]);
+        if all.into_iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
@@ -49,10 +50,20 @@ fn run_up(dir: &std::path::Path, port: u16) -> (Up, Vec<String>) {
 
 /// `pgmix up` with 2 nodes: its output up to `cluster ready`, and a channel with the lines after.
 fn run_up_watching(dir: &std::path::Path, port: u16) -> (Up, Vec<String>, std::sync::mpsc::Receiver<String>) {
+    run_up_with(dir, port, 2, "default = \"strong\"\n[tables.logs]\nconsistency = \"weak\"\n")
+}
+
+/// `pgmix up` with `nodes` nodes and `schema` as its schema file.
+pub fn run_up_with(
+    dir: &std::path::Path,
+    port: u16,
+    nodes: u16,
+    schema_text: &str,
+) -> (Up, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let schema = dir.join("schema.toml");
-    std::fs::write(&schema, "default = \"strong\"\n[tables.logs]\nconsistency = \"weak\"\n").unwrap();
+    std::fs::write(&schema, schema_text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgmix"))
-        .args(["up", "--nodes", "2", "--port", &port.to_string(), "--schema"])
+        .args(["up", "--nodes", &nodes.to_string(), "--port", &port.to_string(), "--schema"])
         .arg(&schema)
         .arg("--data-dir")
         .arg(dir)
@@ -84,7 +95,7 @@ fn run_up_watching(dir: &std::path::Path, port: u16) -> (Up, Vec<String>, std::s
     panic!("pgmix up ended without `cluster ready`: {lines:#?}");
 }
 
-fn metrics(port: u16) -> String {
+pub fn metrics(port: u16) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -93,7 +104,7 @@ fn metrics(port: u16) -> String {
     body
 }
 
-fn stop(mut up: Up) {
+pub fn stop(mut up: Up) {
     let child = &mut up.0;
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -210,7 +221,7 @@ fn up_as_root_says_exactly_what_to_do_when_postgres_cannot_reach_the_data_dir() 
 }
 
 /// Waits for a line of `pgmix up` containing `what`.
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) if line.contains(what) => return line,

@@ -85,110 +85,181 @@ CREATE TABLE pgmix.tables (
     tbl text PRIMARY KEY,
     key text[] NOT NULL,
     whole boolean NOT NULL,
-    cols text[] NOT NULL
+    -- The columns apply writes: every stored column of a whole table, the weak ones otherwise.
+    cols text[] NOT NULL,
+    -- The strong columns of a table that is not wholly weak (as the schema file says).
+    strong text[] NOT NULL DEFAULT '{}'
 );
 
 -- The newest (xid) below which every transaction has ended: log rows under it are final.
 CREATE FUNCTION pgmix.log_horizon() RETURNS bigint LANGUAGE sql STABLE AS
 $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint $$;
 
--- {k: j->k} for each of `keys` that `j` holds.
+-- {k: j->k} for each of `keys` that `j` holds (verify compares rows by it).
 CREATE FUNCTION pgmix.pick(j jsonb, keys text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS
 $$ SELECT coalesce(jsonb_object_agg(k, j->k), '{}') FROM unnest(keys) k WHERE j ? k $$;
 
--- {column: [h, node]} for each column of `vals`.
-CREATE FUNCTION pgmix.stamps(vals jsonb, h bigint, node integer) RETURNS jsonb LANGUAGE sql IMMUTABLE AS
-$$ SELECT coalesce(jsonb_object_agg(k, jsonb_build_array(h, node)), '{}') FROM jsonb_object_keys(vals) k $$;
-
--- {column: [h, node, value]} for each column of `vals`.
-CREATE FUNCTION pgmix.stamped(vals jsonb, h bigint, node integer) RETURNS jsonb LANGUAGE sql IMMUTABLE AS
-$$ SELECT coalesce(jsonb_object_agg(e.key, jsonb_build_array(h, node, e.value)), '{}') FROM jsonb_each(vals) e $$;
-
--- The capture trigger, AFTER each row of a table with weak columns. Arguments: this node's id,
--- the quoted table name, whether the whole row is weak, the key columns, and (for a table with
--- only some weak columns) those columns.
+-- Capture: each weak table gets a trigger function of its own, generated from its columns by
+-- pgmix.install_capture, so that a write costs a few column comparisons rather than a generic
+-- walk over the row as JSON. An event trigger generates it again in the same transaction as any
+-- ALTER TABLE of a captured table, so no write to a new column is ever missed.
 --
 -- A write is stamped above the row's `top`, so above every version of what it overwrites, and
 -- above the clock's floor (what peers sent), and at least the wall clock: the row lock the user's
 -- statement holds orders two local writes of one row, and the later one is stamped higher. The
 -- log row and the versions are written in the user's transaction: a rollback captures nothing,
--- a commit loses nothing.
-CREATE FUNCTION pgmix.capture() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pgmix AS $fn$
+-- a commit loses nothing. An UPDATE captures the columns whose value changed.
+
+-- `"schema"."table"`, the form pgmix names tables in everywhere.
+CREATE FUNCTION pgmix.qualified(t regclass) RETURNS text LANGUAGE sql STABLE AS
+$$ SELECT '"' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"'
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t $$;
+
+-- Installs (or brings up to date) capture on `t`: whole rows when `whole`, else updates of the
+-- columns not in `strong`. Returns false, installing nothing, when `t` has no primary key.
+CREATE FUNCTION pgmix.install_capture(t regclass, whole boolean, strong text[]) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $install$
 DECLARE
-    me integer := TG_ARGV[0]::integer;
-    tname text := TG_ARGV[1];
-    whole boolean := TG_ARGV[2]::boolean;
-    keycols text[] := TG_ARGV[3]::text[];
-    weakcols text[] := TG_ARGV[4]::text[];
-    n jsonb;
-    o jsonb;
-    nk jsonb;
-    ok jsonb;
+    me integer := (SELECT node_id FROM pgmix.node);
+    tname text := pgmix.qualified(t);
+    fname text := 'capture_' || left(md5(tname || whole::text), 16);
+    keys text[];
+    cols text[];
+    knew text;
+    kold text;
+    keysame text;
+    diff text;
+    body text;
+BEGIN
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
+        FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = t AND i.indisprimary;
+    IF keys IS NULL THEN
+        RETURN false;
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum),
+           string_agg(CASE WHEN EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+                                        WHERE am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = a.atttypid)
+                THEN format('IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN vals := vals || jsonb_build_object(%2$L, NEW.%1$I); END IF;', a.attname, a.attname)
+                ELSE format('IF NEW.%1$I::text IS DISTINCT FROM OLD.%1$I::text THEN vals := vals || jsonb_build_object(%2$L, NEW.%1$I); END IF;', a.attname, a.attname)
+                END, E'\n        ' ORDER BY a.attnum)
+        INTO cols, diff
+        FROM pg_attribute a
+        WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND (whole OR NOT a.attname::text = ANY(strong));
+    SELECT 'jsonb_build_object(' || string_agg(format('%L, NEW.%I', k, k), ', ') || ')',
+           'jsonb_build_object(' || string_agg(format('%L, OLD.%I', k, k), ', ') || ')',
+           string_agg(format('NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I', k), ' AND ')
+        INTO knew, kold, keysame FROM unnest(keys) k;
+    body := format($body$
+DECLARE
     w bigint;
     h bigint;
-    vals jsonb;
+    k jsonb;
+    vals jsonb := '{}';
 BEGIN
     w := greatest(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint << 16,
                   (SELECT c.hlc + 1 FROM pgmix.clock c));
-    IF TG_OP <> 'DELETE' THEN
-        n := to_jsonb(NEW);
-        nk := pgmix.pick(n, keycols);
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        o := to_jsonb(OLD);
-        ok := pgmix.pick(o, keycols);
-    END IF;
-    IF NOT whole THEN
-        n := pgmix.pick(n, weakcols);
-        o := pgmix.pick(o, weakcols);
-    END IF;
-    IF TG_OP = 'UPDATE' AND (nk = ok OR NOT whole) THEN
-        SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') INTO vals FROM jsonb_each(n) e
-            WHERE e.value IS DISTINCT FROM o->e.key;
+    IF TG_OP = 'UPDATE' AND (%1$s OR NOT %2$s) THEN
+        k := %3$s;
+        %5$s
         IF vals = '{}' THEN
             RETURN NULL;
         END IF;
         INSERT INTO pgmix.versions AS v (tbl, key, ins, ins_node, cols, top)
-            VALUES (tname, nk, 0, 0, pgmix.stamps(vals, w, me), w)
+            VALUES (%6$L, k, 0, 0, (SELECT jsonb_object_agg(s.col, jsonb_build_array(w, %7$s)) FROM jsonb_object_keys(vals) s(col)), w)
             ON CONFLICT (tbl, key) DO UPDATE SET
                 top = greatest(excluded.top, v.top + 1),
-                cols = v.cols || pgmix.stamps(vals, greatest(excluded.top, v.top + 1), me)
+                cols = v.cols || (SELECT jsonb_object_agg(s.col, jsonb_build_array(greatest(excluded.top, v.top + 1), %7$s)) FROM jsonb_object_keys(vals) s(col))
             RETURNING v.top INTO h;
         INSERT INTO pgmix.changes (origin, hlc, tbl, key, cols)
-            VALUES (me, h, tname, nk, pgmix.stamped(vals, h, me));
+            VALUES (%7$s, h, %6$L, k, (SELECT jsonb_object_agg(e.key, jsonb_build_array(h, %7$s, e.value)) FROM jsonb_each(vals) e));
         RETURN NULL;
     END IF;
     -- A delete, or the old key of an update that changed the key.
-    IF o IS NOT NULL THEN
+    IF TG_OP <> 'INSERT' THEN
+        k := %4$s;
         INSERT INTO pgmix.versions AS v (tbl, key, del, del_node, ghost, top)
-            VALUES (tname, ok, w, me, o, w)
+            VALUES (%6$L, k, w, %7$s, to_jsonb(OLD), w)
             ON CONFLICT (tbl, key) DO UPDATE SET
                 top = greatest(excluded.top, v.top + 1),
                 del = greatest(excluded.top, v.top + 1),
-                del_node = me,
+                del_node = %7$s,
                 ghost = excluded.ghost
             RETURNING v.top INTO h;
-        INSERT INTO pgmix.changes (origin, hlc, tbl, key, del, del_node)
-            VALUES (me, h, tname, ok, h, me);
+        INSERT INTO pgmix.changes (origin, hlc, tbl, key, del, del_node) VALUES (%7$s, h, %6$L, k, h, %7$s);
     END IF;
     -- An insert, or the new key of an update that changed the key.
-    IF n IS NOT NULL THEN
+    IF TG_OP <> 'DELETE' THEN
+        k := %3$s;
+        vals := to_jsonb(NEW);
         INSERT INTO pgmix.versions AS v (tbl, key, ins, ins_node, cols, top)
-            VALUES (tname, nk, w, me, pgmix.stamps(n, w, me), w)
+            VALUES (%6$L, k, w, %7$s, (SELECT jsonb_object_agg(s.col, jsonb_build_array(w, %7$s)) FROM jsonb_object_keys(vals) s(col)), w)
             ON CONFLICT (tbl, key) DO UPDATE SET
                 top = greatest(excluded.top, v.top + 1),
                 ins = greatest(excluded.top, v.top + 1),
-                ins_node = me,
-                cols = v.cols || pgmix.stamps(n, greatest(excluded.top, v.top + 1), me),
+                ins_node = %7$s,
+                cols = v.cols || (SELECT jsonb_object_agg(s.col, jsonb_build_array(greatest(excluded.top, v.top + 1), %7$s)) FROM jsonb_object_keys(vals) s(col)),
                 ghost = NULL
             RETURNING v.top INTO h;
         INSERT INTO pgmix.changes (origin, hlc, tbl, key, ins, ins_node, cols)
-            VALUES (me, h, tname, nk, h, me, pgmix.stamped(n, h, me));
+            VALUES (%7$s, h, %6$L, k, h, %7$s, (SELECT jsonb_object_agg(e.key, jsonb_build_array(h, %7$s, e.value)) FROM jsonb_each(vals) e));
     END IF;
     RETURN NULL;
 END
-$fn$;
+$body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coalesce(diff, ''), tname, me);
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pgmix'::regnamespace
+                   AND p.proname = fname AND p.prosrc = body) THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION pgmix.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                       'SET search_path = pg_catalog, pgmix AS %L', fname, body);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+                   WHERE g.tgrelid = t AND g.tgname = 'pgmix_capture' AND p.proname = fname) THEN
+        EXECUTE format('CREATE OR REPLACE TRIGGER pgmix_capture AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION pgmix.%I()',
+                       CASE WHEN whole THEN 'INSERT OR UPDATE OR DELETE' ELSE 'UPDATE' END, tname, fname);
+    END IF;
+    IF whole AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t AND g.tgname = 'pgmix_no_truncate') THEN
+        EXECUTE format('CREATE TRIGGER pgmix_no_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION pgmix.refuse_truncate(%L)', tname, tname);
+    ELSIF NOT whole THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS pgmix_no_truncate ON %s', tname);
+    END IF;
+    INSERT INTO pgmix.tables (tbl, key, whole, cols, strong) VALUES (tname, keys, whole, cols, strong)
+        ON CONFLICT (tbl) DO UPDATE SET key = excluded.key, whole = excluded.whole, cols = excluded.cols,
+            strong = excluded.strong
+        WHERE (pgmix.tables.key, pgmix.tables.whole, pgmix.tables.cols, pgmix.tables.strong)
+              IS DISTINCT FROM (excluded.key, excluded.whole, excluded.cols, excluded.strong);
+    RETURN true;
+END
+$install$;
+
+-- Removes capture from `t` (no longer weak).
+CREATE FUNCTION pgmix.remove_capture(t regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS pgmix_capture ON %s', pgmix.qualified(t));
+    EXECUTE format('DROP TRIGGER IF EXISTS pgmix_no_truncate ON %s', pgmix.qualified(t));
+    DELETE FROM pgmix.tables WHERE tbl = pgmix.qualified(t);
+END
+$$;
+
+-- After ALTER TABLE of a captured table, capture is generated again in the same transaction.
+CREATE FUNCTION pgmix.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT c.objid::regclass AS t, pt.whole, pt.strong
+             FROM pg_event_trigger_ddl_commands() c
+             JOIN pgmix.tables pt ON pt.tbl = pgmix.qualified(c.objid::regclass)
+             WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' LOOP
+        PERFORM pgmix.install_capture(r.t, r.whole, r.strong);
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER pgmix_capture_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION pgmix.on_ddl();
 
 -- TRUNCATE would empty a weak table on one node only: refused, with what to do instead.
 CREATE FUNCTION pgmix.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$

@@ -1,18 +1,19 @@
-//! Installs change capture on the tables that hold weak data: the `pgmix.capture` trigger (see
-//! `migrations/0002_weak_replication.sql`), a trigger that refuses TRUNCATE, the table's entry in
-//! `pgmix.tables` for the apply side, and interleaved sequences for serial and identity columns.
+//! Installs change capture on the tables that hold weak data: a trigger function generated for
+//! the table by `pgmix.install_capture` (see `migrations/0002_weak_replication.sql`), a trigger
+//! that refuses TRUNCATE, the table's entry in `pgmix.tables` for the apply side, and
+//! interleaved sequences for serial and identity columns.
 //!
 //! It runs whenever the catalog is checked: at start-up, when a database is first opened, and
-//! after DDL through pgmix. What it should install is computed without I/O (`plan`), so the rules
-//! are unit tested; `install` compares the plan with the triggers in place and changes only what
-//! differs, because CREATE TRIGGER locks the table against writes.
+//! after DDL through pgmix. Which tables get what is decided without I/O (`plan`), so the rules
+//! are unit tested. An ALTER TABLE of a captured table, through pgmix or not, regenerates its
+//! capture in its own transaction (an event trigger), so no write to a new column is missed.
 //!
-//! Crash meaning: each table's triggers and entry change in one transaction, so a table is
-//! either captured as before or as now. A weak table written to in the moment between its
-//! creation and the install after the DDL is captured from then on; its earlier rows are local
-//! until written again (the DDL that creates weak tables should precede writes to them).
+//! Crash meaning: each table's capture changes in one transaction, so a table is either captured
+//! as before or as now. Rows written to a new weak table before its first install (the moment
+//! between its CREATE and the re-check after it) are not captured: such a table's rows are local
+//! until written again, so create weak tables before writing to them, as one does anyway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use tracing::info;
 
@@ -24,34 +25,17 @@ use crate::schema::{Consistency, Schema, TableName};
 pub struct Plan {
     /// The name ready for SQL, `"schema"."table"`.
     pub table: String,
-    pub key: Vec<String>,
     /// The whole row is weak: inserts, updates and deletes replicate. Otherwise only updates of
-    /// `weak_columns` do (the row itself, and its strong columns, belong to the strong path).
+    /// the columns not in `strong` do (the row itself belongs to the strong path).
     pub whole: bool,
-    /// The columns the apply side writes: for a whole table every column that is not generated,
-    /// otherwise the weak ones.
-    pub columns: Vec<String>,
-    /// Sequences to interleave: the `pg_get_serial_sequence` column names.
+    pub strong: Vec<String>,
+    /// Serial and identity columns, whose sequences are interleaved per node.
     pub sequence_columns: Vec<String>,
-    /// The `pgmix.capture` trigger's arguments.
-    pub capture_args: Vec<String>,
 }
 
 /// Quotes an identifier for SQL.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for SQL.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A text[] literal's text.
-fn array_text(items: &[String]) -> String {
-    let quoted: Vec<String> =
-        items.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect();
-    format!("{{{}}}", quoted.join(","))
 }
 
 pub fn qualified(name: &TableName) -> String {
@@ -60,7 +44,7 @@ pub fn qualified(name: &TableName) -> String {
 
 /// The capture each table of `catalog` gets under `schema`, by quoted name. Tables without a
 /// primary key get none (the schema check reports them).
-pub fn plan(schema: &Schema, catalog: &Catalog, node_id: u32) -> BTreeMap<String, Plan> {
+pub fn plan(schema: &Schema, catalog: &Catalog) -> BTreeMap<String, Plan> {
     let mut out = BTreeMap::new();
     for (name, table) in &catalog.tables {
         let (_, rule) = schema.resolve(name);
@@ -68,12 +52,8 @@ pub fn plan(schema: &Schema, catalog: &Catalog, node_id: u32) -> BTreeMap<String
             continue;
         }
         let whole = rule.strong_columns.is_empty();
-        let writable = table.columns.iter().filter(|c| !c.generated);
-        let columns: Vec<String> = if whole {
-            writable.map(|c| c.name.clone()).collect()
-        } else {
-            writable.filter(|c| !rule.strong_columns.contains(&c.name)).map(|c| c.name.clone()).collect()
-        };
+        let mut strong: Vec<String> = rule.strong_columns.iter().cloned().collect();
+        strong.sort();
         let sequence_columns = table
             .columns
             .iter()
@@ -81,41 +61,9 @@ pub fn plan(schema: &Schema, catalog: &Catalog, node_id: u32) -> BTreeMap<String
             .map(|c| c.name.clone())
             .collect();
         let quoted = qualified(name);
-        let weak_cols = if whole { Vec::new() } else { columns.clone() };
-        let capture_args = vec![
-            node_id.to_string(),
-            quoted.clone(),
-            whole.to_string(),
-            array_text(&table.primary_key),
-            array_text(&weak_cols),
-        ];
-        out.insert(
-            quoted.clone(),
-            Plan { table: quoted, key: table.primary_key.clone(), whole, columns, sequence_columns, capture_args },
-        );
+        out.insert(quoted.clone(), Plan { table: quoted, whole, strong, sequence_columns });
     }
     out
-}
-
-/// The SQL that installs `p`'s triggers.
-fn triggers_sql(p: &Plan) -> String {
-    let args: Vec<String> = p.capture_args.iter().map(|a| literal(a)).collect();
-    let events = if p.whole { "INSERT OR UPDATE OR DELETE" } else { "UPDATE" };
-    let mut sql = format!(
-        "CREATE OR REPLACE TRIGGER pgmix_capture AFTER {events} ON {t} FOR EACH ROW EXECUTE FUNCTION pgmix.capture({a});",
-        t = p.table,
-        a = args.join(", ")
-    );
-    if p.whole {
-        sql.push_str(&format!(
-            "CREATE OR REPLACE TRIGGER pgmix_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION pgmix.refuse_truncate({l});",
-            t = p.table,
-            l = literal(&p.table)
-        ));
-    } else {
-        sql.push_str(&format!("DROP TRIGGER IF EXISTS pgmix_no_truncate ON {};", p.table));
-    }
-    sql
 }
 
 /// The value a sequence stepping by `step` on node `node_id` should hand out next after
@@ -126,70 +74,40 @@ pub fn next_interleaved(last: Option<i64>, step: i64, node_id: i64) -> i64 {
     floor + (want - floor.rem_euclid(step)).rem_euclid(step)
 }
 
-const INSTALLED: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgargs \
-    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-    WHERE t.tgname IN ('pgmix_capture', 'pgmix_no_truncate') AND NOT t.tgisinternal";
-
-/// Brings capture in `client`'s database in line with `plans`; returns how many tables changed.
+/// Brings capture in `client`'s database in line with `plans` (`pgmix.install_capture` changes
+/// only what differs, because CREATE TRIGGER locks the table against writes).
 pub async fn install(
     client: &mut tokio_postgres::Client,
     plans: &BTreeMap<String, Plan>,
     max_nodes: u32,
     node_id: u32,
-) -> Result<usize, tokio_postgres::Error> {
-    // What is in place: table -> (capture args, has the truncate guard).
-    let mut installed: HashMap<String, (Option<Vec<String>>, bool)> = HashMap::new();
-    for row in client.query(INSTALLED, &[]).await? {
-        let table = qualified(&TableName::new(Some(row.get::<_, &str>(0)), row.get::<_, &str>(1)));
-        let entry = installed.entry(table).or_default();
-        if row.get::<_, &str>(2) == "pgmix_capture" {
-            let raw: Vec<u8> = row.get(3);
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            entry.0 = Some(args);
-        } else {
-            entry.1 = true;
-        }
-    }
-    let mut changed = 0;
-    for (table, p) in plans {
-        let want_events: Option<Vec<String>> = Some(p.capture_args.clone());
-        let have = installed.remove(table);
-        let same = have.as_ref().is_some_and(|(args, guard)| *args == want_events && *guard == p.whole);
+) -> Result<(), tokio_postgres::Error> {
+    for p in plans.values() {
         let tx = client.transaction().await?;
-        if !same {
-            tx.batch_execute(&triggers_sql(p)).await?;
-            changed += 1;
-        }
-        tx.execute(
-            "INSERT INTO pgmix.tables (tbl, key, whole, cols) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tbl) DO UPDATE SET key = excluded.key, whole = excluded.whole, cols = excluded.cols",
-            &[&p.table, &p.key, &p.whole, &p.columns],
-        )
-        .await?;
+        tx.execute("SELECT pgmix.install_capture($1::text::regclass, $2, $3)", &[&p.table, &p.whole, &p.strong])
+            .await?;
         for col in &p.sequence_columns {
             interleave(&tx, &p.table, col, max_nodes, node_id).await?;
         }
         tx.commit().await?;
     }
-    // Tables that are no longer weak (the schema file changed) lose their capture.
-    for (table, _) in installed {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS pgmix_capture ON {table}; DROP TRIGGER IF EXISTS pgmix_no_truncate ON {table};"
-        ))
+    // Tables no longer weak (the schema file changed) lose their capture; dropped ones their entry.
+    let captured = client
+        .query(
+            "SELECT pgmix.qualified(tgrelid::regclass) FROM pg_trigger WHERE tgname = 'pgmix_capture' AND NOT tgisinternal",
+            &[],
+        )
         .await?;
-        tx.execute("DELETE FROM pgmix.tables WHERE tbl = $1", &[&table]).await?;
-        tx.commit().await?;
-        changed += 1;
+    for row in captured {
+        let table: String = row.get(0);
+        if !plans.contains_key(&table) {
+            client.execute("SELECT pgmix.remove_capture($1::text::regclass)", &[&table]).await?;
+            info!(%table, "weak change capture removed: the table is no longer weak");
+        }
     }
-    if changed > 0 {
-        info!(tables = changed, "weak change capture installed");
-    }
-    Ok(changed)
+    let names: Vec<&String> = plans.keys().collect();
+    client.execute("DELETE FROM pgmix.tables WHERE NOT tbl = ANY($1)", &[&names]).await?;
+    Ok(())
 }
 
 /// Makes the sequence behind `table.col` step by `max_nodes` and hand out only values that are
@@ -253,50 +171,28 @@ mod tests {
         let mut cat = Catalog::default();
         let mut id = col("id");
         id.identity = true;
-        let mut total = col("total");
-        total.generated = true;
-        cat.tables.insert(
-            TableName::new(Some("public"), "posts"),
-            CatalogTable {
-                columns: vec![id, col("body"), total],
-                primary_key: vec!["id".into()],
-                ..Default::default()
-            },
-        );
-        cat.tables.insert(
-            TableName::new(Some("public"), "users"),
-            CatalogTable {
-                columns: vec![col("id"), col("email"), col("bio")],
-                primary_key: vec!["id".into()],
-                ..Default::default()
-            },
-        );
-        cat.tables.insert(
-            TableName::new(Some("public"), "accounts"),
-            CatalogTable { columns: vec![col("id")], primary_key: vec!["id".into()], ..Default::default() },
-        );
-        cat.tables.insert(
-            TableName::new(Some("public"), "nokey"),
-            CatalogTable { columns: vec![col("x")], ..Default::default() },
-        );
-        let plans = plan(&schema, &cat, 2);
+        let table = |columns: Vec<CatalogColumn>, key: bool| CatalogTable {
+            columns,
+            primary_key: if key { vec!["id".into()] } else { vec![] },
+            ..Default::default()
+        };
+        cat.tables.insert(TableName::new(Some("public"), "posts"), table(vec![id, col("body")], true));
+        cat.tables.insert(TableName::new(Some("public"), "users"), table(vec![col("id"), col("email")], true));
+        cat.tables.insert(TableName::new(Some("public"), "accounts"), table(vec![col("id")], true));
+        cat.tables.insert(TableName::new(Some("public"), "nokey"), table(vec![col("x")], false));
+        let plans = plan(&schema, &cat);
         assert_eq!(plans.keys().collect::<Vec<_>>(), ["\"public\".\"posts\"", "\"public\".\"users\""]);
         let posts = &plans["\"public\".\"posts\""];
-        assert!(posts.whole);
-        assert_eq!(posts.columns, ["id", "body"], "generated columns are not written");
+        assert!(posts.whole && posts.strong.is_empty());
         assert_eq!(posts.sequence_columns, ["id"]);
-        assert_eq!(posts.capture_args, ["2", "\"public\".\"posts\"", "true", "{\"id\"}", "{}"]);
         let users = &plans["\"public\".\"users\""];
         assert!(!users.whole);
-        assert_eq!(users.columns, ["id", "bio"]);
-        assert!(users.sequence_columns.is_empty());
-        assert!(triggers_sql(users).contains("AFTER UPDATE ON"));
+        assert_eq!(users.strong, ["email"]);
+        assert!(users.sequence_columns.is_empty(), "sequences of a partly strong table are the strong path's");
     }
 
     #[test]
     fn names_are_quoted_for_sql() {
         assert_eq!(qualified(&TableName::new(Some("My"), "t\"x")), "\"My\".\"t\"\"x\"");
-        assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(array_text(&["a".into(), "b,\"c".into()]), "{\"a\",\"b,\\\"c\"}");
     }
 }

@@ -82,10 +82,8 @@ impl LiveSchema {
         let cat = catalog::read(&client).await;
         let capture = match (&cat, &self.cluster) {
             (Ok(cat), Some(cluster)) => {
-                let plans = crate::replicate::capture::plan(&self.file_schema, cat, cluster.node_id);
-                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id)
-                    .await
-                    .map(|_| ())
+                let plans = crate::replicate::capture::plan(&self.file_schema, cat);
+                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id).await
             }
             _ => Ok(()),
         };

@@ -129,6 +129,8 @@ DECLARE
     kold text;
     keysame text;
     diff text;
+    -- Generated columns are computed on every node, never shipped.
+    unshipped text;
     body text;
 BEGIN
     SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
@@ -148,6 +150,8 @@ BEGIN
         FROM pg_attribute a
         WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
           AND (whole OR NOT a.attname::text = ANY(strong));
+    SELECT coalesce(' - ' || quote_literal(array_agg(a.attname::text)::text) || '::text[]', '') INTO unshipped
+        FROM pg_attribute a WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '';
     SELECT 'jsonb_build_object(' || string_agg(format('%L, NEW.%I', k, k), ', ') || ')',
            'jsonb_build_object(' || string_agg(format('%L, OLD.%I', k, k), ', ') || ')',
            string_agg(format('NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I', k), ' AND ')
@@ -181,7 +185,7 @@ BEGIN
     IF TG_OP <> 'INSERT' THEN
         k := %4$s;
         INSERT INTO pgmix.versions AS v (tbl, key, del, del_node, ghost, top)
-            VALUES (%6$L, k, w, %7$s, to_jsonb(OLD), w)
+            VALUES (%6$L, k, w, %7$s, to_jsonb(OLD)%8$s, w)
             ON CONFLICT (tbl, key) DO UPDATE SET
                 top = greatest(excluded.top, v.top + 1),
                 del = greatest(excluded.top, v.top + 1),
@@ -193,7 +197,7 @@ BEGIN
     -- An insert, or the new key of an update that changed the key.
     IF TG_OP <> 'DELETE' THEN
         k := %3$s;
-        vals := to_jsonb(NEW);
+        vals := to_jsonb(NEW)%8$s;
         INSERT INTO pgmix.versions AS v (tbl, key, ins, ins_node, cols, top)
             VALUES (%6$L, k, w, %7$s, (SELECT jsonb_object_agg(s.col, jsonb_build_array(w, %7$s)) FROM jsonb_object_keys(vals) s(col)), w)
             ON CONFLICT (tbl, key) DO UPDATE SET
@@ -208,7 +212,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coalesce(diff, ''), tname, me);
+$body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coalesce(diff, ''), tname, me, unshipped);
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pgmix'::regnamespace
                    AND p.proname = fname AND p.prosrc = body) THEN
         EXECUTE format('CREATE OR REPLACE FUNCTION pgmix.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub statements_by_class: [AtomicU64; crate::classify::Class::ALL.len()],
     /// Weak changes from peers that changed something here.
     pub weak_applied_total: AtomicU64,
+    /// Batches that failed whole and were applied change by change (a constraint, a missing
+    /// table or column: a few are expected, a steady stream means apply runs slow).
+    pub weak_batches_change_by_change_total: AtomicU64,
     /// Parked weak changes, by database.
     pub weak_parked: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Weak replication lag, by (peer, database): (changes, milliseconds).
@@ -148,6 +151,12 @@ impl Metrics {
                 "Weak changes from peers that changed something on this node.",
                 "counter",
                 self.weak_applied_total.load(Relaxed),
+            );
+            counter(
+                "weak_batches_change_by_change_total",
+                "Batches from peers applied change by change because one change failed.",
+                "counter",
+                self.weak_batches_change_by_change_total.load(Relaxed),
             );
             let parked: u64 = self.weak_parked.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
             counter(

@@ -34,7 +34,7 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    fn park(reason: impl Into<String>) -> Self {
+    pub(super) fn park(reason: impl Into<String>) -> Self {
         ApplyError::Park { reason: reason.into(), sqlstate: String::new() }
     }
 
@@ -92,9 +92,11 @@ pub struct Applied {
     /// Duplicates and changes that lost to what was here.
     pub stale: u64,
     pub parked: u64,
+    /// The batch could not be applied whole and was applied change by change.
+    pub careful: bool,
 }
 
-fn version(h: i64, n: i32) -> Version {
+pub(super) fn version(h: i64, n: i32) -> Version {
     Version::new(h as u64, n as u32)
 }
 
@@ -115,10 +117,32 @@ pub fn to_change(c: &LogChange) -> Result<Change, ApplyError> {
 }
 
 /// The row as stored here: its versions row and its current values (None when it is not here).
-struct Stored {
-    state: RowState,
-    present: bool,
+pub(super) struct Stored {
+    pub state: RowState,
+    pub present: bool,
+    pub top: i64,
+}
+
+/// A `pgmix.versions` row as read: ins, ins_node, del, del_node, cols::text, ghost::text, top.
+pub(super) struct VersionsRow {
+    ins: Option<(i64, i32)>,
+    del: Option<(i64, i32)>,
+    cols: String,
+    ghost: Option<String>,
     top: i64,
+}
+
+impl VersionsRow {
+    /// Reads the seven columns from `at` on.
+    pub fn from_row(r: &tokio_postgres::Row, at: usize) -> Self {
+        Self {
+            ins: r.get::<_, Option<i64>>(at).zip(r.get::<_, Option<i32>>(at + 1)),
+            del: r.get::<_, Option<i64>>(at + 2).zip(r.get::<_, Option<i32>>(at + 3)),
+            cols: r.get(at + 4),
+            ghost: r.get(at + 5),
+            top: r.get(at + 6),
+        }
+    }
 }
 
 fn parse_object(text: &str) -> Result<BTreeMap<String, Box<RawValue>>, ApplyError> {
@@ -128,18 +152,18 @@ fn parse_object(text: &str) -> Result<BTreeMap<String, Box<RawValue>>, ApplyErro
 /// The stored row's state for the merge rule: values from the row while it is here, from under
 /// its tombstone (`ghost`) when it is not; versions from `pgmix.versions`, where a value
 /// written before capture began has the lowest version.
-fn stored(row: Option<&str>, versions: Option<&tokio_postgres::Row>) -> Result<Stored, ApplyError> {
+pub(super) fn stored(row: Option<&str>, versions: Option<&VersionsRow>) -> Result<Stored, ApplyError> {
     let mut st = RowState::default();
     let mut top = 0;
     let mut col_versions: BTreeMap<String, (i64, i32)> = BTreeMap::new();
     let mut ghost = None;
     if let Some(v) = versions {
-        st.inserted = v.get::<_, Option<i64>>(0).zip(v.get::<_, Option<i32>>(1)).map(|(h, n)| version(h, n));
-        st.deleted = v.get::<_, Option<i64>>(2).zip(v.get::<_, Option<i32>>(3)).map(|(h, n)| version(h, n));
-        col_versions = serde_json::from_str(v.get::<_, &str>(4))
-            .map_err(|e| ApplyError::park(format!("malformed versions: {e}")))?;
-        ghost = v.get::<_, Option<&str>>(5);
-        top = v.get(6);
+        st.inserted = v.ins.map(|(h, n)| version(h, n));
+        st.deleted = v.del.map(|(h, n)| version(h, n));
+        col_versions =
+            serde_json::from_str(&v.cols).map_err(|e| ApplyError::park(format!("malformed versions: {e}")))?;
+        ghost = v.ghost.as_deref();
+        top = v.top;
     } else if row.is_some() {
         st.inserted = Some(Version::default());
     }
@@ -157,7 +181,7 @@ fn stored(row: Option<&str>, versions: Option<&tokio_postgres::Row>) -> Result<S
 }
 
 /// `{"col": value, ...}` for `names`, from the state's values.
-fn values_json<'a>(st: &RowState, names: impl Iterator<Item = &'a String>) -> String {
+pub(super) fn values_json<'a>(st: &RowState, names: impl Iterator<Item = &'a String>) -> String {
     let parts: Vec<String> = names
         .filter_map(|n| {
             let (v, _) = st.columns.get(n)?;
@@ -173,24 +197,105 @@ fn key_match(table: &str, key: &[String], param: usize) -> String {
     format!("({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, ${param}::text::jsonb))")
 }
 
+/// What a merged row means for the user's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum UserWrite {
+    None,
+    /// These columns changed value.
+    Update(Vec<String>),
+    /// The row appears, with these columns.
+    Insert(Vec<String>),
+    Delete,
+}
+
+/// The `pgmix.versions` row after a merge.
+pub(super) struct VersionsWrite {
+    pub ins: Option<i64>,
+    pub ins_node: Option<i32>,
+    pub del: Option<i64>,
+    pub del_node: Option<i32>,
+    pub cols: String,
+    pub ghost: Option<String>,
+    pub top: i64,
+}
+
+pub(super) struct RowWrite {
+    pub user: UserWrite,
+    pub versions: VersionsWrite,
+}
+
+/// What to write for a row that was `before` (`present` in the table, `top` its highest stamp)
+/// and is `after` once merged.
+pub(super) fn outcome(before: &RowState, present: bool, top: i64, after: &RowState, meta: &TableMeta) -> RowWrite {
+    let visible = if meta.whole { after.visible() } else { true };
+    let user = match (present, visible) {
+        (true, true) => {
+            let changed: Vec<String> = meta
+                .columns
+                .iter()
+                .filter(|n| after.columns.get(*n).map(|x| &x.0) != before.columns.get(*n).map(|x| &x.0))
+                .cloned()
+                .collect();
+            if changed.is_empty() { UserWrite::None } else { UserWrite::Update(changed) }
+        }
+        (false, true) => {
+            UserWrite::Insert(meta.columns.iter().filter(|n| after.columns.contains_key(*n)).cloned().collect())
+        }
+        (true, false) => UserWrite::Delete,
+        (false, false) => UserWrite::None,
+    };
+    let mut top = top;
+    let mut stamps = Vec::new();
+    for (name, (_, v)) in &after.columns {
+        top = top.max(v.hlc as i64);
+        stamps.push(format!("{}:[{},{}]", serde_json::Value::from(name.as_str()), v.hlc, v.node));
+    }
+    for v in [after.inserted, after.deleted].into_iter().flatten() {
+        top = top.max(v.hlc as i64);
+    }
+    let pair = |v: Option<Version>| (v.map(|v| v.hlc as i64), v.map(|v| v.node as i32));
+    let (ins, ins_node) = pair(after.inserted);
+    let (del, del_node) = pair(after.deleted);
+    RowWrite {
+        user,
+        versions: VersionsWrite {
+            ins,
+            ins_node,
+            del,
+            del_node,
+            cols: format!("{{{}}}", stamps.join(",")),
+            ghost: (!visible).then(|| values_json(after, after.columns.keys())),
+            top,
+        },
+    }
+}
+
+/// Why `c` cannot be applied here now, before any row is read: its table or a column it
+/// writes is not here (yet).
+pub(super) fn unfit(c: &LogChange, change: &Change, tables: &HashMap<String, TableMeta>) -> Option<ApplyError> {
+    let Some(meta) = tables.get(&c.tbl) else {
+        return Some(ApplyError::park(format!("table {} is not a weak table here (yet)", c.tbl)));
+    };
+    let named: Vec<&String> = match change {
+        Change::Insert { columns, .. } => columns.keys().collect(),
+        Change::Update { columns } => columns.keys().collect(),
+        Change::Delete { .. } => Vec::new(),
+    };
+    let missing = named.into_iter().find(|n| !meta.columns.contains(n))?;
+    Some(ApplyError::park(format!("table {} has no column {} here (yet)", c.tbl, ident(missing))))
+}
+
 /// Applies one change inside `tx`.
 pub async fn apply_one(
     tx: &tokio_postgres::Transaction<'_>,
     c: &LogChange,
     tables: &HashMap<String, TableMeta>,
 ) -> Result<bool, ApplyError> {
-    let Some(meta) = tables.get(&c.tbl) else {
-        return Err(ApplyError::park(format!("table {} is not a weak table here (yet)", c.tbl)));
-    };
     let change = to_change(c)?;
-    let named: Vec<&String> = match &change {
-        Change::Insert { columns, .. } => columns.keys().collect(),
-        Change::Update { columns } => columns.keys().collect(),
-        Change::Delete { .. } => Vec::new(),
-    };
-    if let Some(missing) = named.iter().find(|n| !meta.columns.contains(n)) {
-        return Err(ApplyError::park(format!("table {} has no column {} here (yet)", c.tbl, ident(missing))));
+    if let Some(e) = unfit(c, &change, tables) {
+        return Err(e);
     }
+    let Some(meta) = tables.get(&c.tbl) else { return Err(ApplyError::park("no table")) };
     let t = &c.tbl;
     let lock_row = format!("SELECT to_jsonb(t)::text FROM {t} t WHERE {} FOR UPDATE", key_match(t, &meta.key, 1));
     let row = tx.query_opt(&lock_row, &[&c.key]).await?;
@@ -202,6 +307,7 @@ pub async fn apply_one(
         )
         .await?;
     let row_text: Option<String> = row.map(|r| r.get(0));
+    let versions = versions.map(|r| VersionsRow::from_row(&r, 0));
     let Stored { state: before, present, top } = stored(row_text.as_deref(), versions.as_ref())?;
     if !meta.whole && !present {
         return Err(ApplyError::park(format!("row {} of {} is not here yet", c.key, c.tbl)));
@@ -210,56 +316,38 @@ pub async fn apply_one(
     if !after.apply(&change) {
         return Ok(false);
     }
-    let visible = if meta.whole { after.visible() } else { true };
-    let writable = meta.columns.iter();
-    match (present, visible) {
-        (true, true) => {
-            let changed: Vec<&String> = writable
-                .filter(|n| after.columns.get(*n).map(|x| &x.0) != before.columns.get(*n).map(|x| &x.0))
-                .collect();
-            if !changed.is_empty() {
-                let cols: Vec<String> = changed.iter().map(|n| ident(n)).collect();
-                let cols = cols.join(", ");
-                let sql = format!(
-                    "UPDATE {t} SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{t}, $2::text::jsonb)) WHERE {}",
-                    key_match(t, &meta.key, 1)
-                );
-                tx.execute(&sql, &[&c.key, &values_json(&after, changed.into_iter())]).await?;
-            }
+    let w = outcome(&before, present, top, &after, meta);
+    let t = &c.tbl;
+    match &w.user {
+        UserWrite::Update(changed) => {
+            let cols: Vec<String> = changed.iter().map(|n| ident(n)).collect();
+            let cols = cols.join(", ");
+            let sql = format!(
+                "UPDATE {t} SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{t}, $2::text::jsonb)) WHERE {}",
+                key_match(t, &meta.key, 1)
+            );
+            tx.execute(&sql, &[&c.key, &values_json(&after, changed.iter())]).await?;
         }
-        (false, true) => {
-            let names: Vec<&String> = writable.filter(|n| after.columns.contains_key(*n)).collect();
+        UserWrite::Insert(names) => {
             let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
             let cols = cols.join(", ");
             let sql = format!(
                 "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM jsonb_populate_record(NULL::{t}, $1::text::jsonb)"
             );
-            tx.execute(&sql, &[&values_json(&after, names.into_iter())]).await?;
+            tx.execute(&sql, &[&values_json(&after, names.iter())]).await?;
         }
-        (true, false) => {
+        UserWrite::Delete => {
             tx.execute(&format!("DELETE FROM {t} WHERE {}", key_match(t, &meta.key, 1)), &[&c.key]).await?;
         }
-        (false, false) => {}
+        UserWrite::None => {}
     }
-    let mut top = top;
-    let mut stamps = Vec::new();
-    for (name, (_, v)) in &after.columns {
-        top = top.max(v.hlc as i64);
-        stamps.push(format!("{}:[{},{}]", serde_json::Value::from(name.as_str()), v.hlc, v.node));
-    }
-    for v in [after.inserted, after.deleted].into_iter().flatten() {
-        top = top.max(v.hlc as i64);
-    }
-    let ghost = (!visible).then(|| values_json(&after, after.columns.keys()));
-    let pair = |v: Option<Version>| (v.map(|v| v.hlc as i64), v.map(|v| v.node as i32));
-    let (ins, ins_node) = pair(after.inserted);
-    let (del, del_node) = pair(after.deleted);
+    let v = &w.versions;
     tx.execute(
         "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
          VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) \
          ON CONFLICT (tbl, key) DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
          del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top",
-        &[&c.tbl, &c.key, &ins, &ins_node, &del, &del_node, &format!("{{{}}}", stamps.join(",")), &ghost, &top],
+        &[&c.tbl, &c.key, &v.ins, &v.ins_node, &v.del, &v.del_node, &v.cols, &v.ghost, &v.top],
     )
     .await?;
     let (ins, ins_node) = (c.ins.map(|x| x.0), c.ins.map(|x| x.1));
@@ -343,7 +431,10 @@ pub async fn batch(
     to: Pos,
 ) -> Result<Applied, ApplyError> {
     match attempt(client, source, changes, to, false).await {
-        Err(e) if !e.is_transient() => attempt(client, source, changes, to, true).await,
+        Err(e) if !e.is_transient() => {
+            tracing::info!(error = %e, "a batch failed whole; applying it change by change");
+            attempt(client, source, changes, to, true).await.map(|a| Applied { careful: true, ..a })
+        }
         other => other,
     }
 }
@@ -360,18 +451,15 @@ async fn attempt(
     let tables = tables(&tx).await?;
     let skip = dominated(&tx, changes).await?;
     let mut out = Applied::default();
-    for ((_, c), skip) in changes.iter().zip(skip) {
-        if skip {
-            out.stale += 1;
-            continue;
-        }
-        if !careful {
-            match apply_one(&tx, c, &tables).await? {
-                true => out.changed += 1,
-                false => out.stale += 1,
-            }
-            continue;
-        }
+    let todo: Vec<&(Pos, LogChange)> = changes.iter().zip(&skip).filter(|(_, s)| !**s).map(|(c, _)| c).collect();
+    out.stale = (changes.len() - todo.len()) as u64;
+    if !careful {
+        let (changed, stale, parked) = super::bulk::apply(&tx, source as i32, &todo, &tables).await?;
+        out.changed += changed;
+        out.stale += stale;
+        out.parked += parked;
+    }
+    for (_, c) in todo.iter().filter(|_| careful) {
         let sp = tx.savepoint("change").await?;
         match apply_one(&sp, c, &tables).await {
             Ok(changed) => {

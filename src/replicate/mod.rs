@@ -16,6 +16,7 @@
 //! that commit means the batch is asked for again.
 
 pub mod apply;
+mod bulk;
 pub mod capture;
 pub mod log;
 pub mod merge;
@@ -260,6 +261,9 @@ impl Replicator {
                     Ok(a) => {
                         cursor = Some(to);
                         self.metrics.weak_applied_total.fetch_add(a.changed, Relaxed);
+                        if a.careful {
+                            self.metrics.weak_batches_change_by_change_total.fetch_add(1, Relaxed);
+                        }
                         if a.parked > 0 {
                             self.metrics.weak_parked_add(&db.name, a.parked);
                         }

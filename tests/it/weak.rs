@@ -117,6 +117,11 @@ async fn concurrent_conflicting_updates_on_all_nodes_converge_to_written_values(
         assert!(written[&(id, "a")].contains(f[1]), "row {id}: a = {} was never written", f[1]);
         assert!(written[&(id, "b")].contains(f[2]), "row {id}: b = {} was never written", f[2]);
     }
+    // Every batch applied whole: the change-by-change path is for changes that fail.
+    for n in &c.nodes {
+        let text = n.handle().metrics.render("x");
+        assert!(text.contains("pgmix_weak_batches_change_by_change_total{node=\"x\"} 0"), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,14 @@ fn shipped_configs_load_and_validate() {
             assert_eq!(made.nodes[0].key, tmp.0.join(key), "{shown}: tls.key");
         }
 
+        // A cluster node's peer certificates, made as the compose file's `certs` service does.
+        let table: toml::Table = text.parse().unwrap();
+        if let Some(cluster) = table.get("cluster").and_then(|c| c.as_table()) {
+            let cert = Path::new(cluster["cert"].as_str().unwrap());
+            let node = table["node_name"].as_str().unwrap().to_owned();
+            let hosts: Vec<String> = certs::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect();
+            certs::ensure_cluster(&tmp.0.join(cert.parent().unwrap()), &[node], &hosts).expect("cluster certs");
+        }
         let cfg = pgmix::config::load(&copy).unwrap_or_else(|e| panic!("{shown} does not validate: {e}"));
         assert_eq!(cfg.tls.is_some(), tls.is_some(), "{shown}: TLS as configured");
         if let Some(settings) = &cfg.tls {
@@ -95,7 +103,10 @@ fn shipped_compose_file_mounts_each_deploy_config_next_to_its_postgres() {
     let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
     for path in shipped_configs().into_iter().skip(1) {
         let name = path.file_name().unwrap().to_str().unwrap();
-        assert!(compose.contains(&format!("\"./deploy/{name}:/etc/pgmix/proxy.toml:ro\"")), "{name} is mounted");
+        assert!(
+            compose.contains(&format!("\"./deploy/{name}:/etc/pgmix/proxy.toml:ro\", \"certs:/etc/pgmix/certs:ro\"")),
+            "{name} is mounted, with the cluster certificates"
+        );
         let table: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
         let host = table["backend"]["host"].as_str().unwrap();
         assert!(compose.contains(&format!("\n  {host}:\n")), "{name}: backend host `{host}` is a compose service");

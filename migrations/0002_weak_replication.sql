@@ -229,6 +229,12 @@ $body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coale
     ELSIF NOT whole THEN
         EXECUTE format('DROP TRIGGER IF EXISTS pgmix_no_truncate ON %s', tname);
     END IF;
+    IF whole THEN
+        PERFORM pgmix.interleave(pg_get_serial_sequence(tname, a.attname)::regclass)
+            FROM pg_attribute a
+            WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped
+              AND pg_get_serial_sequence(tname, a.attname) IS NOT NULL;
+    END IF;
     INSERT INTO pgmix.tables (tbl, key, whole, cols, strong) VALUES (tname, keys, whole, cols, strong)
         ON CONFLICT (tbl) DO UPDATE SET key = excluded.key, whole = excluded.whole, cols = excluded.cols,
             strong = excluded.strong
@@ -248,22 +254,101 @@ BEGIN
 END
 $$;
 
--- After ALTER TABLE of a captured table, capture is generated again in the same transaction.
+-- The schema file as the database sees it, written by pgmix at every catalog check, so that a
+-- table created or altered between two checks is captured in the DDL's own transaction.
+CREATE TABLE pgmix.schema_rules (
+    nsp text,               -- NULL for a name the file gives without a schema
+    rel text NOT NULL,
+    weak boolean NOT NULL,
+    strong text[] NOT NULL DEFAULT '{}'
+);
+CREATE TABLE pgmix.schema_file (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    default_weak boolean NOT NULL,
+    search_path text[] NOT NULL
+);
+
+-- The rule for table `t`, resolved as pgmix resolves the schema file: its schema-qualified
+-- entry, else its unqualified one when its schema is on the file's search_path, else the
+-- default. Both NULL before pgmix has written the file's rules.
+CREATE FUNCTION pgmix.rule_for(t regclass, OUT weak boolean, OUT strong text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    v_nsp text;
+    v_rel text;
+    f pgmix.schema_file;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t;
+    SELECT * INTO f FROM pgmix.schema_file;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT r.weak, r.strong INTO weak, strong FROM pgmix.schema_rules r WHERE r.nsp = v_nsp AND r.rel = v_rel;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    IF v_nsp = ANY(f.search_path) THEN
+        SELECT r.weak, r.strong INTO weak, strong FROM pgmix.schema_rules r WHERE r.nsp IS NULL AND r.rel = v_rel;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    weak := f.default_weak;
+    strong := '{}';
+END
+$$;
+
+-- After CREATE TABLE or ALTER TABLE, capture follows in the same transaction: a new weak table
+-- is captured from its first row, and a new column of a captured one from its first write.
 CREATE FUNCTION pgmix.on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
 DECLARE
     r record;
+    rule record;
 BEGIN
-    FOR r IN SELECT DISTINCT c.objid::regclass AS t, pt.whole, pt.strong
-             FROM pg_event_trigger_ddl_commands() c
-             JOIN pgmix.tables pt ON pt.tbl = pgmix.qualified(c.objid::regclass)
-             WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' LOOP
-        PERFORM pgmix.install_capture(r.t, r.whole, r.strong);
+    FOR r IN SELECT DISTINCT c.objid::regclass AS t FROM pg_event_trigger_ddl_commands() c
+             JOIN pg_class pc ON pc.oid = c.objid
+             WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' AND pc.relpersistence <> 't' LOOP
+        SELECT * INTO rule FROM pgmix.rule_for(r.t);
+        IF rule.weak THEN
+            PERFORM pgmix.install_capture(r.t, cardinality(rule.strong) = 0, rule.strong);
+        ELSIF rule.weak IS NOT NULL AND EXISTS (SELECT 1 FROM pgmix.tables WHERE tbl = pgmix.qualified(r.t)) THEN
+            PERFORM pgmix.remove_capture(r.t);
+        END IF;
     END LOOP;
 END
 $$;
-CREATE EVENT TRIGGER pgmix_capture_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+CREATE EVENT TRIGGER pgmix_capture_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION pgmix.on_ddl();
+
+-- Serial and identity keys of weak tables: each node's sequence steps by the cluster's
+-- max_nodes and hands out only values that are its node id modulo it, so no two nodes issue the
+-- same key. Idempotent: a sequence already interleaved is left as it is.
+ALTER TABLE pgmix.node ADD COLUMN max_nodes integer NOT NULL DEFAULT 16;
+
+CREATE FUNCTION pgmix.interleave(s regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    step bigint := (SELECT max_nodes FROM pgmix.node);
+    want bigint := (SELECT node_id FROM pgmix.node) % (SELECT max_nodes FROM pgmix.node);
+    inc bigint;
+    last bigint;
+    called boolean;
+    next bigint;
+BEGIN
+    SELECT seqincrement INTO inc FROM pg_sequence WHERE seqrelid = s;
+    EXECUTE format('SELECT last_value, is_called FROM %s', s) INTO last, called;
+    next := CASE WHEN called THEN last + 1 ELSE last END;
+    IF inc = step AND next % step = want THEN
+        RETURN;
+    END IF;
+    next := next + ((want - next % step) % step + step) % step;
+    EXECUTE format('ALTER SEQUENCE %s INCREMENT BY %s', s, step);
+    PERFORM setval(s, next, false);
+END
+$$;
 
 -- TRUNCATE would empty a weak table on one node only: refused, with what to do instead.
 CREATE FUNCTION pgmix.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use tracing::info;
 
-use crate::schema::lint::{Catalog, sequence_of};
+use crate::schema::lint::Catalog;
 use crate::schema::{Consistency, Schema, TableName};
 
 /// What capture one table gets.
@@ -29,8 +29,6 @@ pub struct Plan {
     /// the columns not in `strong` do (the row itself belongs to the strong path).
     pub whole: bool,
     pub strong: Vec<String>,
-    /// Serial and identity columns, whose sequences are interleaved per node.
-    pub sequence_columns: Vec<String>,
 }
 
 /// Quotes an identifier for SQL.
@@ -54,42 +52,46 @@ pub fn plan(schema: &Schema, catalog: &Catalog) -> BTreeMap<String, Plan> {
         let whole = rule.strong_columns.is_empty();
         let mut strong: Vec<String> = rule.strong_columns.iter().cloned().collect();
         strong.sort();
-        let sequence_columns = table
-            .columns
-            .iter()
-            .filter(|c| whole && (c.identity || sequence_of(c).is_some()))
-            .map(|c| c.name.clone())
-            .collect();
         let quoted = qualified(name);
-        out.insert(quoted.clone(), Plan { table: quoted, whole, strong, sequence_columns });
+        out.insert(quoted.clone(), Plan { table: quoted, whole, strong });
     }
     out
 }
 
-/// The value a sequence stepping by `step` on node `node_id` should hand out next after
-/// `last` (None when it never has): the first value above it that is `node_id` modulo `step`.
-pub fn next_interleaved(last: Option<i64>, step: i64, node_id: i64) -> i64 {
-    let floor = last.map_or(1, |l| l + 1);
-    let want = node_id.rem_euclid(step);
-    floor + (want - floor.rem_euclid(step)).rem_euclid(step)
+/// Writes the schema file's rules into `pgmix.schema_rules`, where the event trigger that
+/// captures tables created between two checks reads them.
+async fn write_rules(client: &mut tokio_postgres::Client, schema: &Schema) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("DELETE FROM pgmix.schema_rules; DELETE FROM pgmix.schema_file").await?;
+    tx.execute(
+        "INSERT INTO pgmix.schema_file (default_weak, search_path) VALUES ($1, $2)",
+        &[&(schema.default == Consistency::Weak), &schema.search_path],
+    )
+    .await?;
+    for (name, rule) in &schema.tables {
+        let mut strong: Vec<&String> = rule.strong_columns.iter().collect();
+        strong.sort();
+        tx.execute(
+            "INSERT INTO pgmix.schema_rules (nsp, rel, weak, strong) VALUES ($1, $2, $3, $4)",
+            &[&name.schema, &name.name, &(rule.consistency == Consistency::Weak), &strong],
+        )
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// Brings capture in `client`'s database in line with `plans` (`pgmix.install_capture` changes
 /// only what differs, because CREATE TRIGGER locks the table against writes).
 pub async fn install(
     client: &mut tokio_postgres::Client,
+    schema: &Schema,
     plans: &BTreeMap<String, Plan>,
-    max_nodes: u32,
-    node_id: u32,
 ) -> Result<(), tokio_postgres::Error> {
+    write_rules(client, schema).await?;
     for p in plans.values() {
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pgmix.install_capture($1::text::regclass, $2, $3)", &[&p.table, &p.whole, &p.strong])
+        client
+            .execute("SELECT pgmix.install_capture($1::text::regclass, $2, $3)", &[&p.table, &p.whole, &p.strong])
             .await?;
-        for col in &p.sequence_columns {
-            interleave(&tx, &p.table, col, max_nodes, node_id).await?;
-        }
-        tx.commit().await?;
     }
     // Tables no longer weak (the schema file changed) lose their capture; dropped ones their entry.
     let captured = client
@@ -110,54 +112,10 @@ pub async fn install(
     Ok(())
 }
 
-/// Makes the sequence behind `table.col` step by `max_nodes` and hand out only values that are
-/// `node_id` modulo it, so that no two nodes issue the same key.
-async fn interleave(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    col: &str,
-    max_nodes: u32,
-    node_id: u32,
-) -> Result<(), tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT s.seqrelid::regclass::text, s.seqincrement, ps.last_value FROM pg_sequence s \
-             JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_sequences ps ON ps.schemaname = n.nspname AND ps.sequencename = c.relname \
-             WHERE s.seqrelid = pg_get_serial_sequence($1, $2)::regclass",
-            &[&table, &col],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(()) };
-    let (seq, step, last): (String, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-    let (m, me) = (i64::from(max_nodes), i64::from(node_id));
-    if step == m && last.is_none_or(|l| l.rem_euclid(m) == me.rem_euclid(m)) {
-        return Ok(());
-    }
-    let next = next_interleaved(last, m, me);
-    tx.batch_execute(&format!("ALTER SEQUENCE {seq} INCREMENT BY {m}")).await?;
-    tx.execute("SELECT setval($1::text::regclass, $2, false)", &[&seq, &next]).await?;
-    info!(sequence = %seq, step = m, next, "serial key interleaved for this node");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::schema::lint::{CatalogColumn, CatalogTable};
-
-    #[test]
-    fn interleaved_values_are_the_nodes_own_and_above_the_last() {
-        assert_eq!(next_interleaved(None, 16, 1), 1);
-        assert_eq!(next_interleaved(None, 16, 3), 3);
-        assert_eq!(next_interleaved(Some(40), 16, 3), 51);
-        assert_eq!(next_interleaved(Some(51), 16, 3), 67);
-        assert_eq!(next_interleaved(Some(5), 16, 16), 16);
-        for last in 0..100 {
-            let v = next_interleaved(Some(last), 7, 3);
-            assert!(v > last && v % 7 == 3 && v - last <= 7, "{last} -> {v}");
-        }
-    }
 
     #[test]
     fn weak_tables_with_keys_are_captured_strong_ones_are_not() {
@@ -184,11 +142,9 @@ mod tests {
         assert_eq!(plans.keys().collect::<Vec<_>>(), ["\"public\".\"posts\"", "\"public\".\"users\""]);
         let posts = &plans["\"public\".\"posts\""];
         assert!(posts.whole && posts.strong.is_empty());
-        assert_eq!(posts.sequence_columns, ["id"]);
         let users = &plans["\"public\".\"users\""];
         assert!(!users.whole);
         assert_eq!(users.strong, ["email"]);
-        assert!(users.sequence_columns.is_empty(), "sequences of a partly strong table are the strong path's");
     }
 
     #[test]

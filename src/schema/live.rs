@@ -81,9 +81,9 @@ impl LiveSchema {
         let conn = tokio::spawn(conn);
         let cat = catalog::read(&client).await;
         let capture = match (&cat, &self.cluster) {
-            (Ok(cat), Some(cluster)) => {
+            (Ok(cat), Some(_)) => {
                 let plans = crate::replicate::capture::plan(&self.file_schema, cat);
-                crate::replicate::capture::install(&mut client, &plans, cluster.max_nodes, cluster.node_id).await
+                crate::replicate::capture::install(&mut client, &self.file_schema, &plans).await
             }
             _ => Ok(()),
         };

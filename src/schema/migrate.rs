@@ -72,6 +72,9 @@ pub async fn migrate(backend: &BackendConfig, cluster: &ClusterConfig) -> Result
         )
         .await
         .map_err(pg)?;
+        // Serial keys of weak tables step by it (pgmix.interleave).
+        let max_nodes = cluster.max_nodes as i32;
+        tx.execute("UPDATE pgmix.node SET max_nodes = $1", &[&max_nodes]).await.map_err(pg)?;
         let row = tx.query_one("SELECT cluster, node_id FROM pgmix.node", &[]).await.map_err(pg)?;
         let (their_cluster, their_node): (String, i32) = (row.get(0), row.get(1));
         if their_cluster != cluster.id || their_node != node_id {

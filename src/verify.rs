@@ -161,12 +161,9 @@ pub fn render(reports: &[TableReport], nodes: &[String]) -> (String, bool) {
     }
     for r in reports {
         if r.equal() {
-            text.push_str(&format!(
-                "{}: equal on {} nodes ({} rows)\n",
-                r.table,
-                nodes.len(),
-                r.rows.first().unwrap_or(&0)
-            ));
+            let rows = r.rows.first().copied().unwrap_or(0);
+            let noun = if rows == 1 { "row" } else { "rows" };
+            text.push_str(&format!("{}: equal on {} nodes ({rows} {noun})\n", r.table, nodes.len()));
             continue;
         }
         equal = false;

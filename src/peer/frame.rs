@@ -9,8 +9,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const VERSION: u8 = 1;
-/// Largest payload a peer may send in one frame.
-pub const MAX_PAYLOAD: usize = 16 << 20;
+/// Largest payload a peer may send in one frame. Batches of weak changes stop growing at 8 MiB,
+/// so only a single change (one row) larger than this cannot travel.
+pub const MAX_PAYLOAD: usize = 256 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {

@@ -50,6 +50,10 @@ pub struct Batch {
 const READ: &str = "SELECT xid, seq, origin, hlc, tbl, key::text, ins, ins_node, del, del_node, cols::text \
     FROM pgmix.changes WHERE (xid, seq) > ($1, $2) AND xid < pgmix.log_horizon() ORDER BY xid, seq LIMIT $3";
 
+/// A batch stops growing past this many bytes of change text (at least one change is sent), so
+/// that wide rows do not make a frame too large for the peer link.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// Counting stops here: a lag this large is reported as at least this.
 const COUNT_LIMIT: i64 = 1_000_000;
 
@@ -60,8 +64,14 @@ const PENDING: &str = "SELECT count(*), min(hlc) FROM \
 pub async fn read(client: &tokio_postgres::Client, pull: &Pull) -> Result<Batch, tokio_postgres::Error> {
     let limit = pull.limit.clamp(1, 10_000);
     let rows = client.query(READ, &[&pull.after.xid, &pull.after.seq, &limit]).await?;
+    let mut bytes = 0;
     let changes: Vec<(Pos, LogChange)> = rows
         .iter()
+        .take_while(|r| {
+            let fits = bytes < BATCH_BYTES;
+            bytes += r.get::<_, &str>(5).len() + r.get::<_, &str>(10).len();
+            fits
+        })
         .map(|r| {
             let pair = |a: Option<i64>, b: Option<i32>| a.zip(b);
             (

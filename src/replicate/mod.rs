@@ -44,6 +44,8 @@ const BATCH: i64 = 2_000;
 const POLL: Duration = Duration::from_millis(50);
 /// How long a pull may take before it is asked again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a puller waits after a pull failed (the peer cannot serve that database yet).
+const PULL_RETRY: Duration = Duration::from_secs(1);
 const RETRY_PARKED: Duration = Duration::from_secs(2);
 /// How often the log is pruned of what every peer has, and how much one pass deletes at once.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -62,6 +64,8 @@ pub struct Replicator {
     acks: Mutex<HashMap<String, HashMap<u32, Pos>>>,
     /// Databases to open (migrate and install capture) before they are served or pulled.
     open: mpsc::UnboundedSender<String>,
+    /// Databases a peer asked for that are not open here, and when they were last asked for.
+    asked_to_open: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// One replicated database: a connection that serves peers' pulls and one that applies, each
@@ -95,6 +99,7 @@ impl Replicator {
             dbs: Mutex::new(HashMap::new()),
             acks: Mutex::new(HashMap::new()),
             open,
+            asked_to_open: Mutex::new(Default::default()),
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -202,7 +207,19 @@ impl Replicator {
         };
         let Some(db) = db else {
             // Not opened here yet: open it (a peer replicates it), and ask the peer to come back.
-            let _ = self.open.send(pull.db.clone());
+            // Asked again now and then: the database may be created here later.
+            let now = std::time::Instant::now();
+            let ask = {
+                let mut asked = self.asked_to_open.lock().unwrap_or_else(|p| p.into_inner());
+                let due = asked.get(&pull.db).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10));
+                if due {
+                    asked.insert(pull.db.clone(), now);
+                }
+                due
+            };
+            if ask {
+                let _ = self.open.send(pull.db.clone());
+            }
             return Err(format!("database `{}` is being opened on this node; ask again", pull.db));
         };
         let mut conn = db.serve.lock().await;
@@ -252,6 +269,10 @@ impl Replicator {
                 },
                 Err(e) => {
                     debug!(peer = %peer.name, database = %db.name, error = %e, "pull failed");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(PULL_RETRY) => {}
+                    }
                     continue;
                 }
             };

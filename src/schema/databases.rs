@@ -112,26 +112,36 @@ impl Databases {
     /// pgmix, or belongs to another node).
     pub async fn get(&self, database: &str) -> Result<Arc<LiveSchema>, String> {
         let cell = self.cell(database);
-        cell.get_or_init(|| async {
-            if let Err(e) = self.migrate(database).await {
-                error!(database, "{e}");
-                return Err(e.to_string());
-            }
-            let live = Arc::new(self.live(database));
-            match live.check().await {
-                Ok(errors) => {
-                    for e in errors {
-                        error!(database, "the schema file does not fit this database: {e}");
+        // A database that cannot be reached now (it does not exist yet, Postgres is restarting)
+        // is tried again next time; one that is refused (foreign, newer) stays refused.
+        let retry = std::sync::atomic::AtomicBool::new(false);
+        let result = cell
+            .get_or_init(|| async {
+                if let Err(e) = self.migrate(database).await {
+                    error!(database, "{e}");
+                    retry.store(matches!(e, MigrateError::Postgres { .. }), std::sync::atomic::Ordering::Relaxed);
+                    return Err(e.to_string());
+                }
+                let live = Arc::new(self.live(database));
+                match live.check().await {
+                    Ok(errors) => {
+                        for e in errors {
+                            error!(database, "the schema file does not fit this database: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(database, error = %e, "cannot read the catalog: names resolve by the schema file alone")
                     }
                 }
-                Err(e) => {
-                    warn!(database, error = %e, "cannot read the catalog: names resolve by the schema file alone")
-                }
-            }
-            self.announce(database);
-            Ok(live)
-        })
-        .await
-        .clone()
+                self.announce(database);
+                Ok(live)
+            })
+            .await
+            .clone();
+        if retry.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(database);
+        }
+        result
     }
 }

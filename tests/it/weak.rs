@@ -310,3 +310,37 @@ async fn a_weak_table_created_through_any_path_is_captured_from_its_first_row() 
     let rows = c.converged("the new column", q).await;
     assert_eq!(rows[0].matches(":later").count(), 6, "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_opened_on_one_node_replicates_to_the_others_which_open_it_on_demand() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    for n in &c.nodes {
+        n.pg.direct().await.batch_execute("CREATE DATABASE app").await.unwrap();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(n.pg.pg.socket_dir()).port(n.pg.pg.port).user("postgres").dbname("app");
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("CREATE TABLE kv (id int PRIMARY KEY, a text, b text, n int)").await.unwrap();
+    }
+    // Only node1 has a client in `app`; the others open it when node1 asks them for its log.
+    let mut cfg = c.nodes[0].config();
+    cfg.dbname("app");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("INSERT INTO kv VALUES (1, 'in app', NULL, 1)").await.unwrap();
+    crate::harness::wait_until("the row reaches every node's `app`", || async {
+        let mut all = Vec::new();
+        for n in &c.nodes {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host_path(n.pg.pg.socket_dir()).port(n.pg.pg.port).user("postgres").dbname("app");
+            let Ok((client, conn)) = cfg.connect(tokio_postgres::NoTls).await else { return false };
+            tokio::spawn(conn);
+            let Ok(rows) = client.query("SELECT a FROM kv", &[]).await else { return false };
+            all.push(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>());
+        }
+        all.iter().all(|r| r == &["in app"])
+    })
+    .await;
+    // The `postgres` database is untouched by it.
+    assert_eq!(c.converged("postgres", KV).await, [""]);
+}

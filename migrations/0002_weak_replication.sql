@@ -50,9 +50,14 @@ CREATE TABLE pgmix.clock (
 );
 INSERT INTO pgmix.clock (hlc) VALUES (0);
 
+-- This database's change log's identity: a cursor into the log of a database that was replaced
+-- (a node's Postgres set up anew) must not be taken for a cursor into the new one.
+ALTER TABLE pgmix.node ADD COLUMN log_id uuid NOT NULL DEFAULT gen_random_uuid();
+
 -- How far this node has applied each peer's change log: updated in the apply's transaction.
 CREATE TABLE pgmix.cursors (
     source integer PRIMARY KEY,
+    log_id text NOT NULL,
     xid bigint NOT NULL,
     seq bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()

@@ -10,6 +10,11 @@
 //! version of the value it overwrites (`next_for`). A timestamp taken later, when a change is
 //! shipped, could invert two writes of one field made within the same millisecond on two
 //! sessions. This is pure arithmetic; the state (the last timestamp) lives with the caller.
+//!
+//! Weak capture computes exactly this inside Postgres, in the writer's transaction (see
+//! `replicate::capture`): `greatest(wall clock, floor + 1, row's top + 1)`, where the floor is the
+//! highest timestamp received from peers (`observe`) and the row's top bounds every version it
+//! holds (`next_for`).
 
 /// Bits of the logical counter.
 const LOGICAL_BITS: u32 = 16;

@@ -427,9 +427,11 @@ async fn dominated(
 pub async fn batch(
     client: &mut tokio_postgres::Client,
     source: u32,
+    log: &str,
     changes: &[(Pos, LogChange)],
     to: Pos,
 ) -> Result<Applied, ApplyError> {
+    let to = (log, to);
     match attempt(client, source, changes, to, false).await {
         Err(e) if !e.is_transient() => {
             tracing::info!(error = %e, "a batch failed whole; applying it change by change");
@@ -443,7 +445,7 @@ async fn attempt(
     client: &mut tokio_postgres::Client,
     source: u32,
     changes: &[(Pos, LogChange)],
-    to: Pos,
+    (log, to): (&str, Pos),
     careful: bool,
 ) -> Result<Applied, ApplyError> {
     let mut tx = client.transaction().await?;
@@ -481,9 +483,10 @@ async fn attempt(
     let max_hlc = changes.iter().map(|(_, c)| c.hlc).max().unwrap_or(0);
     tx.execute("UPDATE pgmix.clock SET hlc = greatest(hlc, $1)", &[&max_hlc]).await?;
     tx.execute(
-        "INSERT INTO pgmix.cursors (source, xid, seq, updated_at) VALUES ($1, $2, $3, now()) \
-         ON CONFLICT (source) DO UPDATE SET xid = excluded.xid, seq = excluded.seq, updated_at = now()",
-        &[&(source as i32), &to.xid, &to.seq],
+        "INSERT INTO pgmix.cursors (source, log_id, xid, seq, updated_at) VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (source) DO UPDATE SET log_id = excluded.log_id, xid = excluded.xid, seq = excluded.seq, \
+         updated_at = now()",
+        &[&(source as i32), &log, &to.xid, &to.seq],
     )
     .await?;
     tx.commit().await?;

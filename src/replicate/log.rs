@@ -42,6 +42,8 @@ pub struct Pull {
 /// yet), and the timestamp of the oldest of those, for the lag.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Batch {
+    /// The identity of the log read (`pgmix.node.log_id`).
+    pub log: String,
     pub changes: Vec<(Pos, LogChange)>,
     pub remaining: i64,
     pub oldest_pending_hlc: Option<i64>,
@@ -55,10 +57,10 @@ const READ: &str = "SELECT xid, seq, origin, hlc, tbl, key::text, ins, ins_node,
 const BATCH_BYTES: usize = 8 << 20;
 
 /// Counting stops here: a lag this large is reported as at least this.
-const COUNT_LIMIT: i64 = 1_000_000;
+const COUNT_LIMIT: i64 = 100_000;
 
-const PENDING: &str = "SELECT count(*), min(hlc) FROM \
-    (SELECT hlc FROM pgmix.changes WHERE (xid, seq) > ($1, $2) LIMIT 1000000) p";
+const PENDING: &str = "SELECT count(*), min(hlc), (SELECT log_id::text FROM pgmix.node) FROM \
+    (SELECT hlc FROM pgmix.changes WHERE (xid, seq) > ($1, $2) LIMIT 100000) p";
 
 /// Reads a batch from `client`'s log for a peer.
 pub async fn read(client: &tokio_postgres::Client, pull: &Pull) -> Result<Batch, tokio_postgres::Error> {
@@ -92,5 +94,5 @@ pub async fn read(client: &tokio_postgres::Client, pull: &Pull) -> Result<Batch,
     let row = client.query_one(PENDING, &[&last.xid, &last.seq]).await?;
     let remaining: i64 = row.get(0);
     debug_assert!(remaining <= COUNT_LIMIT);
-    Ok(Batch { changes, remaining, oldest_pending_hlc: row.get(1) })
+    Ok(Batch { log: row.get(2), changes, remaining, oldest_pending_hlc: row.get(1) })
 }

@@ -236,7 +236,8 @@ impl Replicator {
 
     /// Pulls `db` from `peer` for as long as the node runs.
     async fn pull_loop(self: Arc<Self>, db: Arc<Db>, peer: Arc<PeerUp>) {
-        let mut cursor: Option<Pos> = None;
+        // The place in the peer's log, and that log's identity once known.
+        let mut cursor: Option<(Pos, Option<String>)> = None;
         let mut quiet = false;
         loop {
             if quiet || cursor.is_none() {
@@ -250,7 +251,7 @@ impl Replicator {
             if !peer.is_up() {
                 continue;
             }
-            let Some(after) = cursor else {
+            let Some((after, log)) = cursor.clone() else {
                 match self.load_cursor(&db, peer.id).await {
                     Ok(c) => cursor = Some(c),
                     Err(e) => debug!(database = %db.name, error = %e, "cannot read the cursor yet"),
@@ -276,11 +277,18 @@ impl Replicator {
                     continue;
                 }
             };
+            if log.as_ref().is_some_and(|l| *l != batch.log) {
+                // The peer's database was set up anew: its log starts again from nothing.
+                warn!(peer = %peer.name, database = %db.name, "the peer's change log is a new one; reading it from its start");
+                cursor = Some((Pos::default(), Some(batch.log)));
+                quiet = false;
+                continue;
+            }
             if let Some((to, _)) = batch.changes.last() {
                 let to = *to;
                 match self.apply(&db, peer.id, &batch).await {
                     Ok(a) => {
-                        cursor = Some(to);
+                        cursor = Some((to, Some(batch.log.clone())));
                         self.metrics.weak_applied_total.fetch_add(a.changed, Relaxed);
                         if a.careful {
                             self.metrics.weak_batches_change_by_change_total.fetch_add(1, Relaxed);
@@ -302,11 +310,13 @@ impl Replicator {
         }
     }
 
-    async fn load_cursor(&self, db: &Db, source: u32) -> Result<Pos, tokio_postgres::Error> {
+    async fn load_cursor(&self, db: &Db, source: u32) -> Result<(Pos, Option<String>), tokio_postgres::Error> {
         let mut conn = db.apply.lock().await;
         let client = self.apply_client(&mut conn, &db.name).await?;
-        let row = client.query_opt("SELECT xid, seq FROM pgmix.cursors WHERE source = $1", &[&(source as i32)]).await?;
-        Ok(row.map_or(Pos::default(), |r| Pos { xid: r.get(0), seq: r.get(1) }))
+        let row = client
+            .query_opt("SELECT xid, seq, log_id FROM pgmix.cursors WHERE source = $1", &[&(source as i32)])
+            .await?;
+        Ok(row.map_or((Pos::default(), None), |r| (Pos { xid: r.get(0), seq: r.get(1) }, Some(r.get(2)))))
     }
 
     async fn apply_client<'a>(
@@ -314,12 +324,12 @@ impl Replicator {
         conn: &'a mut Option<tokio_postgres::Client>,
         db: &str,
     ) -> Result<&'a mut tokio_postgres::Client, tokio_postgres::Error> {
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            *conn = Some(self.connect(db).await?);
+        if conn.as_ref().is_some_and(|c| c.is_closed()) {
+            *conn = None;
         }
-        match conn.as_mut() {
+        match conn {
             Some(c) => Ok(c),
-            None => unreachable!("set just above"),
+            None => Ok(conn.insert(self.connect(db).await?)),
         }
     }
 
@@ -327,7 +337,7 @@ impl Replicator {
         let Some((to, _)) = batch.changes.last() else { return Ok(apply::Applied::default()) };
         let mut conn = db.apply.lock().await;
         let client = self.apply_client(&mut conn, &db.name).await?;
-        let result = apply::batch(client, source, &batch.changes, *to).await;
+        let result = apply::batch(client, source, &batch.log, &batch.changes, *to).await;
         if let Ok(a) = &result {
             debug!(database = %db.name, source, changed = a.changed, stale = a.stale, parked = a.parked, "batch applied");
         }

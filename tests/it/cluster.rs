@@ -67,8 +67,11 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     /// relays[i][j]: node i+1's way to node j+1's peer port (used when i < j: the lower id dials).
     relays: Vec<Vec<Option<Relay>>>,
+    ports: Vec<u16>,
+    certs: ClusterCerts,
+    setup: String,
     /// Kept for the nodes' lifetime: their certificates and schema file live there.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Cluster {
@@ -120,11 +123,27 @@ impl Cluster {
                 }
                 continue;
             }
-            let me = Self { nodes, relays, _dir: dir };
+            let me = Self { nodes, relays, ports, certs, setup: setup.to_owned(), dir };
             me.wait_linked().await;
             return me;
         }
         panic!("no free peer ports after 5 tries");
+    }
+
+    /// Node `k` (1-based) stopped and started again in front of a Postgres set up anew (its
+    /// data lost), with the same identity and peers.
+    pub async fn replace_postgres(&mut self, k: usize) {
+        let old = std::mem::replace(&mut self.nodes[k - 1], placeholder().await);
+        drop(old.into_pg().await);
+        let pg = TestPg::start();
+        if !self.setup.is_empty() {
+            pg.direct().await.batch_execute(&self.setup).await.expect("setup SQL");
+        }
+        let text = node_config(&self.certs, &self.dir.0.join("schema.toml"), &pg, k - 1, &self.ports, &self.relays);
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
+        let node = pgmix::node::start(cfg).await.expect("the node starts again");
+        self.nodes[k - 1] = TestNode::from_parts(node, pg);
+        self.wait_linked().await;
     }
 
     pub async fn wait_linked(&self) {
@@ -179,6 +198,11 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A stand-in while a node is replaced: a node of its own, outside the cluster.
+async fn placeholder() -> TestNode {
+    TestNode::start().await
 }
 
 fn node_config(

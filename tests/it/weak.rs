@@ -344,3 +344,24 @@ async fn a_database_opened_on_one_node_replicates_to_the_others_which_open_it_on
     // The `postgres` database is untouched by it.
     assert_eq!(c.converged("postgres", KV).await, [""]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_postgres_was_set_up_anew_is_read_from_the_start_of_its_new_log() {
+    let mut c = Cluster::start(3, SCHEMA, SETUP).await;
+    let n2 = c.client(2).await;
+    for id in 1..=50 {
+        n2.execute("INSERT INTO kv VALUES ($1, 'old', NULL, 0)", &[&id]).await.unwrap();
+    }
+    drop(n2);
+    c.converged("the old rows", KV).await;
+    // Node2's data is lost; it comes back empty, with the same node id. Its new change log
+    // restarts its transaction ids, below where its peers' cursors stood in the old one.
+    c.replace_postgres(2).await;
+    c.client(2).await.batch_execute("INSERT INTO kv VALUES (99, 'after', NULL, 0)").await.unwrap();
+    let q = "SELECT coalesce(string_agg(a, ','), '') FROM kv WHERE id = 99";
+    crate::harness::wait_until("node1 and node3 read node2's new log", || async {
+        let all = c.each(q).await;
+        all[0] == ["after"] && all[2] == ["after"]
+    })
+    .await;
+}

@@ -167,6 +167,14 @@ impl Cluster {
         }
     }
 
+    /// Cuts (or heals) the link between nodes `a` and `b` (1-based).
+    pub fn cut(&self, a: usize, b: usize, cut: bool) {
+        let (i, j) = (a.min(b) - 1, a.max(b) - 1);
+        if let Some(r) = &self.relays[i][j] {
+            r.set_cut(cut);
+        }
+    }
+
     /// A client of node `k` (1-based), through pgmix.
     pub async fn client(&self, k: usize) -> tokio_postgres::Client {
         self.nodes[k - 1].client().await

@@ -365,3 +365,19 @@ async fn a_peer_whose_postgres_was_set_up_anew_is_read_from_the_start_of_its_new
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catches_up_through_a_live_peer_with_changes_of_a_node_that_is_gone() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    c.isolate(3, true);
+    c.client(1).await.batch_execute("INSERT INTO kv VALUES (7, 'from node1', NULL, 1)").await.unwrap();
+    let q = "SELECT coalesce(string_agg(a, ','), '') FROM kv";
+    crate::harness::wait_until("node2 has node1's write", || async { c.each(q).await[1] == ["from node1"] }).await;
+    // Node1 goes away before node3 comes back: node3 can only learn the write from node2.
+    c.isolate(1, true);
+    c.cut(2, 3, false);
+    crate::harness::wait_until("node3 gets node1's write from node2", || async {
+        c.each(q).await[2] == ["from node1"]
+    })
+    .await;
+}

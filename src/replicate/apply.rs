@@ -509,16 +509,7 @@ pub async fn retry_parked(client: &mut tokio_postgres::Client) -> Result<(u64, u
     let mut applied = 0;
     for r in &rows {
         let id: i64 = r.get(0);
-        let pair = |a: Option<i64>, b: Option<i32>| a.zip(b);
-        let c = LogChange {
-            origin: r.get(1),
-            hlc: r.get(2),
-            tbl: r.get(3),
-            key: r.get(4),
-            ins: pair(r.get(5), r.get(6)),
-            del: pair(r.get(7), r.get(8)),
-            cols: r.get(9),
-        };
+        let c = LogChange::from_row(r, 1);
         let sp = tx.savepoint("parked").await?;
         match apply_one(&sp, &c, &tables).await {
             Ok(_) => {

@@ -30,6 +30,22 @@ pub struct LogChange {
     pub cols: String,
 }
 
+impl LogChange {
+    /// Reads `origin, hlc, tbl, key::text, ins, ins_node, del, del_node, cols::text` from `at` on.
+    pub fn from_row(r: &tokio_postgres::Row, at: usize) -> Self {
+        let pair = |a: Option<i64>, b: Option<i32>| a.zip(b);
+        LogChange {
+            origin: r.get(at),
+            hlc: r.get(at + 1),
+            tbl: r.get(at + 2),
+            key: r.get(at + 3),
+            ins: pair(r.get(at + 4), r.get(at + 5)),
+            del: pair(r.get(at + 6), r.get(at + 7)),
+            cols: r.get(at + 8),
+        }
+    }
+}
+
 /// A peer asks for the changes after `after` in this node's log of `db`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pull {
@@ -74,21 +90,7 @@ pub async fn read(client: &tokio_postgres::Client, pull: &Pull) -> Result<Batch,
             bytes += r.get::<_, &str>(5).len() + r.get::<_, &str>(10).len();
             fits
         })
-        .map(|r| {
-            let pair = |a: Option<i64>, b: Option<i32>| a.zip(b);
-            (
-                Pos { xid: r.get(0), seq: r.get(1) },
-                LogChange {
-                    origin: r.get(2),
-                    hlc: r.get(3),
-                    tbl: r.get(4),
-                    key: r.get(5),
-                    ins: pair(r.get(6), r.get(7)),
-                    del: pair(r.get(8), r.get(9)),
-                    cols: r.get(10),
-                },
-            )
-        })
+        .map(|r| (Pos { xid: r.get(0), seq: r.get(1) }, LogChange::from_row(r, 2)))
         .collect();
     let last = changes.last().map_or(pull.after, |(p, _)| *p);
     let row = client.query_one(PENDING, &[&last.xid, &last.seq]).await?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::{TempDir, wait_until};
-use crate::up::{base_port, run_up_with, stop, wait_for_line};
+use crate::up::{base_port, pg_stop_immediate, run_up_with, stop, wait_for_line};
 
 /// One write a client saw committed: the key, the value and the version pgmix gave it.
 #[derive(Debug, Clone)]
@@ -69,18 +69,6 @@ async fn writer(port: u16, k: usize, stop: Arc<AtomicBool>) -> Vec<Acked> {
     acked
 }
 
-fn pg_ctl_stop(pgdata: &std::path::Path) {
-    let bin = pgmix::cluster::pg::PgBin::find().unwrap();
-    let mut c = if pgmix::cluster::pg::running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.path("pg_ctl"));
-        c
-    } else {
-        Command::new(bin.path("pg_ctl"))
-    };
-    assert!(c.arg("-D").arg(pgdata).args(["-m", "immediate", "stop"]).status().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_weak_write_is_lost_when_a_node_or_its_postgres_dies_under_load() {
     let dir = TempDir::new("durability");
@@ -114,7 +102,7 @@ async fn no_acknowledged_weak_write_is_lost_when_a_node_or_its_postgres_dies_und
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Node2's Postgres stopped under load; restarted too.
-    pg_ctl_stop(&dir.0.join("node2/pgdata"));
+    pg_stop_immediate(&dir.0.join("node2/pgdata"));
     wait_for_line(&rx, "node2: Postgres restarted");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     halt.store(true, Ordering::Relaxed);

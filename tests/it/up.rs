@@ -220,6 +220,20 @@ fn up_as_root_says_exactly_what_to_do_when_postgres_cannot_reach_the_data_dir() 
     assert!(text.contains(&format!("port {port} is already in use")), "{text}");
 }
 
+/// `pg_ctl stop -m immediate` on `pgdata`, as the postgres user when running as root: a
+/// Postgres dying behind pgmix's back.
+pub fn pg_stop_immediate(pgdata: &std::path::Path) {
+    let bin = pgmix::cluster::pg::PgBin::find().unwrap();
+    let mut c = if pgmix::cluster::pg::running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.path("pg_ctl"));
+        c
+    } else {
+        Command::new(bin.path("pg_ctl"))
+    };
+    assert!(c.arg("-D").arg(pgdata).args(["-m", "immediate", "stop"]).status().unwrap().success());
+}
+
 /// Waits for a line of `pgmix up` containing `what`.
 pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
     loop {
@@ -264,16 +278,7 @@ async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
     .await;
 
     // Stop node2's Postgres behind pgmix's back: it is restarted too.
-    let pgdata = dir.0.join("node2/pgdata");
-    let bin = pgmix::cluster::pg::PgBin::find().unwrap();
-    let mut pg_stop = if pgmix::cluster::pg::running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.path("pg_ctl"));
-        c
-    } else {
-        Command::new(bin.path("pg_ctl"))
-    };
-    assert!(pg_stop.arg("-D").arg(&pgdata).args(["-m", "immediate", "stop"]).status().unwrap().success());
+    pg_stop_immediate(&dir.0.join("node2/pgdata"));
     wait_for_line(&rx, "node2: Postgres restarted");
     crate::harness::wait_until("node2 serves again", || async { select_one(port + 1).await.is_ok() }).await;
 
@@ -287,6 +292,7 @@ async fn up_restarts_a_node_process_or_a_postgres_that_dies_and_says_so() {
     })
     .await;
     // Its Postgres servers are left for the next `pgmix up` to stop; stop them here.
+    let bin = pgmix::cluster::pg::PgBin::find().unwrap();
     for node in ["node1", "node2"] {
         let mut c = if pgmix::cluster::pg::running_as_root() {
             let mut c = Command::new("runuser");

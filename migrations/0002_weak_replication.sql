@@ -123,7 +123,7 @@ $$ SELECT '"' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"
 -- Installs (or brings up to date) capture on `t`: whole rows when `whole`, else updates of the
 -- columns not in `strong`. Returns false, installing nothing, when `t` has no primary key.
 CREATE FUNCTION pgmix.install_capture(t regclass, whole boolean, strong text[]) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $install$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $install$
 DECLARE
     me integer := (SELECT node_id FROM pgmix.node);
     tname text := pgmix.qualified(t);
@@ -145,11 +145,19 @@ BEGIN
     IF keys IS NULL THEN
         RETURN false;
     END IF;
+    -- A column counts as written when its value changed. Equality is not identity for every
+    -- type (numeric 1.0 = 1.00, interval '1 day' = '24 hours', citext, nondeterministic
+    -- collations), so only types whose equality is identity compare by `=`; the rest compare
+    -- their text, bytewise.
     SELECT array_agg(a.attname::text ORDER BY a.attnum),
-           string_agg(CASE WHEN EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
-                                        WHERE am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = a.atttypid)
+           string_agg(CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype,
+                                               'uuid'::regtype, 'date'::regtype, 'timestamp'::regtype,
+                                               'timestamptz'::regtype, 'bytea'::regtype, 'oid'::regtype)
+                             OR (a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+                                 AND coalesce((SELECT co.collisdeterministic FROM pg_collation co
+                                               WHERE co.oid = a.attcollation), true))
                 THEN format('IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN vals := vals || jsonb_build_object(%2$L, NEW.%1$I); END IF;', a.attname, a.attname)
-                ELSE format('IF NEW.%1$I::text IS DISTINCT FROM OLD.%1$I::text THEN vals := vals || jsonb_build_object(%2$L, NEW.%1$I); END IF;', a.attname, a.attname)
+                ELSE format('IF NEW.%1$I::text COLLATE "C" IS DISTINCT FROM OLD.%1$I::text COLLATE "C" THEN vals := vals || jsonb_build_object(%2$L, NEW.%1$I); END IF;', a.attname, a.attname)
                 END, E'\n        ' ORDER BY a.attnum)
         INTO cols, diff
         FROM pg_attribute a
@@ -167,11 +175,20 @@ DECLARE
     h bigint;
     k jsonb;
     vals jsonb := '{}';
+    -- An UPDATE of a row written before capture began: shipped whole, as an insert.
+    unseen boolean := false;
 BEGIN
     w := greatest(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint << 16,
                   (SELECT c.hlc + 1 FROM pgmix.clock c));
-    IF TG_OP = 'UPDATE' AND (%1$s OR NOT %2$s) THEN
+    IF TG_OP = 'UPDATE' AND NOT %2$s AND NOT (%1$s) THEN
+        RAISE EXCEPTION 'changing the primary key of %%, which has strong columns, is not supported', %6$L
+            USING ERRCODE = '0A000', HINT = 'Delete the row and insert it with the new key.';
+    END IF;
+    IF TG_OP = 'UPDATE' AND (%1$s) THEN
         k := %3$s;
+        unseen := %2$s AND NOT EXISTS (SELECT 1 FROM pgmix.versions v WHERE v.tbl = %6$L AND v.key = k);
+    END IF;
+    IF TG_OP = 'UPDATE' AND (%1$s) AND NOT unseen THEN
         %5$s
         IF vals = '{}' THEN
             RETURN NULL;
@@ -187,7 +204,7 @@ BEGIN
         RETURN NULL;
     END IF;
     -- A delete, or the old key of an update that changed the key.
-    IF TG_OP <> 'INSERT' THEN
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND NOT unseen) THEN
         k := %4$s;
         INSERT INTO pgmix.versions AS v (tbl, key, del, del_node, ghost, top)
             VALUES (%6$L, k, w, %7$s, to_jsonb(OLD)%8$s, w)
@@ -199,7 +216,7 @@ BEGIN
             RETURNING v.top INTO h;
         INSERT INTO pgmix.changes (origin, hlc, tbl, key, del, del_node) VALUES (%7$s, h, %6$L, k, h, %7$s);
     END IF;
-    -- An insert, or the new key of an update that changed the key.
+    -- An insert, the new key of an update that changed the key, or a row capture had not seen.
     IF TG_OP <> 'DELETE' THEN
         k := %3$s;
         vals := to_jsonb(NEW)%8$s;
@@ -220,8 +237,10 @@ END
 $body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coalesce(diff, ''), tname, me, unshipped);
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pgmix'::regnamespace
                    AND p.proname = fname AND p.prosrc = body) THEN
+        -- Keys and values as JSON must not depend on the writer's session: fixed settings.
         EXECUTE format('CREATE OR REPLACE FUNCTION pgmix.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-                       'SET search_path = pg_catalog, pgmix AS %L', fname, body);
+                       'SET search_path = pg_catalog, pgmix SET TimeZone = ''UTC'' SET IntervalStyle = ''postgres'' '
+                       'SET extra_float_digits = 1 SET DateStyle = ''ISO, MDY'' AS %L', fname, body);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
                    WHERE g.tgrelid = t AND g.tgname = 'pgmix_capture' AND p.proname = fname) THEN
@@ -251,7 +270,7 @@ $install$;
 
 -- Removes capture from `t` (no longer weak).
 CREATE FUNCTION pgmix.remove_capture(t regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgmix_capture ON %s', pgmix.qualified(t));
     EXECUTE format('DROP TRIGGER IF EXISTS pgmix_no_truncate ON %s', pgmix.qualified(t));
@@ -307,14 +326,15 @@ $$;
 -- After CREATE TABLE or ALTER TABLE, capture follows in the same transaction: a new weak table
 -- is captured from its first row, and a new column of a captured one from its first write.
 CREATE FUNCTION pgmix.on_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
 DECLARE
     r record;
     rule record;
 BEGIN
     FOR r IN SELECT DISTINCT c.objid::regclass AS t FROM pg_event_trigger_ddl_commands() c
-             JOIN pg_class pc ON pc.oid = c.objid
-             WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' AND pc.relpersistence <> 't' LOOP
+             JOIN pg_class pc ON pc.oid = c.objid JOIN pg_namespace n ON n.oid = pc.relnamespace
+             WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' AND pc.relpersistence <> 't'
+               AND n.nspname NOT IN ('pgmix', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' LOOP
         SELECT * INTO rule FROM pgmix.rule_for(r.t);
         IF rule.weak THEN
             PERFORM pgmix.install_capture(r.t, cardinality(rule.strong) = 0, rule.strong);
@@ -334,7 +354,7 @@ CREATE EVENT TRIGGER pgmix_capture_ddl ON ddl_command_end
 ALTER TABLE pgmix.node ADD COLUMN max_nodes integer NOT NULL DEFAULT 16;
 
 CREATE FUNCTION pgmix.interleave(s regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
 DECLARE
     step bigint := (SELECT max_nodes FROM pgmix.node);
     want bigint := (SELECT node_id FROM pgmix.node) % (SELECT max_nodes FROM pgmix.node);

@@ -52,7 +52,7 @@ pub async fn verify(nodes: &[(String, tokio_postgres::Config)]) -> Result<Vec<Ta
     for (name, cfg) in nodes {
         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(pg(name))?;
         tokio::spawn(conn);
-        client.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await.map_err(pg(name))?;
+        client.batch_execute(crate::replicate::JSON_SETTINGS).await.map_err(pg(name))?;
         clients.push((name.as_str(), client));
     }
     // The weak tables any node captures, with their key and compared columns.

@@ -31,6 +31,10 @@ pub enum ApplyError {
     /// This change cannot be applied here now; it is parked and retried.
     #[error("{reason}")]
     Park { reason: String, sqlstate: String },
+    /// A local transaction wrote a row while the batch was deciding about it: the batch is
+    /// tried again, reading what that transaction wrote.
+    #[error("a local write raced the apply of {0}; the batch is tried again")]
+    Raced(String),
 }
 
 impl ApplyError {
@@ -43,6 +47,7 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Park { .. } => false,
+            ApplyError::Raced(_) => true,
             ApplyError::Postgres(e) => match e.code() {
                 None => true,
                 Some(c) => {
@@ -60,6 +65,7 @@ impl ApplyError {
     fn into_parked(self) -> (String, String) {
         match self {
             ApplyError::Park { reason, sqlstate } => (reason, sqlstate),
+            ApplyError::Raced(what) => (format!("a local write raced the apply of {what}"), "40001".into()),
             ApplyError::Postgres(e) => {
                 let state = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
                 let reason = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
@@ -121,6 +127,8 @@ pub(super) struct Stored {
     pub state: RowState,
     pub present: bool,
     pub top: i64,
+    /// Whether the row had a versions row (locked by the read) when it was read.
+    pub versioned: bool,
 }
 
 /// A `pgmix.versions` row as read: ins, ins_node, del, del_node, cols::text, ghost::text, top.
@@ -177,7 +185,11 @@ pub(super) fn stored(row: Option<&str>, versions: Option<&VersionsRow>) -> Resul
         let value = (raw.get() != "null").then(|| raw.get().to_owned());
         st.columns.insert(name, (value, v));
     }
-    Ok(Stored { state: st, present: row.is_some(), top })
+    if row.is_some() && st.inserted.is_none() {
+        // Here, with versions that never saw it inserted: written before capture began.
+        st.inserted = Some(Version::default());
+    }
+    Ok(Stored { state: st, present: row.is_some(), top, versioned: versions.is_some() })
 }
 
 /// `{"col": value, ...}` for `names`, from the state's values.
@@ -308,7 +320,7 @@ pub async fn apply_one(
         .await?;
     let row_text: Option<String> = row.map(|r| r.get(0));
     let versions = versions.map(|r| VersionsRow::from_row(&r, 0));
-    let Stored { state: before, present, top } = stored(row_text.as_deref(), versions.as_ref())?;
+    let Stored { state: before, present, top, versioned } = stored(row_text.as_deref(), versions.as_ref())?;
     if !meta.whole && !present {
         return Err(ApplyError::park(format!("row {} of {} is not here yet", c.key, c.tbl)));
     }
@@ -342,14 +354,27 @@ pub async fn apply_one(
         UserWrite::None => {}
     }
     let v = &w.versions;
-    tx.execute(
-        "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
-         VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) \
-         ON CONFLICT (tbl, key) DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
-         del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top",
-        &[&c.tbl, &c.key, &v.ins, &v.ins_node, &v.del, &v.del_node, &v.cols, &v.ghost, &v.top],
-    )
-    .await?;
+    // A row that had no versions row when it was read was not locked: a local write may have
+    // made one since, which this write must not overwrite.
+    let on_conflict = if versioned {
+        "DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
+         del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top"
+    } else {
+        "DO NOTHING"
+    };
+    let written = tx
+        .execute(
+            &format!(
+                "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
+                 VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) \
+                 ON CONFLICT (tbl, key) {on_conflict}"
+            ),
+            &[&c.tbl, &c.key, &v.ins, &v.ins_node, &v.del, &v.del_node, &v.cols, &v.ghost, &v.top],
+        )
+        .await?;
+    if written != 1 {
+        return Err(ApplyError::Raced(format!("{} {}", c.tbl, c.key)));
+    }
     let (ins, ins_node) = (c.ins.map(|x| x.0), c.ins.map(|x| x.1));
     let (del, del_node) = (c.del.map(|x| x.0), c.del.map(|x| x.1));
     tx.execute(

@@ -24,6 +24,8 @@ struct Row {
     before: RowState,
     present: bool,
     top: i64,
+    /// It had a versions row, locked by the read.
+    versioned: bool,
     after: RowState,
     changed: bool,
 }
@@ -92,8 +94,12 @@ pub async fn apply(
     for (c, change) in &fit {
         let id: RowId = (c.tbl.clone(), c.key.clone());
         if !rows.contains_key(&id) {
-            let Stored { state, present: here, top } = stored(present.get(&id).map(String::as_str), versions.get(&id))?;
-            rows.insert(id.clone(), Row { after: state.clone(), before: state, present: here, top, changed: false });
+            let Stored { state, present: here, top, versioned } =
+                stored(present.get(&id).map(String::as_str), versions.get(&id))?;
+            rows.insert(
+                id.clone(),
+                Row { after: state.clone(), before: state, present: here, top, versioned, changed: false },
+            );
         }
         let Some(row) = rows.get_mut(&id) else { continue };
         let meta = tables.get(&c.tbl);
@@ -142,7 +148,9 @@ async fn write(
 ) -> Result<(), ApplyError> {
     // (table, kind, columns) -> records
     let mut groups: BTreeMap<(&str, u8, Vec<String>), Vec<String>> = BTreeMap::new();
-    let mut v = VersionsColumns::default();
+    // Rows read with their versions row (locked), and rows that had none (not locked: a local
+    // write may have made one since, which must not be overwritten).
+    let (mut v, mut fresh) = (VersionsColumns::default(), VersionsColumns::default());
     for ((t, key), row) in rows.iter().filter(|(_, r)| r.changed) {
         let Some(meta) = tables.get(t) else { continue };
         let w = outcome(&row.before, row.present, row.top, &row.after, meta);
@@ -158,7 +166,11 @@ async fn write(
             UserWrite::Delete => groups.entry((t, 2, Vec::new())).or_default().push(key.clone()),
             UserWrite::None => {}
         }
-        v.push(t, key, w.versions);
+        if row.versioned {
+            v.push(t, key, w.versions);
+        } else {
+            fresh.push(t, key, w.versions);
+        }
     }
     for ((t, kind, cols), records) in groups {
         let Some(meta) = tables.get(t) else { continue };
@@ -180,17 +192,32 @@ async fn write(
         };
         tx.execute(&sql, &[&format!("[{}]", records.join(","))]).await?;
     }
-    if !v.tbl.is_empty() {
-        tx.execute(
-            "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
-             SELECT t, k::jsonb, i, i_n, d, d_n, c::jsonb, g::jsonb, top \
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::text[], $9::int8[]) \
-               AS x(t, k, i, i_n, d, d_n, c, g, top) \
-             ON CONFLICT (tbl, key) DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
-             del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top",
-            &[&v.tbl, &v.key, &v.ins, &v.ins_node, &v.del, &v.del_node, &v.cols, &v.ghost, &v.top],
-        )
-        .await?;
+    for (cols, on_conflict) in [
+        (
+            &v,
+            "DO UPDATE SET ins = excluded.ins, ins_node = excluded.ins_node, del = excluded.del, \
+              del_node = excluded.del_node, cols = excluded.cols, ghost = excluded.ghost, top = excluded.top",
+        ),
+        (&fresh, "DO NOTHING"),
+    ] {
+        if cols.tbl.is_empty() {
+            continue;
+        }
+        let written = tx
+            .execute(
+                &format!(
+                    "INSERT INTO pgmix.versions (tbl, key, ins, ins_node, del, del_node, cols, ghost, top) \
+                     SELECT t, k::jsonb, i, i_n, d, d_n, c::jsonb, g::jsonb, top \
+                     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[], $5::int8[], $6::int4[], $7::text[], $8::text[], $9::int8[]) \
+                       AS x(t, k, i, i_n, d, d_n, c, g, top) \
+                     ON CONFLICT (tbl, key) {on_conflict}"
+                ),
+                &[&cols.tbl, &cols.key, &cols.ins, &cols.ins_node, &cols.del, &cols.del_node, &cols.cols, &cols.ghost, &cols.top],
+            )
+            .await?;
+        if written != cols.tbl.len() as u64 {
+            return Err(ApplyError::Raced(format!("{} rows", cols.tbl.len() as u64 - written)));
+        }
     }
     Ok(())
 }

@@ -50,6 +50,8 @@ impl LogChange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pull {
     pub db: String,
+    /// The log `after` points into, when the puller knows it.
+    pub log: Option<String>,
     pub after: Pos,
     pub limit: i64,
 }

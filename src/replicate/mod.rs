@@ -36,6 +36,11 @@ use crate::metrics::MetricsHandle;
 use crate::peer::{PeerUp, Peers};
 use log::{Batch, Pos, Pull};
 
+/// The settings capture runs with (see `pgmix.install_capture`): JSON text of keys and values
+/// must not depend on a session's time zone or float and interval styles.
+pub const JSON_SETTINGS: &str =
+    "SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET DateStyle = 'ISO, MDY'";
+
 /// The peer-link service number of weak replication.
 pub const SERVICE: u8 = 1;
 /// Changes asked for at once.
@@ -190,17 +195,14 @@ impl Replicator {
         backend.database = db.to_owned();
         let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
+        // Keys and values are compared as JSON text: the same settings as capture's.
+        client.batch_execute(JSON_SETTINGS).await?;
         Ok(client)
     }
 
     /// A peer's pull: a batch from this node's log.
     async fn serve_pull(self: Arc<Self>, from: u32, payload: Bytes) -> Result<Bytes, String> {
         let pull: Pull = serde_json::from_slice(&payload).map_err(|e| format!("malformed pull: {e}"))?;
-        {
-            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let ack = acks.entry(pull.db.clone()).or_default().entry(from).or_default();
-            *ack = (*ack).max(pull.after);
-        }
         let db = {
             let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
             dbs.get(&pull.db).cloned()
@@ -231,6 +233,12 @@ impl Replicator {
             debug!(peer = from, error = %pg_text(&e), "serving a pull failed");
             format!("reading the change log of `{}`: {}", db.name, pg_text(&e))
         })?;
+        // The peer has applied up to its cursor, if the cursor is into this very log (a cursor
+        // into a log this database had before it was set up anew says nothing about this one).
+        if pull.log.as_deref() == Some(batch.log.as_str()) {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            acks.entry(pull.db.clone()).or_default().insert(from, pull.after);
+        }
         serde_json::to_vec(&batch).map(Bytes::from).map_err(|e| e.to_string())
     }
 
@@ -258,7 +266,7 @@ impl Replicator {
                 }
                 continue;
             };
-            let pull = Pull { db: db.name.clone(), after, limit: BATCH };
+            let pull = Pull { db: db.name.clone(), log: log.clone(), after, limit: BATCH };
             let Ok(payload) = serde_json::to_vec(&pull) else { continue };
             let batch: Batch = match peer.call(SERVICE, payload.into(), CALL_TIMEOUT).await {
                 Ok(b) => match serde_json::from_slice(&b) {

@@ -6,9 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cluster::Cluster;
 use crate::harness::sqlstate;
 
-const SCHEMA: &str = "[tables.kv]\nconsistency = \"weak\"\n[tables.items]\nconsistency = \"weak\"\n[tables.fresh]\nconsistency = \"weak\"\n";
+const SCHEMA: &str = "[tables.kv]\nconsistency = \"weak\"\n[tables.items]\nconsistency = \"weak\"\n\
+    [tables.fresh]\nconsistency = \"weak\"\n[tables.prices]\nconsistency = \"weak\"\n\
+    [tables.people]\nconsistency = \"weak\"\nstrong_columns = [\"email\"]\n";
 const SETUP: &str = "CREATE TABLE kv (id int PRIMARY KEY, a text, b text, n int); \
     CREATE TABLE items (id serial PRIMARY KEY, origin text, body jsonb, price numeric, at timestamptz); \
+    CREATE TABLE prices (id int PRIMARY KEY, amount numeric, span interval, note text); \
+    INSERT INTO prices VALUES (1, 1.0, '1 day', 'seed'); \
+    CREATE TABLE people (id int PRIMARY KEY, email text, bio text); INSERT INTO people VALUES (1, 'a@b', 'bio'); \
     GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;";
 const KV: &str = "SELECT coalesce(string_agg(format('%s|%s|%s|%s', id, a, b, n), ',' ORDER BY id), '') FROM kv";
 
@@ -380,4 +385,52 @@ async fn a_node_catches_up_through_a_live_peer_with_changes_of_a_node_that_is_go
         c.each(q).await[2] == ["from node1"]
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_but_different_values_rows_from_before_capture_and_key_changes_are_handled() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    let q =
+        "SELECT coalesce(string_agg(format('%s|%s|%s|%s', id, amount, span, note), ',' ORDER BY id), '') FROM prices";
+    // The seed row predates capture: its first update ships it whole.
+    c.client(1).await.batch_execute("UPDATE prices SET note = 'seen' WHERE id = 1").await.unwrap();
+    assert_eq!(c.converged("seen", q).await, ["1|1.0|1 day|seen"]);
+    // 1.0 = 1.00 and '1 day' = '24 hours' for Postgres, but they are other values: captured.
+    c.client(1).await.batch_execute("UPDATE prices SET amount = 1.00, span = '24 hours' WHERE id = 1").await.unwrap();
+    assert_eq!(c.converged("equal but different", q).await, ["1|1.00|24:00:00|seen"]);
+    // A row written on node2 before capture saw it: its first update ships it whole.
+    c.nodes[1]
+        .pg
+        .direct()
+        .await
+        .batch_execute("SET session_replication_role = replica; INSERT INTO prices VALUES (2, 5, NULL, 'only here')")
+        .await
+        .unwrap();
+    c.client(2).await.batch_execute("UPDATE prices SET note = 'shipped' WHERE id = 2").await.unwrap();
+    assert_eq!(c.converged("the row from before capture", q).await, ["1|1.00|24:00:00|seen,2|5||shipped"]);
+    // A table with strong columns: its key cannot change through a weak update.
+    let err = c.client(3).await.batch_execute("UPDATE people SET id = 9 WHERE id = 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err:?}");
+    // Its weak columns replicate.
+    c.client(3).await.batch_execute("UPDATE people SET bio = 'new bio' WHERE id = 1").await.unwrap();
+    let people = "SELECT coalesce(string_agg(format('%s|%s|%s', id, email, bio), ','), '') FROM people";
+    assert_eq!(c.converged("weak columns of a mixed table", people).await, ["1|a@b|new bio"]);
+}
+
+/// A local insert still open while a peer's insert and delete of the same key are applied: the
+/// apply must not overwrite what the local transaction wrote, and every node ends the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_races_an_open_local_insert_of_the_same_key_converges() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    let mut n1 = c.client(1).await;
+    let local = n1.transaction().await.unwrap();
+    local.execute("INSERT INTO kv VALUES (500, 'local', NULL, 1)", &[]).await.unwrap();
+    // Stamped after the local insert: node2's insert and its delete win over it.
+    let n2 = c.client(2).await;
+    n2.batch_execute("INSERT INTO kv VALUES (500, 'remote', NULL, 2); DELETE FROM kv WHERE id = 500").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    local.commit().await.unwrap();
+    n2.batch_execute("INSERT INTO kv VALUES (501, 'marker', NULL, 0)").await.unwrap();
+    let rows = c.converged("after the race", KV).await;
+    assert_eq!(rows, ["501|marker||0"], "the delete is the latest write of key 500");
 }

@@ -136,6 +136,9 @@ DECLARE
     diff text;
     -- Generated columns are computed on every node, never shipped.
     unshipped text;
+    -- Settings under which JSON text of keys and values does not depend on the writer's
+    -- session, for tables with types whose text does (time zones, float digits, intervals).
+    settings text := '';
     body text;
 BEGIN
     SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
@@ -163,6 +166,18 @@ BEGIN
         FROM pg_attribute a
         WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
           AND (whole OR NOT a.attname::text = ANY(strong));
+    IF EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+               WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped
+                 AND (ty.typtype IN ('c', 'r', 'm')
+                      OR a.atttypid IN ('timestamptz'::regtype, 'timetz'::regtype, 'float4'::regtype,
+                                        'float8'::regtype, 'interval'::regtype, 'money'::regtype)
+                      OR ty.typelem IN ('timestamptz'::regtype, 'timetz'::regtype, 'float4'::regtype,
+                                        'float8'::regtype, 'interval'::regtype)
+                      OR ty.typbasetype IN ('timestamptz'::regtype, 'timetz'::regtype, 'float4'::regtype,
+                                            'float8'::regtype, 'interval'::regtype))) THEN
+        settings := 'SET TimeZone = ''UTC'' SET IntervalStyle = ''postgres'' SET extra_float_digits = 1 '
+                    'SET DateStyle = ''ISO, MDY'' ';
+    END IF;
     SELECT coalesce(' - ' || quote_literal(array_agg(a.attname::text)::text) || '::text[]', '') INTO unshipped
         FROM pg_attribute a WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '';
     SELECT 'jsonb_build_object(' || string_agg(format('%L, NEW.%I', k, k), ', ') || ')',
@@ -236,11 +251,10 @@ BEGIN
 END
 $body$, keysame, CASE WHEN whole THEN 'true' ELSE 'false' END, knew, kold, coalesce(diff, ''), tname, me, unshipped);
     IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pgmix'::regnamespace
-                   AND p.proname = fname AND p.prosrc = body) THEN
-        -- Keys and values as JSON must not depend on the writer's session: fixed settings.
+                   AND p.proname = fname AND p.prosrc = body
+                   AND (settings = '') = (array_length(p.proconfig, 1) = 1)) THEN
         EXECUTE format('CREATE OR REPLACE FUNCTION pgmix.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-                       'SET search_path = pg_catalog, pgmix SET TimeZone = ''UTC'' SET IntervalStyle = ''postgres'' '
-                       'SET extra_float_digits = 1 SET DateStyle = ''ISO, MDY'' AS %L', fname, body);
+                       'SET search_path = pg_catalog, pgmix %s AS %L', fname, settings, body);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
                    WHERE g.tgrelid = t AND g.tgname = 'pgmix_capture' AND p.proname = fname) THEN

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod consensus;
 pub mod frontend;
 pub mod metrics;
 pub mod node;

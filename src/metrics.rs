@@ -41,11 +41,24 @@ pub struct Metrics {
     pub weak_parked: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Weak replication lag, by (peer, database): (changes, milliseconds).
     pub weak_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, u64)>>,
+    /// Raft's state, once consensus has started (a node in a cluster).
+    pub raft: std::sync::Mutex<Option<RaftStatus>>,
     /// Each peer's link, once the peer links have started (a node in a cluster).
     pub peers: std::sync::OnceLock<Arc<crate::peer::Peers>>,
 }
 
 pub type MetricsHandle = Arc<Metrics>;
+
+/// The node's Raft state, as the consensus reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
 
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
@@ -59,6 +72,10 @@ impl Metrics {
 
     pub fn weak_parked_set(&self, db: &str, n: u64) {
         self.weak_parked.lock().unwrap_or_else(|p| p.into_inner()).insert(db.to_owned(), n);
+    }
+
+    pub fn set_raft(&self, st: RaftStatus) {
+        *self.raft.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
     }
 
     pub fn set_weak_lag(&self, peer: &str, db: &str, changes: u64, millis: u64) {
@@ -145,6 +162,19 @@ impl Metrics {
             "counter",
             self.strengthened_for_search_path_total.load(Relaxed),
         );
+        let raft = self.raft.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(r) = raft {
+            counter("raft_is_leader", "1 on the Raft leader, else 0.", "gauge", u64::from(r.role == "leader"));
+            counter("raft_term", "The current Raft term.", "gauge", r.term);
+            counter(
+                "raft_leader",
+                "The node id of the Raft leader this node knows (0: none).",
+                "gauge",
+                r.leader.unwrap_or(0),
+            );
+            counter("raft_commit_index", "The last committed Raft log index.", "gauge", r.commit_index);
+            counter("raft_applied_index", "The last Raft log index applied on this node.", "gauge", r.applied_index);
+        }
         if self.peers.get().is_some() {
             counter(
                 "weak_applied_total",

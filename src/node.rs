@@ -40,6 +40,8 @@ pub enum NodeError {
     Peer(#[from] crate::peer::PeerError),
     #[error(transparent)]
     Migrate(#[from] crate::schema::migrate::MigrateError),
+    #[error(transparent)]
+    Consensus(#[from] crate::consensus::ConsensusError),
 }
 
 /// Loads the schema file and checks it against the local Postgres catalog. Errors stop the
@@ -111,6 +113,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         let cluster = Arc::new(cluster.clone());
         let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
         let _ = metrics.peers.set(peers.clone());
+        crate::consensus::Consensus::start(
+            cluster.clone(),
+            &cfg.backend,
+            peers.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
         crate::replicate::Replicator::start(

@@ -30,6 +30,8 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Weak changes from peers waiting to be applied.
     pub parked: u64,
+    /// (leads, term, leader id or 0, commit index, applied index), in a cluster.
+    pub raft: Option<(bool, u64, u64, u64, u64)>,
 }
 
 /// A peer as one node sees it: its link, and how far behind its change log this node is.
@@ -54,6 +56,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
         strengthened: 0,
         peers: Vec::new(),
         parked: 0,
+        raft: None,
     };
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -95,6 +98,11 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
                 }
             }
             "pgmix_weak_conflicts_parked" => st.parked = value,
+            "pgmix_raft_is_leader" => st.raft.get_or_insert_default().0 = value == 1,
+            "pgmix_raft_term" => st.raft.get_or_insert_default().1 = value,
+            "pgmix_raft_leader" => st.raft.get_or_insert_default().2 = value,
+            "pgmix_raft_commit_index" => st.raft.get_or_insert_default().3 = value,
+            "pgmix_raft_applied_index" => st.raft.get_or_insert_default().4 = value,
             _ => {}
         }
     }
@@ -132,6 +140,11 @@ impl std::fmt::Display for NodeStatus {
         )?;
         if self.strengthened > 0 {
             write!(f, " ({} weak made strong by a session search_path)", self.strengthened)?;
+        }
+        if let Some((leads, term, leader, commit, applied)) = self.raft {
+            let role = if leads { "leader" } else { "follower" };
+            let leader = if leader == 0 { "none".to_owned() } else { leader.to_string() };
+            write!(f, " raft: {role} term={term} leader={leader} commit={commit} applied={applied}")?;
         }
         if !self.peers.is_empty() {
             let peers: Vec<String> = self
@@ -187,8 +200,14 @@ mod tests {
             pgmix_weak_lag_changes{node=\"node1\",peer=\"node3\"} 1500\n\
             pgmix_weak_lag_seconds{node=\"node1\",peer=\"node2\"} 0.050\n\
             pgmix_weak_lag_seconds{node=\"node1\",peer=\"node3\"} 12.345\n";
-        let st = parse(text).unwrap();
+        let text = format!(
+            "{text}pgmix_raft_is_leader{{node=\"node1\"}} 0\npgmix_raft_term{{node=\"node1\"}} 3\n\
+             pgmix_raft_leader{{node=\"node1\"}} 2\npgmix_raft_commit_index{{node=\"node1\"}} 7\n\
+             pgmix_raft_applied_index{{node=\"node1\"}} 7\n"
+        );
+        let st = parse(&text).unwrap();
         let line = st.to_string();
+        assert!(line.contains("raft: follower term=3 leader=2 commit=7 applied=7"), "{line}");
         assert!(line.contains("node2=up (lag 0 changes, 0.1s)"), "{line}");
         assert!(line.contains("node3=DOWN (lag 1500 changes, 12.3s)"), "{line}");
         assert!(line.ends_with("parked weak changes: 2 (see pgmix.conflicts)"), "{line}");

@@ -8,6 +8,7 @@ mod classify;
 mod clients;
 mod cluster;
 mod configs;
+mod consensus;
 mod durability;
 mod harness;
 mod logins;

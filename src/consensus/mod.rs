@@ -1,0 +1,153 @@
+//! Consensus: one Raft group of all the nodes in `[cluster]`, with openraft 0.9 (storage v2).
+//! Its log, vote and state machine live in the node's local Postgres (`store`); its messages
+//! travel on the peer links (`network`, service [`SERVICE`]).
+//!
+//! Today the group elects a leader, keeps its membership and reports its state (metrics,
+//! `pgmix status`); the strong path (strong writes, the read barrier, DDL) will put its entries
+//! on this log. Membership is the `[cluster]` section: every node proposes the same initial
+//! membership, and a node that is already initialized keeps what it has.
+//!
+//! Crash meaning: a node that restarts reads its vote and log back from Postgres and rejoins
+//! as a follower; a leader that dies is replaced after an election timeout (0.8 to 1.6 s).
+
+pub mod network;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{BackendConfig, ClusterConfig};
+use crate::metrics::{MetricsHandle, RaftStatus};
+use crate::peer::Peers;
+
+pub type NodeId = u64;
+
+/// The peer-link service number of consensus.
+pub const SERVICE: u8 = 2;
+
+/// What the log carries besides blank and membership entries. Strong writes and DDL will be
+/// commands here; until then no command exists, so no entry can carry one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+#[derive(Debug, Error)]
+pub enum ConsensusError {
+    #[error("consensus cannot reach the local Postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("consensus cannot start: {0}")]
+    Raft(String),
+}
+
+/// Heartbeats and election timeouts, in milliseconds: a dead leader is replaced within about
+/// two seconds.
+const HEARTBEAT_MS: u64 = 200;
+const ELECTION_MIN_MS: u64 = 800;
+const ELECTION_MAX_MS: u64 = 1600;
+
+pub struct Consensus {
+    pub raft: Raft<TypeConfig>,
+}
+
+impl Consensus {
+    /// Starts this node's Raft, serves its peers' messages and keeps the metrics current.
+    pub async fn start(
+        cluster: Arc<ClusterConfig>,
+        backend: &BackendConfig,
+        peers: Arc<Peers>,
+        metrics: MetricsHandle,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, ConsensusError> {
+        let connect = || async {
+            let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
+        };
+        let log = store::LogStore::new(connect().await?);
+        let sm = store::StateMachine::new(connect().await?);
+        let config = openraft::Config {
+            cluster_name: cluster.id.clone(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let id = NodeId::from(cluster.node_id);
+        let raft = Raft::new(id, Arc::new(config), network::Network { peers: peers.clone() }, log, sm)
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let serving = raft.clone();
+        peers.serve(
+            SERVICE,
+            Arc::new(move |_from, payload| {
+                let raft = serving.clone();
+                Box::pin(async move { network::serve(&raft, &payload).await })
+            }),
+        );
+        let mut members = BTreeMap::new();
+        members.insert(id, BasicNode::new(cluster.listen));
+        for p in &cluster.peers {
+            members.insert(NodeId::from(p.id), BasicNode::new(&p.addr));
+        }
+        match raft.initialize(members).await {
+            Ok(()) => info!(nodes = cluster.peers.len() + 1, "consensus initialized"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => info!("consensus resumed from its log"),
+            Err(e) => return Err(ConsensusError::Raft(e.to_string())),
+        }
+        let me = Arc::new(Self { raft });
+        tokio::spawn(report(me.clone(), metrics, stop));
+        Ok(me)
+    }
+}
+
+/// Copies Raft's state into the metrics until the node stops, then shuts Raft down.
+async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationToken) {
+    let mut was_leader = None;
+    loop {
+        let m = me.raft.metrics().borrow().clone();
+        let committed = me.raft.with_raft_state(|st| st.committed).await.ok().flatten();
+        let leader = m.state.is_leader();
+        if was_leader != Some(leader) {
+            if leader {
+                info!(term = m.current_term, "this node leads");
+            }
+            was_leader = Some(leader);
+        }
+        metrics.set_raft(RaftStatus {
+            role: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader,
+            commit_index: committed.map_or(0, |c| c.index),
+            applied_index: m.last_applied.map_or(0, |a| a.index),
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    if let Err(e) = me.raft.shutdown().await {
+        warn!(error = %e, "consensus did not shut down cleanly");
+    }
+}

@@ -1,0 +1,341 @@
+//! The Raft log, vote and state machine in the node's local Postgres (`migrations/0003`).
+//!
+//! Why Postgres and not a file: the node already has a durable, fsyncing store in front of it,
+//! which it backs up and monitors with everything else; a file log would need a data directory
+//! the node does not otherwise have, and its own fsync and recovery code. Each write below is one
+//! Postgres transaction, durable when it commits, and writes happen in the order Raft asks for
+//! them (one connection, one at a time), which is the ordering Raft needs.
+//!
+//! Crash meaning: an append, a vote, a truncate or a purge either committed or did not; Raft
+//! re-sends what a follower lacks. The state machine's applied id commits with what it applied.
+
+// openraft's traits fix the error type (`StorageError`, which is large); helpers return it too.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{NodeId, TypeConfig};
+
+type Node = openraft::BasicNode;
+
+fn read_err(e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    StorageIOError::read_logs(e).into()
+}
+
+fn write_err(e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    StorageIOError::write_logs(e).into()
+}
+
+/// The log store: one connection, used for one write at a time.
+#[derive(Clone)]
+pub struct LogStore {
+    client: Arc<Mutex<tokio_postgres::Client>>,
+}
+
+impl LogStore {
+    pub fn new(client: Arc<Mutex<tokio_postgres::Client>>) -> Self {
+        Self { client }
+    }
+
+    async fn meta<T: for<'a> Deserialize<'a>>(&self, column: &str) -> Result<Option<T>, StorageError<NodeId>> {
+        let c = self.client.lock().await;
+        let row =
+            c.query_one(&format!("SELECT {column}::text FROM pgmix.raft_meta"), &[]).await.map_err(|e| read_err(&e))?;
+        let text: Option<String> = row.get(0);
+        match text {
+            Some(t) => serde_json::from_str(&t).map_err(|e| read_err(&e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_meta<T: Serialize>(&self, column: &str, value: &T) -> Result<(), StorageError<NodeId>> {
+        let text = serde_json::to_string(value).map_err(|e| write_err(&e))?;
+        let c = self.client.lock().await;
+        c.execute(&format!("UPDATE pgmix.raft_meta SET {column} = $1::text::jsonb"), &[&text])
+            .await
+            .map_err(|e| write_err(&e))?;
+        Ok(())
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (i64, i64) {
+    let lo = match range.start_bound() {
+        Bound::Included(x) => *x as i64,
+        Bound::Excluded(x) => *x as i64 + 1,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(x) => *x as i64 + 1,
+        Bound::Excluded(x) => *x as i64,
+        Bound::Unbounded => i64::MAX,
+    };
+    (lo, hi)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let (lo, hi) = bounds(&range);
+        let c = self.client.lock().await;
+        let rows = c
+            .query("SELECT entry::text FROM pgmix.raft_log WHERE idx >= $1 AND idx < $2 ORDER BY idx", &[&lo, &hi])
+            .await
+            .map_err(|e| read_err(&e))?;
+        rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| read_err(&e))).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let purged: Option<LogId<NodeId>> = self.meta("purged").await?;
+        let last = {
+            let c = self.client.lock().await;
+            let row = c
+                .query_opt("SELECT entry::text FROM pgmix.raft_log ORDER BY idx DESC LIMIT 1", &[])
+                .await
+                .map_err(|e| read_err(&e))?;
+            match row {
+                Some(r) => {
+                    let e: Entry<TypeConfig> = serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| read_err(&e))?;
+                    Some(e.log_id)
+                }
+                None => None,
+            }
+        };
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.set_meta("vote", vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.meta("vote").await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        self.set_meta("committed", &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.meta::<Option<LogId<NodeId>>>("committed").await?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut idx = Vec::new();
+        let mut text = Vec::new();
+        for e in entries {
+            idx.push(e.log_id.index as i64);
+            text.push(serde_json::to_string(&e).map_err(|e| write_err(&e))?);
+        }
+        let c = self.client.lock().await;
+        // One transaction for the whole batch: concurrent appends share one commit (and fsync).
+        let result = c
+            .execute(
+                "INSERT INTO pgmix.raft_log (idx, entry) SELECT i, e::jsonb FROM unnest($1::int8[], $2::text[]) AS x(i, e) \
+                 ON CONFLICT (idx) DO UPDATE SET entry = excluded.entry",
+                &[&idx, &text],
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(&e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let c = self.client.lock().await;
+        c.execute("DELETE FROM pgmix.raft_log WHERE idx >= $1", &[&(log_id.index as i64)])
+            .await
+            .map_err(|e| write_err(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let text = serde_json::to_string(&log_id).map_err(|e| write_err(&e))?;
+        let mut c = self.client.lock().await;
+        let tx = c.transaction().await.map_err(|e| write_err(&e))?;
+        tx.execute("UPDATE pgmix.raft_meta SET purged = $1::text::jsonb", &[&text]).await.map_err(|e| write_err(&e))?;
+        tx.execute("DELETE FROM pgmix.raft_log WHERE idx <= $1", &[&(log_id.index as i64)])
+            .await
+            .map_err(|e| write_err(&e))?;
+        tx.commit().await.map_err(|e| write_err(&e))
+    }
+}
+
+/// What the state machine holds today: how far it has applied and the membership. Strong
+/// writes will be applied here to the local Postgres, in the same transaction as `applied`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    client: Arc<Mutex<tokio_postgres::Client>>,
+}
+
+impl StateMachine {
+    pub fn new(client: Arc<Mutex<tokio_postgres::Client>>) -> Self {
+        Self { client }
+    }
+
+    async fn load(&self) -> Result<Applied, StorageError<NodeId>> {
+        let c = self.client.lock().await;
+        let row = c
+            .query_one("SELECT applied::text, membership::text FROM pgmix.raft_state", &[])
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let applied: Option<LogId<NodeId>> = match row.get::<_, Option<&str>>(0) {
+            Some(t) => serde_json::from_str(t).map_err(|e| StorageIOError::read_state_machine(&e))?,
+            None => None,
+        };
+        let membership: Option<StoredMembership<NodeId, Node>> =
+            serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        Ok(Applied { applied, membership: membership.unwrap_or_default() })
+    }
+
+    async fn store(
+        &self,
+        a: &Applied,
+        snapshot: Option<&SnapshotMeta<NodeId, Node>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let err = |e: &dyn std::error::Error| -> StorageError<NodeId> {
+            StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+        };
+        let applied = serde_json::to_string(&a.applied).map_err(|e| err(&e))?;
+        let membership = serde_json::to_string(&a.membership).map_err(|e| err(&e))?;
+        let c = self.client.lock().await;
+        match snapshot {
+            None => c
+                .execute(
+                    "UPDATE pgmix.raft_state SET applied = $1::text::jsonb, membership = $2::text::jsonb",
+                    &[&applied, &membership],
+                )
+                .await
+                .map_err(|e| err(&e))?,
+            Some(meta) => {
+                let meta = serde_json::to_string(meta).map_err(|e| err(&e))?;
+                c.execute(
+                    "UPDATE pgmix.raft_state SET applied = $1::text::jsonb, membership = $2::text::jsonb, snapshot = $3::text::jsonb",
+                    &[&applied, &membership, &meta],
+                )
+                .await
+                .map_err(|e| err(&e))?
+            }
+        };
+        Ok(())
+    }
+
+    fn snapshot_of(a: &Applied) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let data = serde_json::to_vec(a).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let id = a.applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id, l.index));
+        let meta = SnapshotMeta { last_log_id: a.applied, last_membership: a.membership.clone(), snapshot_id: id };
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let a = self.load().await?;
+        let snap = Self::snapshot_of(&a)?;
+        self.store(&a, Some(&snap.meta)).await?;
+        Ok(snap)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let a = self.load().await?;
+        Ok((a.applied, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut a = self.load().await?;
+        let mut out = Vec::new();
+        for e in entries {
+            a.applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmd) => match cmd {},
+                EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
+            }
+            out.push(());
+        }
+        self.store(&a, None).await?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut a: Applied = serde_json::from_slice(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        a.applied = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
+        self.store(&a, Some(meta)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let c = self.client.lock().await;
+        let row = c
+            .query_one("SELECT snapshot::text FROM pgmix.raft_state", &[])
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        drop(c);
+        if row.get::<_, Option<&str>>(0).is_none() {
+            return Ok(None);
+        }
+        // The state machine is its own snapshot: everything it holds is in `pgmix.raft_state`.
+        let a = self.load().await?;
+        Ok(Some(Self::snapshot_of(&a)?))
+    }
+}

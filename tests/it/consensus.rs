@@ -1,0 +1,51 @@
+//! Consensus on three nodes: one leader, agreed by all; a leader cut off is replaced by the
+//! majority, and rejoins as a follower when the partition heals.
+
+use std::time::Duration;
+
+use pgmix::metrics::RaftStatus;
+
+use crate::cluster::Cluster;
+use crate::harness::wait_until;
+
+fn raft(c: &Cluster, k: usize) -> RaftStatus {
+    let m = &c.nodes[k - 1].handle().metrics;
+    m.raft.lock().unwrap().clone().unwrap_or_default()
+}
+
+/// The leader all of `nodes` agree on, with its term, if they agree.
+fn agreed(c: &Cluster, nodes: &[usize]) -> Option<(u64, u64)> {
+    let all: Vec<RaftStatus> = nodes.iter().map(|k| raft(c, *k)).collect();
+    let leader = all[0].leader?;
+    let leaders = all.iter().filter(|r| r.role == "leader").count();
+    (leaders == 1 && all.iter().all(|r| r.leader == Some(leader) && r.term == all[0].term))
+        .then_some((leader, all[0].term))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_one_leader_and_replace_it_when_it_is_cut_off() {
+    let c = Cluster::start(3, "", "").await;
+    wait_until("one leader, agreed by every node", || async { agreed(&c, &[1, 2, 3]).is_some() }).await;
+    let (leader, term) = agreed(&c, &[1, 2, 3]).unwrap();
+    wait_until("the membership entry is committed and applied everywhere", || async {
+        (1..=3).all(|k| raft(&c, k).commit_index >= 1 && raft(&c, k).applied_index >= 1)
+    })
+    .await;
+    let text = c.nodes[leader as usize - 1].handle().metrics.render("x");
+    assert!(text.contains("pgmix_raft_is_leader{node=\"x\"} 1"), "{text}");
+
+    // The leader is cut off: the other two elect one of themselves, in a later term.
+    c.isolate(leader as usize, true);
+    let rest: Vec<usize> = (1..=3).filter(|k| *k as u64 != leader).collect();
+    let started = std::time::Instant::now();
+    wait_until("the majority elects a new leader", || async {
+        agreed(&c, &rest).is_some_and(|(l, t)| l != leader && t > term)
+    })
+    .await;
+    eprintln!("new leader after {:?}", started.elapsed());
+
+    // Healed: the old leader follows the new one.
+    c.isolate(leader as usize, false);
+    wait_until("all three agree again", || async { agreed(&c, &[1, 2, 3]).is_some_and(|(l, _)| l != leader) }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

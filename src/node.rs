@@ -124,7 +124,6 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
         crate::replicate::Replicator::start(
-            cluster,
             cfg.backend.clone(),
             peers,
             metrics.clone(),

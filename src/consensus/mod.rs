@@ -81,6 +81,8 @@ impl Consensus {
         let connect = || async {
             let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
+            // Raft acknowledges only what is durable: whatever the server or role says.
+            client.batch_execute("SET synchronous_commit = on").await?;
             Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
         };
         let log = store::LogStore::new(connect().await?);
@@ -106,10 +108,12 @@ impl Consensus {
                 Box::pin(async move { network::serve(&raft, &payload).await })
             }),
         );
+        // The same membership on every node, so every node's first log entry is the same:
+        // messages go by node id over the peer links, so no address is recorded.
         let mut members = BTreeMap::new();
-        members.insert(id, BasicNode::new(cluster.listen));
+        members.insert(id, BasicNode::default());
         for p in &cluster.peers {
-            members.insert(NodeId::from(p.id), BasicNode::new(&p.addr));
+            members.insert(NodeId::from(p.id), BasicNode::default());
         }
         match raft.initialize(members).await {
             Ok(()) => info!(nodes = cluster.peers.len() + 1, "consensus initialized"),

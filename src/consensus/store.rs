@@ -62,9 +62,13 @@ impl LogStore {
     async fn set_meta<T: Serialize>(&self, column: &str, value: &T) -> Result<(), StorageError<NodeId>> {
         let text = serde_json::to_string(value).map_err(|e| write_err(&e))?;
         let c = self.client.lock().await;
-        c.execute(&format!("UPDATE pgmix.raft_meta SET {column} = $1::text::jsonb"), &[&text])
+        let n = c
+            .execute(&format!("UPDATE pgmix.raft_meta SET {column} = $1::text::jsonb"), &[&text])
             .await
             .map_err(|e| write_err(&e))?;
+        if n != 1 {
+            return Err(write_err(&std::io::Error::other("pgmix.raft_meta has no row")));
+        }
         Ok(())
     }
 }
@@ -266,10 +270,16 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Runs beside `apply`: it reads the state once and writes only the snapshot marker, so it
+    /// can never put back an older applied id or membership.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let a = self.load().await?;
         let snap = Self::snapshot_of(&a)?;
-        self.store(&a, Some(&snap.meta)).await?;
+        let meta = serde_json::to_string(&snap.meta).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let c = self.client.lock().await;
+        c.execute("UPDATE pgmix.raft_state SET snapshot = $1::text::jsonb", &[&meta])
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(snap)
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{BackendConfig, ClusterConfig};
+use crate::config::BackendConfig;
 use crate::metrics::MetricsHandle;
 use crate::peer::{PeerUp, Peers};
 use log::{Batch, Pos, Pull};
@@ -58,7 +58,6 @@ const PRUNE_CHUNK: i64 = 10_000;
 
 /// One node's weak replication.
 pub struct Replicator {
-    cluster: Arc<ClusterConfig>,
     backend: BackendConfig,
     peers: Arc<Peers>,
     metrics: MetricsHandle,
@@ -87,7 +86,6 @@ impl Replicator {
     /// sent on `opened` (databases this node has opened, schema migrated and capture installed).
     /// `open` asks for a database to be opened (a peer asked for it); it comes back on `opened`.
     pub fn start(
-        cluster: Arc<ClusterConfig>,
         backend: BackendConfig,
         peers: Arc<Peers>,
         metrics: MetricsHandle,
@@ -96,7 +94,6 @@ impl Replicator {
         mut opened: mpsc::UnboundedReceiver<String>,
     ) -> Arc<Self> {
         let me = Arc::new(Self {
-            cluster,
             backend,
             peers: peers.clone(),
             metrics,
@@ -375,11 +372,6 @@ impl Replicator {
                 Err(e) => debug!(database = %db.name, error = %e, "retrying parked changes failed"),
             }
         }
-    }
-
-    /// This node's id, for logs and status.
-    pub fn node_id(&self) -> u32 {
-        self.cluster.node_id
     }
 }
 

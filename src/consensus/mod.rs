@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{BackendConfig, ClusterConfig};
 use crate::metrics::{MetricsHandle, RaftStatus};
@@ -66,7 +66,11 @@ const ELECTION_MIN_MS: u64 = 800;
 const ELECTION_MAX_MS: u64 = 1600;
 
 pub struct Consensus {
-    pub raft: Raft<TypeConfig>,
+    cluster: Arc<ClusterConfig>,
+    backend: BackendConfig,
+    peers: Arc<Peers>,
+    /// The running Raft; replaced when a storage error stopped it (its Postgres went away).
+    raft: std::sync::RwLock<Raft<TypeConfig>>,
 }
 
 impl Consensus {
@@ -78,60 +82,106 @@ impl Consensus {
         metrics: MetricsHandle,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, ConsensusError> {
-        let connect = || async {
-            let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            // Raft acknowledges only what is durable: whatever the server or role says.
-            client.batch_execute("SET synchronous_commit = on").await?;
-            Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
-        };
-        let log = store::LogStore::new(connect().await?);
-        let sm = store::StateMachine::new(connect().await?);
-        let config = openraft::Config {
-            cluster_name: cluster.id.clone(),
-            heartbeat_interval: HEARTBEAT_MS,
-            election_timeout_min: ELECTION_MIN_MS,
-            election_timeout_max: ELECTION_MAX_MS,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        let id = NodeId::from(cluster.node_id);
-        let raft = Raft::new(id, Arc::new(config), network::Network { peers: peers.clone() }, log, sm)
-            .await
-            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        let serving = raft.clone();
+        let raft = open(&cluster, backend, &peers).await?;
+        let me = Arc::new(Self {
+            cluster,
+            backend: backend.clone(),
+            peers: peers.clone(),
+            raft: std::sync::RwLock::new(raft),
+        });
+        let weak = Arc::downgrade(&me);
         peers.serve(
             SERVICE,
             Arc::new(move |_from, payload| {
-                let raft = serving.clone();
-                Box::pin(async move { network::serve(&raft, &payload).await })
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(me) = weak.upgrade() else { return Err("this node is stopping".to_owned()) };
+                    network::serve(&me.raft(), &payload).await
+                })
             }),
         );
-        // The same membership on every node, so every node's first log entry is the same:
-        // messages go by node id over the peer links, so no address is recorded.
-        let mut members = BTreeMap::new();
-        members.insert(id, BasicNode::default());
-        for p in &cluster.peers {
-            members.insert(NodeId::from(p.id), BasicNode::default());
-        }
-        match raft.initialize(members).await {
-            Ok(()) => info!(nodes = cluster.peers.len() + 1, "consensus initialized"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => info!("consensus resumed from its log"),
-            Err(e) => return Err(ConsensusError::Raft(e.to_string())),
-        }
-        let me = Arc::new(Self { raft });
         tokio::spawn(report(me.clone(), metrics, stop));
         Ok(me)
     }
+
+    /// The running Raft.
+    pub fn raft(&self) -> Raft<TypeConfig> {
+        self.raft.read().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
 }
 
-/// Copies Raft's state into the metrics until the node stops, then shuts Raft down.
+/// Opens this node's Raft on its Postgres and proposes the cluster's membership.
+async fn open(
+    cluster: &ClusterConfig,
+    backend: &BackendConfig,
+    peers: &Arc<Peers>,
+) -> Result<Raft<TypeConfig>, ConsensusError> {
+    let connect = || async {
+        let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        // Raft acknowledges only what is durable: whatever the server or role says.
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
+    };
+    let log = store::LogStore::new(connect().await?);
+    let sm = store::StateMachine::new(connect().await?);
+    let config = openraft::Config {
+        cluster_name: cluster.id.clone(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+    let id = NodeId::from(cluster.node_id);
+    let raft = Raft::new(id, Arc::new(config), network::Network { peers: peers.clone() }, log, sm)
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+    // The same membership on every node, so every node's first log entry is the same:
+    // messages go by node id over the peer links, so no address is recorded.
+    let mut members = BTreeMap::new();
+    members.insert(id, BasicNode::default());
+    for p in &cluster.peers {
+        members.insert(NodeId::from(p.id), BasicNode::default());
+    }
+    match raft.initialize(members).await {
+        Ok(()) => info!(nodes = cluster.peers.len() + 1, "consensus initialized"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => info!("consensus resumed from its log"),
+        Err(e) => return Err(ConsensusError::Raft(e.to_string())),
+    }
+    Ok(raft)
+}
+
+/// Copies Raft's state into the metrics until the node stops, then shuts Raft down. A Raft that
+/// a storage error stopped (its Postgres went away) is opened again from what Postgres holds,
+/// once Postgres answers again.
 async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationToken) {
     let mut was_leader = None;
     loop {
-        let m = me.raft.metrics().borrow().clone();
-        let committed = me.raft.with_raft_state(|st| st.committed).await.ok().flatten();
+        let raft = me.raft();
+        let m = raft.metrics().borrow().clone();
+        if let Err(e) = &m.running_state {
+            warn!(error = %e, "consensus stopped on this node; opening it again");
+            let _ = raft.shutdown().await;
+            match open(&me.cluster, &me.backend, &me.peers).await {
+                Ok(fresh) => {
+                    if let Ok(mut r) = me.raft.write() {
+                        *r = fresh;
+                    }
+                    info!("consensus reopened from the local Postgres");
+                }
+                Err(e) => {
+                    debug!(error = %e, "consensus cannot reopen yet");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            continue;
+        }
+        let committed = raft.with_raft_state(|st| st.committed).await.ok().flatten();
         let leader = m.state.is_leader();
         if was_leader != Some(leader) {
             if leader {
@@ -151,7 +201,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
-    if let Err(e) = me.raft.shutdown().await {
+    if let Err(e) = me.raft().shutdown().await {
         warn!(error = %e, "consensus did not shut down cleanly");
     }
 }

@@ -49,3 +49,29 @@ async fn three_nodes_elect_one_leader_and_replace_it_when_it_is_cut_off() {
     wait_until("all three agree again", || async { agreed(&c, &[1, 2, 3]).is_some_and(|(l, _)| l != leader) }).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_postgres_restarted_rejoins_the_group() {
+    let mut c = Cluster::start(3, "", "").await;
+    wait_until("one leader, agreed by every node", || async { agreed(&c, &[1, 2, 3]).is_some() }).await;
+    let (leader, _) = agreed(&c, &[1, 2, 3]).unwrap();
+    // A follower's Postgres stops: its Raft log is gone for a while, so its consensus stops.
+    let k = if leader == 3 { 2 } else { 3 };
+    let port = c.nodes[k - 1].pg.pg.port;
+    c.nodes[k - 1].pg.pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.nodes[k - 1].pg.pg.start(port).unwrap();
+    // Once Postgres is back, the node reopens its Raft from what Postgres kept, and follows.
+    let before = raft(&c, k).applied_index;
+    wait_until("the node follows the leader again", || async {
+        let r = raft(&c, k);
+        agreed(&c, &[1, 2, 3]).is_some() && r.role == "follower" && r.applied_index >= before
+    })
+    .await;
+    c.isolate(leader as usize, true);
+    let rest: Vec<usize> = (1..=3).filter(|n| *n as u64 != leader).collect();
+    wait_until("with it, the majority can elect a new leader", || async {
+        agreed(&c, &rest).is_some_and(|(l, _)| l != leader)
+    })
+    .await;
+}

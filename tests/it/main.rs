@@ -11,6 +11,7 @@ mod configs;
 mod consensus;
 mod durability;
 mod harness;
+mod linearizable;
 mod logins;
 mod migrate;
 mod peers;

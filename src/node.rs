@@ -71,6 +71,8 @@ pub struct NodeHandle {
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: MetricsHandle,
     pub name: String,
+    /// The node's consensus, in a cluster.
+    pub consensus: Option<Arc<crate::consensus::Consensus>>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -109,18 +111,21 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => None,
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
+    let mut consensus = None;
     if let Some(cluster) = &cfg.cluster {
         let cluster = Arc::new(cluster.clone());
         let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
         let _ = metrics.peers.set(peers.clone());
-        crate::consensus::Consensus::start(
-            cluster.clone(),
-            &cfg.backend,
-            peers.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .await?;
+        consensus = Some(
+            crate::consensus::Consensus::start(
+                cluster.clone(),
+                &cfg.backend,
+                peers.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
         crate::replicate::Replicator::start(
@@ -153,7 +158,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
         tracing::warn!(reason = %e, "SCRAM-SHA-256-PLUS (channel binding) is not offered: {e}; clients that require channel binding cannot log in");
     }
-    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), shutdown, task })
+    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), consensus, shutdown, task })
 }
 
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {

@@ -10,6 +10,7 @@
 //! Crash meaning: a node that restarts reads its vote and log back from Postgres and rejoins
 //! as a follower; a leader that dies is replaced after an election timeout (0.8 to 1.6 s).
 
+pub mod barrier;
 pub mod network;
 pub mod store;
 

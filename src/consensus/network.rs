@@ -23,6 +23,8 @@ pub enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower's read barrier asks the leader for its read index (`barrier`).
+    ReadIndex,
 }
 
 pub struct Network {
@@ -110,6 +112,7 @@ pub async fn serve(raft: &Raft<TypeConfig>, payload: &[u8]) -> Result<Bytes, Str
         Rpc::Append(r) => serde_json::to_vec(&raft.append_entries(r).await),
         Rpc::Vote(r) => serde_json::to_vec(&raft.vote(r).await),
         Rpc::Snapshot(r) => serde_json::to_vec(&raft.install_snapshot(r).await),
+        Rpc::ReadIndex => serde_json::to_vec(&super::barrier::read_index(raft).await),
     };
     answer.map(Bytes::from).map_err(|e| e.to_string())
 }

@@ -75,3 +75,28 @@ async fn a_node_whose_postgres_restarted_rejoins_the_group() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_barrier_passes_with_a_majority_and_fails_in_time_without_one() {
+    let c = Cluster::start(3, "", "").await;
+    wait_until("one leader, agreed by every node", || async { agreed(&c, &[1, 2, 3]).is_some() }).await;
+    let (leader, _) = agreed(&c, &[1, 2, 3]).unwrap();
+    let barrier = |k: usize, secs: u64| {
+        let consensus = c.nodes[k - 1].handle().consensus.clone().expect("a cluster node");
+        async move { consensus.read_barrier(Duration::from_secs(secs)).await }
+    };
+    // On the leader and on followers (which ask the leader), once the membership is committed.
+    for k in 1..=3 {
+        let applied = barrier(k, 10).await.unwrap_or_else(|e| panic!("node {k}: {e}"));
+        assert!(applied >= 1, "node {k} applied the membership before reading: {applied}");
+        assert!(raft(&c, k).applied_index >= applied);
+    }
+    // A follower cut off from the others cannot confirm anything: it fails at the timeout.
+    let k = if leader == 3 { 2 } else { 3 };
+    c.isolate(k, true);
+    let err = barrier(k, 2).await.unwrap_err();
+    assert!(matches!(err, pgmix::consensus::barrier::BarrierError::Timeout(_)), "{err:?}");
+    // The majority goes on.
+    assert!(barrier(leader as usize, 10).await.is_ok());
+    c.isolate(k, false);
+}

@@ -41,6 +41,21 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// One of pgmix's own long-lived connections to `database`, its driver spawned, with the
+    /// session `settings` (SQL) run before it is used.
+    pub async fn connect(
+        &self,
+        database: &str,
+        settings: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = self.client_config();
+        cfg.dbname(database);
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute(settings).await?;
+        Ok(client)
+    }
+
     /// A tokio-postgres config for pgmix's own connections (catalog checks, metadata).
     pub fn client_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();

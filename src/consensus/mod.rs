@@ -117,11 +117,9 @@ async fn open(
     backend: &BackendConfig,
     peers: &Arc<Peers>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
+    // Raft acknowledges only what is durable: whatever the server or role says.
     let connect = || async {
-        let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        // Raft acknowledges only what is durable: whatever the server or role says.
-        client.batch_execute("SET synchronous_commit = on").await?;
+        let client = backend.connect(&backend.database, "SET synchronous_commit = on").await?;
         Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
     };
     let log = store::LogStore::new(connect().await?);

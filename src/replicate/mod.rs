@@ -188,13 +188,8 @@ impl Replicator {
     }
 
     async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut backend = self.backend.clone();
-        backend.database = db.to_owned();
-        let (client, conn) = backend.client_config().connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
         // Keys and values are compared as JSON text: the same settings as capture's.
-        client.batch_execute(JSON_SETTINGS).await?;
-        Ok(client)
+        self.backend.connect(db, JSON_SETTINGS).await
     }
 
     /// A peer's pull: a batch from this node's log.

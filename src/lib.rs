@@ -20,6 +20,7 @@ pub mod schema;
 pub mod session;
 pub mod sqlstate;
 pub mod status;
+pub mod strong;
 #[cfg(test)]
 mod testrng;
 pub mod tomlfile;

@@ -112,6 +112,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
     let mut consensus = None;
+    let mut strong = None;
     if let Some(cluster) = &cfg.cluster {
         let cluster = Arc::new(cluster.clone());
         let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
@@ -126,6 +127,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
             )
             .await?,
         );
+        strong = consensus
+            .as_ref()
+            .map(|c| crate::strong::Strong::new(c.clone(), cluster.strong_timeout, cfg.backend.clone()));
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
         crate::replicate::Replicator::start(
@@ -152,7 +156,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         });
     }
 
-    let ctx = SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), databases: schema };
+    let ctx =
+        SessionCtx { cfg: cfg.clone(), metrics: metrics.clone(), stop: Default::default(), databases: schema, strong };
     let task = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
     info!(node = %cfg.node_name, %addr, "pgmix node listening");
     if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
@@ -285,7 +290,12 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     }
 
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, &hello.login.role);
+    let login = crate::session::strong::ClientLogin {
+        role: hello.login.role.clone(),
+        password: hello.login.password.clone(),
+        database: hello.database.clone(),
+    };
+    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, login);
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

@@ -18,6 +18,7 @@ pub mod code {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const STATEMENT_COMPLETION_UNKNOWN: &str = "40003";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 }
 

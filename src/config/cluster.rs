@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     pub id: String,
     pub node_id: u32,
     pub max_nodes: u32,
+    /// How long a strong statement waits for a leader and a majority (`strong_timeout_ms`).
+    pub strong_timeout: std::time::Duration,
     pub listen: SocketAddr,
     pub peers: Vec<Peer>,
     /// Accepts only clients with a certificate from the cluster CA.
@@ -70,6 +72,9 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
             "max_nodes",
             format!("{} is fewer than the {} nodes listed", raw.max_nodes, 1 + raw.peers.len()),
         ));
+    }
+    if raw.strong_timeout_ms < 100 {
+        return Err(err("strong_timeout_ms", format!("{} is too short: give at least 100 ms", raw.strong_timeout_ms)));
     }
     let in_range = |id: u32| (1..=raw.max_nodes).contains(&id);
     if !in_range(raw.node_id) {
@@ -144,6 +149,7 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
         id: raw.id.clone(),
         node_id: raw.node_id,
         max_nodes: raw.max_nodes,
+        strong_timeout: std::time::Duration::from_millis(raw.strong_timeout_ms),
         listen,
         peers,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),

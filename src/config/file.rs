@@ -43,6 +43,10 @@ pub struct ClusterSection {
     /// for the cluster's life.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
+    /// How long a strong statement waits for a leader and a majority before it fails with 40001
+    /// (nothing committed, safe to retry), in milliseconds.
+    #[serde(default = "default_strong_timeout")]
+    pub strong_timeout_ms: u64,
     /// Where this node's peer links listen, e.g. "0.0.0.0:7432".
     pub listen: String,
     /// The cluster CA certificate (PEM), relative to this file.
@@ -57,6 +61,10 @@ pub struct ClusterSection {
 
 fn default_max_nodes() -> u32 {
     16
+}
+
+fn default_strong_timeout() -> u64 {
+    5000
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 //! Crash meaning: a node that restarts reads its vote and log back from Postgres and rejoins
 //! as a follower; a leader that dies is replaced after an election timeout (0.8 to 1.6 s).
 
+pub mod apply;
 pub mod barrier;
 pub mod network;
 pub mod store;
@@ -36,10 +37,13 @@ pub type NodeId = u64;
 /// The peer-link service number of consensus.
 pub const SERVICE: u8 = 2;
 
-/// What the log carries besides blank and membership entries. Strong writes and DDL will be
-/// commands here; until then no command exists, so no entry can carry one.
+/// What the log carries besides blank and membership entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Command {}
+pub enum Command {
+    /// A strong transaction that node `origin` prepared as `gid` in `database`, with its effects
+    /// as `pgmix.take_effects()` gave them (JSON text). See `apply`.
+    Commit { origin: u32, gid: String, database: String, effects: String },
+}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -72,6 +76,8 @@ pub struct Consensus {
     peers: Arc<Peers>,
     /// The running Raft; replaced when a storage error stopped it (its Postgres went away).
     raft: std::sync::RwLock<Raft<TypeConfig>>,
+    /// Strong commits this process is waiting for (kept across a reopen of Raft).
+    pub in_flight: apply::InFlight,
 }
 
 impl Consensus {
@@ -83,12 +89,14 @@ impl Consensus {
         metrics: MetricsHandle,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, ConsensusError> {
-        let raft = open(&cluster, backend, &peers).await?;
+        let in_flight = apply::InFlight::default();
+        let raft = open(&cluster, backend, &peers, &in_flight).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
             peers: peers.clone(),
             raft: std::sync::RwLock::new(raft),
+            in_flight,
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -109,6 +117,24 @@ impl Consensus {
     pub fn raft(&self) -> Raft<TypeConfig> {
         self.raft.read().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
+
+    pub fn node_id(&self) -> u32 {
+        self.cluster.node_id
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster.id
+    }
+
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// The leader as this node knows it, and the current term.
+    pub fn leader(&self) -> (Option<u32>, u64) {
+        let m = self.raft().metrics().borrow().clone();
+        (m.current_leader.map(|l| l as u32), m.current_term)
+    }
 }
 
 /// Opens this node's Raft on its Postgres and proposes the cluster's membership.
@@ -116,6 +142,7 @@ async fn open(
     cluster: &ClusterConfig,
     backend: &BackendConfig,
     peers: &Arc<Peers>,
+    in_flight: &apply::InFlight,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: whatever the server or role says.
     let connect = || async {
@@ -123,7 +150,9 @@ async fn open(
         Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
     };
     let log = store::LogStore::new(connect().await?);
-    let sm = store::StateMachine::new(connect().await?);
+    let applier = apply::Applier::new(backend.clone(), cluster.node_id, cluster.id.clone(), in_flight.clone());
+    let sm = store::StateMachine::new(connect().await?, Arc::new(applier));
+    sm.resolve_in_doubt().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
     let config = openraft::Config {
         cluster_name: cluster.id.clone(),
         heartbeat_interval: HEARTBEAT_MS,
@@ -163,7 +192,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.in_flight).await {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;

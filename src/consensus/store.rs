@@ -207,11 +207,24 @@ struct Applied {
 #[derive(Clone)]
 pub struct StateMachine {
     client: Arc<Mutex<tokio_postgres::Client>>,
+    applier: Arc<super::apply::Applier>,
 }
 
 impl StateMachine {
-    pub fn new(client: Arc<Mutex<tokio_postgres::Client>>) -> Self {
-        Self { client }
+    pub fn new(client: Arc<Mutex<tokio_postgres::Client>>, applier: Arc<super::apply::Applier>) -> Self {
+        Self { client, applier }
+    }
+
+    /// Resolves what was left in doubt before the last entry applied (at start-up).
+    pub async fn resolve_in_doubt(&self) -> Result<(), StorageError<NodeId>> {
+        let a = self.load().await?;
+        if let Some(applied) = a.applied {
+            self.applier
+                .resolve_before(applied.leader_id.term)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
+        Ok(())
     }
 
     async fn load(&self) -> Result<Applied, StorageError<NodeId>> {
@@ -302,12 +315,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut a = self.load().await?;
         let mut out = Vec::new();
         for e in entries {
-            a.applied = Some(e.log_id);
+            let sm_err = |e: tokio_postgres::Error| -> StorageError<NodeId> {
+                tracing::error!(error = %e, "cannot apply a committed entry; retrying");
+                StorageIOError::write_state_machine(&e).into()
+            };
+            self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(sm_err)?;
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => match cmd {},
+                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects }) => {
+                    if let Err(err) = self.applier.commit(e.log_id.index, origin, &gid, &database, &effects).await {
+                        // What was applied before this entry stays applied.
+                        self.store(&a, None).await?;
+                        return Err(sm_err(err));
+                    }
+                }
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
+            a.applied = Some(e.log_id);
             out.push(());
         }
         self.store(&a, None).await?;

@@ -1,4 +1,5 @@
-//! Installs change capture on the tables that hold weak data: a trigger function generated for
+//! Installs change capture on the tables that hold weak data (and the strong path's capture on
+//! those that hold strong data, `strong_plan`): a trigger function generated for
 //! the table by `pgmix.install_capture` (see `migrations/0002_weak_replication.sql`), a trigger
 //! that refuses TRUNCATE, the table's entry in `pgmix.tables` for the apply side, and
 //! interleaved sequences for serial and identity columns.
@@ -58,6 +59,27 @@ pub fn plan(schema: &Schema, catalog: &Catalog) -> BTreeMap<String, Plan> {
     out
 }
 
+/// The strong capture each table gets (see `migrations/0004_strong.sql`), by quoted name: the
+/// strong columns of a partly strong table, or none for a table that is strong throughout.
+/// Keyless strong tables are captured too (their rows are found by value on the other nodes).
+pub fn strong_plan(schema: &Schema, catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for name in catalog.tables.keys() {
+        let (_, rule) = schema.resolve(name);
+        let cols: Vec<String> = match rule.consistency {
+            Consistency::Strong => Vec::new(),
+            Consistency::Weak if rule.strong_columns.is_empty() => continue,
+            Consistency::Weak => {
+                let mut c: Vec<String> = rule.strong_columns.iter().cloned().collect();
+                c.sort();
+                c
+            }
+        };
+        out.insert(qualified(name), cols);
+    }
+    out
+}
+
 /// Writes the schema file's rules into `pgmix.schema_rules`, where the event trigger that
 /// captures tables created between two checks reads them.
 async fn write_rules(client: &mut tokio_postgres::Client, schema: &Schema) -> Result<(), tokio_postgres::Error> {
@@ -86,6 +108,7 @@ pub async fn install(
     client: &mut tokio_postgres::Client,
     schema: &Schema,
     plans: &BTreeMap<String, Plan>,
+    strong: &BTreeMap<String, Vec<String>>,
 ) -> Result<(), tokio_postgres::Error> {
     write_rules(client, schema).await?;
     for p in plans.values() {
@@ -109,6 +132,16 @@ pub async fn install(
     }
     let names: Vec<&String> = plans.keys().collect();
     client.execute("DELETE FROM pgmix.tables WHERE NOT tbl = ANY($1)", &[&names]).await?;
+    for (table, cols) in strong {
+        client.execute("SELECT pgmix.install_strong($1::text::regclass, $2)", &[table, cols]).await?;
+    }
+    for row in client.query("SELECT tbl FROM pgmix.strong_tables", &[]).await? {
+        let table: String = row.get(0);
+        if !strong.contains_key(&table) {
+            client.execute("SELECT pgmix.remove_strong(to_regclass($1))", &[&table]).await?;
+            client.execute("DELETE FROM pgmix.strong_tables WHERE tbl = $1", &[&table]).await?;
+        }
+    }
     Ok(())
 }
 
@@ -145,6 +178,10 @@ mod tests {
         let users = &plans["\"public\".\"users\""];
         assert!(!users.whole);
         assert_eq!(users.strong, ["email"]);
+        let strong = strong_plan(&schema, &cat);
+        assert_eq!(strong.keys().collect::<Vec<_>>(), ["\"public\".\"accounts\"", "\"public\".\"users\""]);
+        assert!(strong["\"public\".\"accounts\""].is_empty());
+        assert_eq!(strong["\"public\".\"users\""], ["email"]);
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl LiveSchema {
         let capture = match (&cat, &self.cluster) {
             (Ok(cat), Some(_)) => {
                 let plans = crate::replicate::capture::plan(&self.file_schema, cat);
-                crate::replicate::capture::install(&mut client, &self.file_schema, &plans).await
+                let strong = crate::replicate::capture::strong_plan(&self.file_schema, cat);
+                crate::replicate::capture::install(&mut client, &self.file_schema, &plans, &strong).await
             }
             _ => Ok(()),
         };
@@ -91,7 +92,7 @@ impl LiveSchema {
         let _ = conn.await;
         let cat = cat?;
         if let Err(e) = capture {
-            error!(error = %e, "cannot install weak change capture: weak writes to new tables are not replicated until it is");
+            error!(error = %e.as_db_error().map_or(e.to_string(), |d| d.to_string()), "cannot install change capture: writes to new tables are not replicated until it is");
             return Err(e);
         }
         let mut errors = Vec::new();

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_node_identity.sql", include_str!("../../migrations/0001_node_identity.sql")),
     (2, "0002_weak_replication.sql", include_str!("../../migrations/0002_weak_replication.sql")),
     (3, "0003_consensus.sql", include_str!("../../migrations/0003_consensus.sql")),
+    (4, "0004_strong.sql", include_str!("../../migrations/0004_strong.sql")),
 ];
 
 /// The newest version this pgmix knows.

@@ -15,6 +15,7 @@ pub mod answer;
 pub mod route;
 pub mod state;
 pub mod stop;
+pub mod strong;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -70,6 +71,8 @@ pub struct SessionCtx {
     pub stop: Arc<stop::StopSignal>,
     /// The schema of each database clients open.
     pub databases: Arc<crate::schema::databases::Databases>,
+    /// The strong path, on a node of a cluster.
+    pub strong: Option<Arc<crate::strong::Strong>>,
 }
 
 pub struct Session {
@@ -92,6 +95,23 @@ pub struct Session {
     client_unflushed: bool,
     /// The backend stopped taking bytes (it is exiting); what it said last is still read.
     backend_deaf: bool,
+    /// Who the client logged in as (a relay session on the leader logs in the same way).
+    login: strong::ClientLogin,
+    /// In a cluster, the client's BEGIN, answered by pgmix and not run yet: where the
+    /// transaction runs is decided by its first statement.
+    deferred_begin: Option<String>,
+    /// A transaction of this session turned strong after it had begun here: its next
+    /// transactions go to the strong path whole.
+    sticky: bool,
+    /// The routing point sent the statement at the front of the client's bytes to the strong
+    /// path, with its class.
+    divert: Option<crate::classify::Class>,
+    /// The routing point waits for the replies in flight before it decides on the statement at
+    /// the front of the client's bytes.
+    held: bool,
+    relay: strong::RelayState,
+    /// Replies (each up to its ReadyForQuery) of pgmix's own statements not to pass on.
+    swallow: usize,
 }
 
 /// Client messages the session looks at whole; everything else may stream through in pieces.
@@ -111,10 +131,13 @@ impl Session {
         backend: BackendConn,
         ctx: SessionCtx,
         schema: Arc<crate::schema::live::LiveSchema>,
-        role: &str,
+        login: strong::ClientLogin,
     ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
-        let mut router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), role);
+        let mut router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), &login.role);
+        if ctx.strong.is_some() {
+            router.track_parses();
+        }
         // The start-up ParameterStatus messages (client_encoding among them) reached the client
         // in the greeting, before the session began.
         for (tag, body) in messages::iter(&backend.greeting) {
@@ -138,6 +161,13 @@ impl Session {
             client_terminated: false,
             client_unflushed: false,
             backend_deaf: false,
+            login,
+            deferred_begin: None,
+            sticky: false,
+            divert: None,
+            held: false,
+            relay: strong::RelayState::default(),
+            swallow: 0,
         };
         (session, backend.leftover)
     }
@@ -180,6 +210,11 @@ impl Session {
             })
             .await;
             match event {
+                Ok(Event::Strong) => {
+                    if let Some(end) = self.strong_path(&mut up, &mut down).await? {
+                        return Ok(end);
+                    }
+                }
                 Ok(Event::Drain) => draining = true,
                 Ok(Event::Abort) => {
                     self.goodbye(&mut down, Some(shutting_down())).await;
@@ -223,7 +258,43 @@ impl Session {
 
     /// Between transactions, with nothing outstanding: where a session may be closed.
     fn at_quiet_point(&self) -> bool {
-        self.state.is_quiet() && !self.backend_framer.mid_message()
+        self.state.is_quiet() && !self.backend_framer.mid_message() && self.deferred_begin.is_none()
+    }
+
+    /// Runs the transaction the routing point diverted (see `strong`), then goes back to
+    /// forwarding. Some: the session is over.
+    async fn strong_path(&mut self, up: &mut Flow, down: &mut Flow) -> Result<Option<SessionEnd>, SessionError> {
+        let (Some(class), Some(strong)) = (self.divert.take(), self.ctx.strong.clone()) else { return Ok(None) };
+        // What the backend said so far goes out first; what the client sent and was framed (a
+        // stand-in, say) goes in first.
+        self.client.write_all(&down.buf).await.map_err(SessionError::Client)?;
+        self.client.flush().await.map_err(SessionError::Client)?;
+        down.buf.clear();
+        down.ready = 0;
+        if up.ready > 0 {
+            self.backend.write_all(&up.buf[..up.ready]).await.map_err(SessionError::Backend)?;
+            up.buf.advance(up.ready);
+            up.ready = 0;
+        }
+        let mut pending = std::mem::take(&mut up.buf);
+        let after = strong::run(self, strong, &mut pending, class).await?;
+        up.buf = pending;
+        self.state.awaiting_ready = 0;
+        self.state.unsynced = false;
+        if self.state.tx != TxStatus::Failed {
+            self.state.tx = TxStatus::Idle;
+        }
+        match after {
+            strong::After::Resume => {
+                // The client may have sent more already.
+                self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
+                if self.divert.is_some() {
+                    return Box::pin(self.strong_path(up, down)).await;
+                }
+                Ok(None)
+            }
+            strong::After::End(end) => Ok(Some(end)),
+        }
     }
 
     /// Moves bytes both ways until something ends the session or nothing can move. Each direction
@@ -252,6 +323,12 @@ impl Session {
                 if up.ready == 0 {
                     return Poll::Ready(Ok(Event::ClientTerminated));
                 }
+                break;
+            }
+            if self.divert.is_some() {
+                return Poll::Ready(Ok(Event::Strong));
+            }
+            if self.held {
                 break;
             }
             // Full, and the backend is not taking bytes: its write readiness will wake us.
@@ -294,7 +371,19 @@ impl Session {
             }
             match poll_read_buf(Pin::new(&mut self.backend), cx, &mut down.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
-                Poll::Ready(Ok(_)) => self.frame_backend(down).map_err(SessionError::BackendProtocol)?,
+                Poll::Ready(Ok(_)) => {
+                    self.frame_backend(down).map_err(SessionError::BackendProtocol)?;
+                    if self.held && self.state.is_quiet() && !self.backend_framer.mid_message() {
+                        // What the held statement waited for has come: decide on it now.
+                        self.held = false;
+                        self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
+                        if self.divert.is_some() && down.ready == 0 {
+                            return Poll::Ready(Ok(Event::Strong));
+                        }
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Backend(e))),
                 Poll::Pending => break,
             }
@@ -306,9 +395,14 @@ impl Session {
     /// framed becomes ready to send. A refused statement is replaced by its stand-in, or answered
     /// on the spot (see `answer`).
     fn frame_client(&mut self, up: &mut Flow, down: &mut Flow) -> Result<(), FrameError> {
+        let cluster = self.ctx.strong.is_some();
         loop {
+            if self.divert.is_some() || self.held {
+                return Ok(());
+            }
             let starts_message = !self.client_framer.mid_message();
-            match self.client_framer.step(&up.buf[up.ready..], client_inspects)? {
+            let inspects = |t: u8| client_inspects(t) || (cluster && t == b'B');
+            match self.client_framer.step(&up.buf[up.ready..], inspects)? {
                 Step::Message { tag, body, len } => {
                     if tag == b'X' {
                         // Passed on so the backend ends cleanly; nothing after it is read.
@@ -320,13 +414,31 @@ impl Session {
                     // streams refused statements and reads nothing gets stand-ins, which the
                     // backend's backpressure slows down.
                     let can_answer = !self.backend_framer.mid_message() && down.ready < READ_CHUNK;
-                    let at = Point { state: &mut self.state, router: &mut self.router, answers: &mut self.answers };
-                    match at.on_client_message(&self.ctx.metrics, tag, body, can_answer) {
+                    let msg = &up.buf[up.ready..up.ready + len];
+                    let at = Point {
+                        state: &mut self.state,
+                        router: &mut self.router,
+                        answers: &mut self.answers,
+                        cluster: cluster.then_some(Cluster {
+                            deferred_begin: &mut self.deferred_begin,
+                            sticky: &mut self.sticky,
+                            swallow: &mut self.swallow,
+                        }),
+                    };
+                    match at.on_client_message(&self.ctx.metrics, tag, body, msg, can_answer) {
                         Action::Forward => up.ready += len,
                         Action::Replace(with) => up.replace_next(len, &with),
                         Action::Answer(reply) => {
                             up.replace_next(len, &[]);
                             down.replace_next(0, &reply);
+                        }
+                        Action::Divert(class) => {
+                            self.divert = Some(class);
+                            return Ok(());
+                        }
+                        Action::Hold => {
+                            self.held = true;
+                            return Ok(());
                         }
                     }
                 }
@@ -349,8 +461,10 @@ impl Session {
             match self.backend_framer.step(&down.buf[down.ready..], backend_inspects)? {
                 Step::Message { tag, body, len } => {
                     self.last_backend_tag = tag;
+                    let swallowed = self.swallow > 0;
                     match tag {
                         b'Z' => {
+                            self.swallow = self.swallow.saturating_sub(1);
                             if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
                                 self.state.tx = tx;
                             }
@@ -377,6 +491,11 @@ impl Session {
                             }
                         }
                         _ => {}
+                    }
+                    if swallowed {
+                        // The reply to pgmix's own statement (a BEGIN it deferred).
+                        down.replace_next_dropping(len);
+                        continue;
                     }
                     down.ready += len;
                 }
@@ -420,6 +539,8 @@ fn shutting_down() -> ClientError {
 
 /// What ended one wait of the pump.
 enum Event {
+    /// The routing point diverted a statement to the strong path.
+    Strong,
     Drain,
     Abort,
     ClientTerminated,
@@ -468,6 +589,13 @@ impl Flow {
         Ok(sent)
     }
 
+    /// Drops the next `len` unframed bytes (one message).
+    fn replace_next_dropping(&mut self, len: usize) {
+        let tail = self.buf.split_off(self.ready + len);
+        self.buf.truncate(self.ready);
+        self.buf.unsplit(tail);
+    }
+
     /// Replaces the next `len` unframed bytes (one message) with `with`, ready to send.
     fn replace_next(&mut self, len: usize, with: &[u8]) {
         let tail = self.buf.split_off(self.ready + len);
@@ -498,6 +626,10 @@ enum Action {
     Replace(BytesMut),
     /// Send nothing to the backend; send this to the client.
     Answer(BytesMut),
+    /// Leave it unread: the strong path takes it, a statement of this class.
+    Divert(crate::classify::Class),
+    /// Leave it unread until the replies in flight are in, then decide.
+    Hold,
 }
 
 /// The statement boundary: every Query and Parse passes the routing point here.
@@ -505,55 +637,175 @@ struct Point<'a> {
     state: &'a mut SessionState,
     router: &'a mut Router,
     answers: &'a mut Answers,
+    /// On a node of a cluster, where strong statements take the strong path.
+    cluster: Option<Cluster<'a>>,
+}
+
+/// The session's strong-path state the routing point reads and changes.
+struct Cluster<'a> {
+    deferred_begin: &'a mut Option<String>,
+    sticky: &'a mut bool,
+    swallow: &'a mut usize,
+}
+
+fn command_complete(tag: &str, status: u8) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(b"C");
+    b.extend_from_slice(&((4 + tag.len() + 1) as i32).to_be_bytes());
+    b.extend_from_slice(tag.as_bytes());
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(&crate::strong::wire::ready(status));
+    b
+}
+
+impl Cluster<'_> {
+    /// Where a statement of `class` goes; None: on, to the local Postgres. `stand_in` makes the
+    /// error a statement gets in place of its reply.
+    fn route(
+        &mut self,
+        state: &mut SessionState,
+        class: crate::classify::Class,
+        stand_in: impl FnOnce(ClientError) -> BytesMut,
+    ) -> Option<Action> {
+        use crate::classify::Class;
+        let strong = matches!(class, Class::StrongWrite | Class::Ddl | Class::StrongRead)
+            || (*self.sticky && class != Class::Local);
+        if !strong {
+            return None;
+        }
+        if self.deferred_begin.is_some() || state.is_quiet() {
+            return Some(Action::Divert(class));
+        }
+        if state.tx == TxStatus::Idle && !state.unsynced {
+            return Some(Action::Hold);
+        }
+        // A transaction that began here turned strong: it fails, and the next ones go to the
+        // strong path from their start.
+        *self.sticky = true;
+        let e = ClientError::error(
+            code::SERIALIZATION_FAILURE,
+            "this transaction began with weak statements on this node and then touched strong data, which runs on the leader; it was not committed",
+        )
+        .with_hint("Retry the transaction: pgmix now runs this session's transactions on the leader from their start.");
+        Some(Action::Replace(stand_in(e)))
+    }
+
+    /// A message about to go to the local Postgres, preceded by the BEGIN pgmix deferred.
+    fn begin_first(&mut self, state: &mut SessionState, msg: &[u8]) -> Option<Action> {
+        let begin = self.deferred_begin.take()?;
+        let mut with = crate::strong::wire::query(&begin);
+        with.extend_from_slice(msg);
+        *self.swallow += 1;
+        state.awaiting_ready += 1;
+        Some(Action::Replace(with))
+    }
 }
 
 impl Point<'_> {
-    /// `can_answer`: the client's stream is between messages, so an answer may be put into it.
-    fn on_client_message(self, metrics: &Metrics, tag: u8, body: &[u8], can_answer: bool) -> Action {
-        let Point { state, router, answers } = self;
+    /// `msg`: the whole message; `can_answer`: the client's stream is between messages, so an
+    /// answer may be put into it.
+    fn on_client_message(self, metrics: &Metrics, tag: u8, body: &[u8], msg: &[u8], can_answer: bool) -> Action {
+        use crate::strong::wire::{TxWord, tx_word};
+        let Point { state, router, answers, mut cluster } = self;
         match tag {
             b'Q' => {
                 Metrics::inc(&metrics.queries_total);
+                let text = messages::query_text(body);
+                if let Some(c) = &mut cluster
+                    && can_answer
+                {
+                    let word = tx_word(text);
+                    if c.deferred_begin.is_some() && matches!(word, TxWord::Commit | TxWord::Rollback) {
+                        // The transaction pgmix deferred never ran a statement.
+                        *c.deferred_begin = None;
+                        let tag = if word == TxWord::Commit { "COMMIT" } else { "ROLLBACK" };
+                        return Action::Answer(command_complete(tag, b'I'));
+                    }
+                    if c.deferred_begin.is_none() && word == TxWord::Begin && state.is_quiet() {
+                        *c.deferred_begin = Some(String::from_utf8_lossy(text).into_owned());
+                        return Action::Answer(command_complete("BEGIN", b'T'));
+                    }
+                }
                 let at_rest = state.is_quiet();
-                let (class, route, reason) = router.route_query(messages::query_text(body), at_rest);
+                let (class, route, reason) = router.route_query(text, at_rest);
+                if route != Route::Refuse
+                    && let Some(c) = &mut cluster
+                    && let Some(a) = c.route(state, class, |e| answers.stand_in_query(e))
+                {
+                    if matches!(a, Action::Replace(_)) {
+                        state.awaiting_ready += 1;
+                    }
+                    return a;
+                }
                 state.ddl_pending |= class == crate::classify::Class::Ddl;
+                let begin_first = cluster.as_mut().and_then(|c| c.begin_first(state, msg));
                 if route == Route::Refuse {
                     let e = refusal(&reason);
-                    if at_rest && can_answer {
+                    if at_rest && can_answer && begin_first.is_none() {
                         return Action::Answer(Answers::direct(&e, b'I'));
                     }
                     state.awaiting_ready += 1;
-                    return Action::Replace(answers.stand_in_query(e));
+                    let mut stand_in = match begin_first {
+                        Some(Action::Replace(mut with)) => {
+                            with.truncate(with.len() - msg.len());
+                            with
+                        }
+                        _ => BytesMut::new(),
+                    };
+                    stand_in.extend_from_slice(&answers.stand_in_query(e));
+                    return Action::Replace(stand_in);
                 }
                 state.awaiting_ready += 1;
-                Action::Forward
+                begin_first.unwrap_or(Action::Forward)
             }
             b'P' => {
                 Metrics::inc(&metrics.parses_total);
-                state.unsynced = true;
                 let (name, sql) = messages::parse_message(body);
-                let (class, route, reason) = router.route_parse(sql);
+                let (class, route, reason) = router.route_parse(name, sql, msg);
+                if route != Route::Refuse
+                    && let Some(c) = &mut cluster
+                    && let Some(a) = c.route(state, class, |e| answers.stand_in_parse(name, e))
+                {
+                    if matches!(a, Action::Replace(_)) {
+                        state.unsynced = true;
+                    }
+                    return a;
+                }
+                state.unsynced = true;
                 state.ddl_pending |= class == crate::classify::Class::Ddl;
                 if route == Route::Refuse {
                     return Action::Replace(answers.stand_in_parse(name, refusal(&reason)));
                 }
-                Action::Forward
+                cluster.as_mut().and_then(|c| c.begin_first(state, msg)).unwrap_or(Action::Forward)
+            }
+            b'B' if cluster.is_some() => {
+                if let Some(class) = router.parsed_class(strong::bind_statement(body))
+                    && let Some(c) = &mut cluster
+                    && let Some(a) = c.route(state, class, |e| answers.stand_in_parse(b"", e))
+                {
+                    if matches!(a, Action::Replace(_)) {
+                        state.unsynced = true;
+                    }
+                    return a;
+                }
+                state.note_extended(tag);
+                cluster.as_mut().and_then(|c| c.begin_first(state, msg)).unwrap_or(Action::Forward)
             }
             b'S' => {
                 state.awaiting_ready += 1;
                 state.unsynced = false;
-                Action::Forward
+                cluster.as_mut().and_then(|c| c.begin_first(state, msg)).unwrap_or(Action::Forward)
             }
             b'F' => {
                 // A fast-path function call (libpq's large-object API uses them) is answered with its
                 // own ReadyForQuery, and is a statement too.
                 state.awaiting_ready += 1;
                 router.route_function_call();
-                Action::Forward
+                cluster.as_mut().and_then(|c| c.begin_first(state, msg)).unwrap_or(Action::Forward)
             }
             other => {
                 state.note_extended(other);
-                Action::Forward
+                cluster.as_mut().and_then(|c| c.begin_first(state, msg)).unwrap_or(Action::Forward)
             }
         }
     }

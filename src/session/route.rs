@@ -40,6 +40,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::classify::{Class, SearchPathChange, SqlPrepared, strongest};
 use crate::metrics::Metrics;
 use crate::schema::Schema;
@@ -77,6 +79,17 @@ pub struct Router {
     foreign_encoding: Option<String>,
     /// standard_conforming_strings is off: backslashes escape inside '...'.
     backslash_escapes: bool,
+    /// In a cluster: each prepared statement's class, Parse message and text, by name, so that
+    /// a Bind is routed by its statement's class and the statement can be prepared on the
+    /// leader too. None on a node of its own.
+    parsed: Option<HashMap<Bytes, Parsed>>,
+}
+
+/// A statement a Parse prepared.
+pub struct Parsed {
+    pub class: Class,
+    pub message: Bytes,
+    pub sql: Bytes,
 }
 
 impl Router {
@@ -95,7 +108,42 @@ impl Router {
             prepared_user_code: false,
             foreign_encoding: None,
             backslash_escapes: false,
+            parsed: None,
         }
+    }
+
+    /// Keep what Parse messages prepared (a node in a cluster needs it, see `parsed`).
+    pub fn track_parses(&mut self) {
+        self.parsed = Some(HashMap::new());
+    }
+
+    /// Records a Parse message (whole, `msg`) of statement `name`; `class` None: classify it.
+    pub fn remember_parse(&mut self, name: &[u8], sql: &[u8], msg: &[u8]) {
+        let class = match &self.parsed {
+            Some(_) => self.schema.classify(&String::from_utf8_lossy(sql)).class,
+            None => return,
+        };
+        self.remember_parsed(name, sql, msg, class);
+    }
+
+    fn remember_parsed(&mut self, name: &[u8], sql: &[u8], msg: &[u8], class: Class) {
+        if let Some(map) = &mut self.parsed {
+            let p = Parsed { class, message: Bytes::copy_from_slice(msg), sql: Bytes::copy_from_slice(sql) };
+            map.insert(Bytes::copy_from_slice(name), p);
+        }
+    }
+
+    /// The class of prepared statement `name`, when known.
+    pub fn parsed_class(&self, name: &[u8]) -> Option<Class> {
+        self.parsed.as_ref()?.get(name).map(|p| p.class)
+    }
+
+    pub fn parsed_text(&self, name: &[u8]) -> Option<Bytes> {
+        self.parsed.as_ref()?.get(name).map(|p| p.sql.clone())
+    }
+
+    pub fn parsed_message(&self, name: &[u8]) -> Option<Bytes> {
+        self.parsed.as_ref()?.get(name).map(|p| p.message.clone())
     }
 
     /// Whether the session's path is known and resolves like the schema file's.
@@ -227,9 +275,12 @@ impl Router {
         self.decide(sql, Some(at_rest))
     }
 
-    /// An extended-protocol Parse; the decision is cached with the prepared statement.
-    pub fn route_parse(&mut self, sql: &[u8]) -> (Class, Route, Arc<str>) {
-        self.decide(sql, None)
+    /// An extended-protocol Parse (`msg`, whole) of statement `name`; the decision is kept
+    /// with the prepared statement.
+    pub fn route_parse(&mut self, name: &[u8], sql: &[u8], msg: &[u8]) -> (Class, Route, Arc<str>) {
+        let decided = self.decide(sql, None);
+        self.remember_parsed(name, sql, msg, decided.0);
+        decided
     }
 
     /// A fast-path FunctionCall message: it names a function by OID, which pgmix does not look

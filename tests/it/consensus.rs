@@ -8,13 +8,13 @@ use pgmix::metrics::RaftStatus;
 use crate::cluster::Cluster;
 use crate::harness::wait_until;
 
-fn raft(c: &Cluster, k: usize) -> RaftStatus {
+pub fn raft(c: &Cluster, k: usize) -> RaftStatus {
     let m = &c.nodes[k - 1].handle().metrics;
     m.raft.lock().unwrap().clone().unwrap_or_default()
 }
 
 /// The leader all of `nodes` agree on, with its term, if they agree.
-fn agreed(c: &Cluster, nodes: &[usize]) -> Option<(u64, u64)> {
+pub fn agreed(c: &Cluster, nodes: &[usize]) -> Option<(u64, u64)> {
     let all: Vec<RaftStatus> = nodes.iter().map(|k| raft(c, *k)).collect();
     let leader = all[0].leader?;
     let leaders = all.iter().filter(|r| r.role == "leader").count();

@@ -20,5 +20,6 @@ mod raw;
 mod robustness;
 mod roles;
 mod stream;
+mod strong;
 pub mod up;
 mod weak;

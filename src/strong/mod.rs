@@ -1,0 +1,162 @@
+//! The strong path: strong transactions run on the leader and commit through the Raft log.
+//!
+//! A strong transaction runs on the leader's Postgres, as the client's role, with capture on
+//! (`pgmix.strong`, see `migrations/0004_strong.sql`). At its COMMIT the leader:
+//! 1. takes the transaction's effects out of `pgmix.strong_effects` (`take_effects`);
+//! 2. `PREPARE TRANSACTION` with a gid naming the term (`consensus::apply::gid`);
+//! 3. appends a `Commit` entry with the effects to the log and waits until it is committed and
+//!    applied here, which is where `COMMIT PREPARED` runs (`consensus::apply`);
+//! 4. answers COMMIT.
+//!
+//! A follower relays the whole transaction to the leader (`relay`) and passes the replies back.
+//!
+//! Crash meaning, step by step: before 2, the transaction is an open transaction and dies with
+//! its connection (nothing committed; the client sees 40001 or a lost connection). Between 2 and
+//! the append, a prepared transaction is left in doubt, rolled back once a later term's entry is
+//! applied. After the append, the entry commits or is lost with the leader's term: it is applied
+//! (`COMMIT PREPARED` on the leader, effects elsewhere) or the prepared transaction is rolled
+//! back in the same way. The client is told 40001 when nothing can have committed and 40003 when
+//! it cannot know.
+
+pub mod relay;
+pub mod tx;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use thiserror::Error;
+
+use crate::config::BackendConfig;
+use crate::consensus::{Command, Consensus, apply};
+use crate::sqlstate::{ClientError, code};
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StrongError {
+    #[error("no leader with a majority answered within {0:?}; nothing was committed, so it is safe to retry")]
+    NoQuorum(Duration),
+    #[error("this node stopped leading before the commit was logged; nothing was committed, so it is safe to retry")]
+    NotLeader,
+    #[error("the connection to the leader was lost ({0}); the transaction was not committed, so it is safe to retry")]
+    LeaderLost(String),
+    #[error(
+        "the transaction was prepared but its commit could not be confirmed ({0}); it may or may not have committed"
+    )]
+    Unknown(String),
+}
+
+impl StrongError {
+    pub fn to_client(&self) -> ClientError {
+        match self {
+            Self::Unknown(_) => ClientError::error(code::STATEMENT_COMPLETION_UNKNOWN, self.to_string())
+                .with_hint("Check whether the transaction's writes are there before you retry it."),
+            _ => ClientError::error(code::SERIALIZATION_FAILURE, self.to_string())
+                .with_hint("Retry the transaction; pgmix sends it to the current leader."),
+        }
+    }
+}
+
+/// Where a strong transaction runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leader {
+    Here,
+    Peer(u32),
+    Unknown,
+}
+
+/// A node's handle on the strong path.
+pub struct Strong {
+    pub consensus: Arc<Consensus>,
+    pub timeout: Duration,
+    pub backend: BackendConfig,
+    counter: AtomicU64,
+    relay_ids: AtomicU64,
+    /// Transactions relayed here by followers.
+    pub relays: relay::Relays,
+}
+
+impl Strong {
+    pub fn new(consensus: Arc<Consensus>, timeout: Duration, backend: BackendConfig) -> Arc<Self> {
+        // Unique across restarts of this node within one term as well.
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let me = Arc::new(Self {
+            consensus,
+            timeout,
+            backend,
+            counter: AtomicU64::new(start as u64),
+            relay_ids: AtomicU64::new(start as u64),
+            relays: relay::Relays::default(),
+        });
+        relay::serve(&me);
+        me
+    }
+
+    pub fn leader(&self) -> Leader {
+        match self.consensus.leader().0 {
+            Some(id) if id == self.consensus.node_id() => Leader::Here,
+            Some(id) => Leader::Peer(id),
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Waits until this node has applied everything committed so far (see `consensus::barrier`).
+    pub async fn barrier(&self) -> Result<(), StrongError> {
+        self.consensus.read_barrier(self.timeout).await.map(|_| ()).map_err(|_| StrongError::NoQuorum(self.timeout))
+    }
+
+    /// The leader waits for a leader to be known, for up to the timeout.
+    pub async fn wait_for_leader(&self) -> Result<Leader, StrongError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match self.leader() {
+                Leader::Unknown if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Leader::Unknown => return Err(StrongError::NoQuorum(self.timeout)),
+                known => return Ok(known),
+            }
+        }
+    }
+
+    /// A new id for a relay session on the leader.
+    pub fn next_relay_id(&self) -> u64 {
+        self.relay_ids.fetch_add(1, Relaxed)
+    }
+
+    /// A new gid for a transaction prepared in this node's current term.
+    pub fn next_gid(&self) -> String {
+        let term = self.consensus.leader().1;
+        apply::gid(term, self.consensus.node_id(), self.counter.fetch_add(1, Relaxed), self.consensus.cluster_id())
+    }
+
+    /// Step 3: puts the prepared transaction `gid` on the log and waits until it is committed
+    /// and applied here (where it is `COMMIT PREPARED`).
+    pub async fn commit(&self, gid: &str, database: &str, effects: String) -> Result<(), StrongError> {
+        let raft = self.consensus.raft();
+        let in_flight = self.consensus.in_flight.clone();
+        in_flight.insert(gid);
+        let cmd = Command::Commit {
+            origin: self.consensus.node_id(),
+            gid: gid.to_owned(),
+            database: database.to_owned(),
+            effects,
+        };
+        let owned = gid.to_owned();
+        // The write goes on when the wait below gives up: only its end may release the gid to
+        // the in-doubt resolution.
+        let write = tokio::spawn(async move {
+            let r = raft.client_write(cmd).await;
+            in_flight.remove(&owned);
+            r
+        });
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(StrongError::NotLeader),
+            Ok(Ok(Err(e))) => Err(StrongError::Unknown(e.to_string())),
+            Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
+            Err(_) => Err(StrongError::Unknown(format!("no majority confirmed it within {:?}", self.timeout))),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! One strong transaction on the leader, over a backend connection logged in as the client's
+//! role: the session's own connection when the client is connected to the leader, or a relay
+//! connection when a follower sent the transaction (`relay`).
+//!
+//! The client's messages arrive in units (up to a Sync, one Query, or a COPY's data); each unit
+//! is sent to Postgres as it is and its reply returned, except the COMMIT, which pgmix carries
+//! out itself (see the module `strong`), and the end of a single statement outside a
+//! transaction block, which pgmix commits the same way.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::wire::{self, Reply, TxWord, exchange, query, ready};
+use super::{Strong, StrongError};
+
+/// A backend connection the strong path drives.
+pub struct Backend<S> {
+    pub stream: S,
+    /// Bytes read ahead from it.
+    pub buf: BytesMut,
+    pub database: String,
+    /// Its transaction status after the last reply ('I', 'T', 'E').
+    pub status: u8,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Backend<S> {
+    pub fn new(stream: S, buf: BytesMut, database: String) -> Self {
+        Self { stream, buf, database, status: b'I' }
+    }
+
+    async fn exchange(&mut self, unit: &[u8]) -> std::io::Result<Reply> {
+        let r = exchange(&mut self.stream, &mut self.buf, unit).await?;
+        if r.status != 0 {
+            self.status = r.status;
+        }
+        Ok(r)
+    }
+
+    async fn run(&mut self, sql: &str) -> std::io::Result<Reply> {
+        self.exchange(&query(sql)).await
+    }
+}
+
+/// How a strong transaction begins.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Begin {
+    /// With the client's own BEGIN statement (its text), which pgmix answered already.
+    Client(String),
+    /// A single statement (or unit) outside a transaction block: pgmix begins and commits it.
+    Autocommit,
+    /// The first unit begins the transaction itself.
+    InUnit,
+}
+
+/// What one unit got.
+#[derive(Debug, Default)]
+pub struct UnitReply {
+    pub bytes: BytesMut,
+    /// The transaction is over (the backend is idle).
+    pub ended: bool,
+    /// The backend waits for COPY data.
+    pub copy: bool,
+}
+
+fn error_bytes(e: &StrongError) -> BytesMut {
+    let mut b = BytesMut::new();
+    e.to_client().encode(&mut b);
+    b
+}
+
+impl Strong {
+    /// Starts a strong transaction: once this node has applied everything committed (a new
+    /// leader serves nothing before), turns capture on and begins. Err: the reply for the client.
+    pub async fn start<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        begin: &Begin,
+    ) -> std::io::Result<Result<(), BytesMut>> {
+        if let Err(e) = self.barrier().await {
+            return Ok(Err(error_bytes(&e)));
+        }
+        let sql = match begin {
+            Begin::Client(text) => format!("SET pgmix.strong = on; {text}"),
+            Begin::Autocommit => "SET pgmix.strong = on; BEGIN".to_owned(),
+            Begin::InUnit => "SET pgmix.strong = on".to_owned(),
+        };
+        let r = b.run(&sql).await?;
+        if r.error.is_some() {
+            return Ok(Err(BytesMut::from(r.without_ready())));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Runs one unit of the transaction and says what the client gets.
+    pub async fn unit<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        unit: &[u8],
+        word: TxWord,
+        autocommit: bool,
+    ) -> std::io::Result<UnitReply> {
+        if word == TxWord::Commit && b.status == b'T' {
+            return self.commit_unit(b, unit).await;
+        }
+        let r = b.exchange(unit).await?;
+        if r.status == 0 {
+            return Ok(UnitReply { bytes: r.bytes, ended: false, copy: true });
+        }
+        if !autocommit {
+            return Ok(UnitReply { ended: r.status == b'I', bytes: r.bytes, copy: false });
+        }
+        let mut out = BytesMut::from(r.without_ready());
+        match r.status {
+            b'T' => {
+                if let Err(e) = self.finish(b).await? {
+                    out.extend_from_slice(&e);
+                }
+            }
+            b'E' => {
+                b.run("ROLLBACK").await?;
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&ready(b'I'));
+        Ok(UnitReply { bytes: out, ended: true, copy: false })
+    }
+
+    /// The client's COMMIT: carried out by `finish`, then the client's own message runs on the
+    /// idle backend for the reply its protocol expects (less the "no transaction" warning).
+    async fn commit_unit<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        unit: &[u8],
+    ) -> std::io::Result<UnitReply> {
+        match self.finish(b).await? {
+            Ok(()) => {
+                let r = b.exchange(unit).await?;
+                Ok(UnitReply { bytes: wire::drop_notices(&r.bytes, "25P01"), ended: true, copy: false })
+            }
+            Err(mut e) => {
+                e.extend_from_slice(&ready(b'I'));
+                Ok(UnitReply { bytes: e, ended: true, copy: false })
+            }
+        }
+    }
+
+    /// Commits the open transaction (steps 1 to 4 of the module `strong`), leaving the backend
+    /// idle. Err: the error messages for the client.
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+    ) -> std::io::Result<Result<(), BytesMut>> {
+        let r = b.run("SELECT pgmix.take_effects()").await?;
+        if r.error.is_some() {
+            b.run("ROLLBACK").await?;
+            return Ok(Err(BytesMut::from(r.without_ready())));
+        }
+        let Some(effects) = r.first_value else {
+            // Nothing strong changed: an ordinary commit.
+            let r = b.run("COMMIT").await?;
+            if r.error.is_some() {
+                return Ok(Err(BytesMut::from(r.without_ready())));
+            }
+            return Ok(Ok(()));
+        };
+        let effects = String::from_utf8_lossy(&effects).into_owned();
+        let gid = self.next_gid();
+        let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
+        if r.error.is_some() {
+            // A failed PREPARE rolls the transaction back.
+            return Ok(Err(BytesMut::from(r.without_ready())));
+        }
+        match self.commit(&gid, &b.database, effects).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                if e == StrongError::NotLeader {
+                    let r = b.run(&format!("ROLLBACK PREPARED '{gid}'")).await?;
+                    if r.error.is_some() {
+                        tracing::warn!(%gid, "could not roll back a transaction the log refused; it is resolved later");
+                    }
+                }
+                tracing::info!(%gid, error = %e, "strong commit failed");
+                Ok(Err(error_bytes(&e)))
+            }
+        }
+    }
+
+    /// Sends COPY data on (no reply comes until the COPY ends).
+    pub async fn copy_data<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        b.stream.write_all(data).await
+    }
+}

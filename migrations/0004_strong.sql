@@ -186,6 +186,9 @@ END
 $$;
 
 -- Not SECURITY DEFINER: current_user is the role that ran the DDL, which the other nodes run it as.
+-- Event triggers fire in the order of their names: this one comes before pgmix_capture_ddl, whose
+-- own CREATE TRIGGER statements (run as pgmix's owner) share the client's query text and are then
+-- recognised as recorded.
 CREATE FUNCTION pgmix.record_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF coalesce(current_setting('pgmix.strong', true), '') = 'on' THEN
@@ -193,7 +196,7 @@ BEGIN
     END IF;
 END
 $$;
-CREATE EVENT TRIGGER pgmix_record_ddl ON ddl_command_end EXECUTE FUNCTION pgmix.record_ddl();
+CREATE EVENT TRIGGER pgmix_0_record_ddl ON ddl_command_end EXECUTE FUNCTION pgmix.record_ddl();
 
 -- At commit: the transaction's effects in order, and the last value of every sequence owned by
 -- a table it wrote (followers take sequence values from here: a new leader never reissues one).

@@ -117,6 +117,20 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         let cluster = Arc::new(cluster.clone());
         let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
         let _ = metrics.peers.set(peers.clone());
+        let (ddl_tx, mut ddl_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (databases, stop) = (schema.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            // DDL applied from the log changes the catalog pgmix classifies against.
+            loop {
+                let db = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    db = ddl_rx.recv() => match db { Some(db) => db, None => return },
+                };
+                if let Ok(live) = databases.get(&db).await {
+                    live.refresh_in_background();
+                }
+            }
+        });
         consensus = Some(
             crate::consensus::Consensus::start(
                 cluster.clone(),
@@ -124,6 +138,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
                 peers.clone(),
                 metrics.clone(),
                 shutdown.clone(),
+                ddl_tx,
             )
             .await?,
         );

@@ -14,6 +14,8 @@ mod decide;
 mod functions;
 mod quick_shape;
 mod split;
+
+pub use split::statement_texts;
 mod walk;
 
 #[cfg(test)]

@@ -43,6 +43,34 @@ pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, sqlparser::tokenizer::T
     Ok(tokens)
 }
 
+/// The statements of a text of several, each as text; None for a single statement, or a text
+/// that cannot be tokenized.
+pub fn statement_texts(sql: &str) -> Option<Vec<String>> {
+    let tokens = tokenize(sql).ok()?;
+    if !tokens.iter().any(|t| t.token == Token::SemiColon) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut blank = true;
+    for t in &tokens {
+        if t.token == Token::SemiColon {
+            if !blank {
+                out.push(std::mem::take(&mut cur).trim().to_owned());
+            }
+            cur.clear();
+            blank = true;
+        } else {
+            blank &= is_trivia(&t.token);
+            cur.push_str(&t.token.to_string());
+        }
+    }
+    if !blank {
+        out.push(cur.trim().to_owned());
+    }
+    (out.len() > 1).then_some(out)
+}
+
 /// The text's shape: its tokens without whitespace and comments, every literal replaced by one
 /// mark. Texts of one shape differ only in literal values, which classification does not look at
 /// (except a search_path's value, which the cache checks for).
@@ -377,5 +405,21 @@ mod tests {
         assert_eq!(change("SET statement_timeout = 5"), None);
         assert_eq!(change("RESET work_mem"), None);
         assert_eq!(change("SELECT 1"), None);
+    }
+}
+
+#[cfg(test)]
+mod statement_text_tests {
+    use super::statement_texts;
+
+    #[test]
+    fn a_text_of_several_statements_is_split_where_postgres_splits_it() {
+        assert_eq!(
+            statement_texts("BEGIN; INSERT INTO t VALUES ('a;b'); COMMIT;").unwrap(),
+            ["BEGIN", "INSERT INTO t VALUES ('a;b')", "COMMIT"]
+        );
+        assert_eq!(statement_texts("SELECT 1;"), None);
+        assert_eq!(statement_texts("SELECT $$;$$"), None);
+        assert_eq!(statement_texts("CREATE TABLE a (x int); -- done\n"), None);
     }
 }

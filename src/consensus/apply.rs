@@ -71,11 +71,20 @@ pub struct Applier {
     dbs: Mutex<HashMap<String, tokio_postgres::Client>>,
     /// Prepared transactions of terms below this one are resolved.
     resolved_term: std::sync::atomic::AtomicU64,
+    /// Told the database of each applied entry that held DDL (its catalog is read again).
+    ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Applier {
-    pub fn new(backend: BackendConfig, node_id: u32, cluster: String, in_flight: InFlight) -> Self {
+    pub fn new(
+        backend: BackendConfig,
+        node_id: u32,
+        cluster: String,
+        in_flight: InFlight,
+        ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Self {
         Self {
+            ddl_applied,
             backend,
             node_id,
             cluster,
@@ -143,6 +152,21 @@ impl Applier {
         database: &str,
         effects: &str,
     ) -> Result<(), tokio_postgres::Error> {
+        self.apply_commit(index, origin, gid, database, effects).await?;
+        if effects.contains("\"op\": \"S\"") {
+            let _ = self.ddl_applied.send(database.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn apply_commit(
+        &self,
+        index: u64,
+        origin: u32,
+        gid: &str,
+        database: &str,
+        effects: &str,
+    ) -> Result<(), tokio_postgres::Error> {
         if origin == self.node_id {
             let prepared = self
                 .with_db(database, async |c| {
@@ -169,7 +193,12 @@ impl Applier {
             if done >= idx {
                 return tx.rollback().await;
             }
-            tx.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await?;
+            if let Err(e) = tx.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await {
+                let what: String = effects.chars().take(400).collect();
+                let why = e.as_db_error().map_or(e.to_string(), |d| d.to_string());
+                tracing::error!(index, %gid, %database, error = %why, effects = %what, "a committed strong transaction cannot be applied here");
+                return Err(e);
+            }
             tx.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&idx]).await?;
             tx.commit().await
         })

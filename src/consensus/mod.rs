@@ -78,6 +78,7 @@ pub struct Consensus {
     raft: std::sync::RwLock<Raft<TypeConfig>>,
     /// Strong commits this process is waiting for (kept across a reopen of Raft).
     pub in_flight: apply::InFlight,
+    ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Consensus {
@@ -88,15 +89,17 @@ impl Consensus {
         peers: Arc<Peers>,
         metrics: MetricsHandle,
         stop: CancellationToken,
+        ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Arc<Self>, ConsensusError> {
         let in_flight = apply::InFlight::default();
-        let raft = open(&cluster, backend, &peers, &in_flight).await?;
+        let raft = open(&cluster, backend, &peers, &in_flight, &ddl_applied).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
             peers: peers.clone(),
             raft: std::sync::RwLock::new(raft),
             in_flight,
+            ddl_applied,
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -143,6 +146,7 @@ async fn open(
     backend: &BackendConfig,
     peers: &Arc<Peers>,
     in_flight: &apply::InFlight,
+    ddl_applied: &tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: whatever the server or role says.
     let connect = || async {
@@ -150,7 +154,13 @@ async fn open(
         Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
     };
     let log = store::LogStore::new(connect().await?);
-    let applier = apply::Applier::new(backend.clone(), cluster.node_id, cluster.id.clone(), in_flight.clone());
+    let applier = apply::Applier::new(
+        backend.clone(),
+        cluster.node_id,
+        cluster.id.clone(),
+        in_flight.clone(),
+        ddl_applied.clone(),
+    );
     let sm = store::StateMachine::new(connect().await?, Arc::new(applier));
     sm.resolve_in_doubt().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
     let config = openraft::Config {
@@ -192,7 +202,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers, &me.in_flight).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.in_flight, &me.ddl_applied).await {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;

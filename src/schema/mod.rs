@@ -188,6 +188,10 @@ impl Schema {
             }
             self.tables.get(q).cloned()
         };
+        if t.schema.as_deref() == Some("pgmix") {
+            // pgmix's own tables belong to each node (they are never replicated): local reads.
+            return (t.clone(), TableRule { consistency: Consistency::Weak, strong_columns: HashSet::new() });
+        }
         let unqualified = TableName { schema: None, name: t.name.clone() };
         let default = || TableRule { consistency: self.default, strong_columns: HashSet::new() };
         if let Some(s) = &t.schema {

@@ -279,6 +279,11 @@ impl Session {
         let mut pending = std::mem::take(&mut up.buf);
         let after = strong::run(self, strong, &mut pending, class).await?;
         up.buf = pending;
+        if class == crate::classify::Class::Ddl || self.state.ddl_pending {
+            // The catalog may have changed: let the node read it again.
+            self.state.ddl_pending = false;
+            self.router.ddl_done();
+        }
         self.state.awaiting_ready = 0;
         self.state.unsynced = false;
         if self.state.tx != TxStatus::Failed {

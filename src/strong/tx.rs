@@ -62,6 +62,17 @@ pub struct UnitReply {
     pub copy: bool,
 }
 
+/// For a unit that is one Query of several statements: each statement's text.
+fn several(unit: &[u8]) -> Option<Vec<String>> {
+    let mut messages = crate::protocol::messages::iter(unit);
+    let (tag, body) = messages.next()?;
+    if tag != b'Q' || messages.next().is_some() {
+        return None;
+    }
+    let text = std::str::from_utf8(crate::protocol::messages::query_text(body)).ok()?;
+    crate::classify::statement_texts(text)
+}
+
 fn error_bytes(e: &StrongError) -> BytesMut {
     let mut b = BytesMut::new();
     e.to_client().encode(&mut b);
@@ -102,6 +113,9 @@ impl Strong {
         if word == TxWord::Commit && b.status == b'T' {
             return self.commit_unit(b, unit).await;
         }
+        if let Some(statements) = several(unit) {
+            return self.each_statement(b, statements, autocommit).await;
+        }
         let r = b.exchange(unit).await?;
         if r.status == 0 {
             return Ok(UnitReply { bytes: r.bytes, ended: false, copy: true });
@@ -123,6 +137,53 @@ impl Strong {
         }
         out.extend_from_slice(&ready(b'I'));
         Ok(UnitReply { bytes: out, ended: true, copy: false })
+    }
+
+    /// A Query of several statements runs them one by one, as Postgres would in one transaction:
+    /// DDL is logged statement by statement, and a COMMIT among them is pgmix's own. It stops at
+    /// the first error, as Postgres does.
+    async fn each_statement<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        statements: Vec<String>,
+        autocommit: bool,
+    ) -> std::io::Result<UnitReply> {
+        let mut out = BytesMut::new();
+        let mut rest = statements.into_iter();
+        while let Some(sql) = rest.next() {
+            if wire::tx_word(sql.as_bytes()) == TxWord::Commit && b.status == b'T' {
+                let c = self.commit_unit(b, &query(&sql)).await?;
+                out.extend_from_slice(&c.bytes[..c.bytes.len() - 6]);
+                let after: Vec<String> = rest.collect();
+                if !after.is_empty() {
+                    // Whatever follows the COMMIT runs as Postgres would run it, outside.
+                    let r = b.run(&after.join("; ")).await?;
+                    out.extend_from_slice(r.without_ready());
+                }
+                out.extend_from_slice(&ready(b.status));
+                return Ok(UnitReply { ended: b.status == b'I', bytes: out, copy: false });
+            }
+            let r = b.run(&sql).await?;
+            out.extend_from_slice(r.without_ready());
+            if r.error.is_some() {
+                break;
+            }
+        }
+        if autocommit {
+            match b.status {
+                b'T' => {
+                    if let Err(e) = self.finish(b).await? {
+                        out.extend_from_slice(&e);
+                    }
+                }
+                b'E' => {
+                    b.run("ROLLBACK").await?;
+                }
+                _ => {}
+            }
+        }
+        out.extend_from_slice(&ready(b.status));
+        Ok(UnitReply { ended: b.status == b'I', bytes: out, copy: false })
     }
 
     /// The client's COMMIT: carried out by `finish`, then the client's own message runs on the

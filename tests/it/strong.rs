@@ -26,21 +26,22 @@ async fn strong_writes_through_every_node_commit_on_every_node() {
         let client = c.client(k).await;
         // A single statement, and an explicit transaction.
         client.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 1", &[]).await.unwrap();
-        client
-            .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 2; COMMIT")
-            .await
-            .expect_err("a COMMIT inside a multi-statement query cannot commit strong writes");
+        // A whole transaction in one Query.
+        client.batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 2; COMMIT").await.unwrap();
         client.batch_execute("BEGIN").await.unwrap();
         client.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2", &[]).await.unwrap();
         client.execute("INSERT INTO accounts VALUES ($1, 0)", &[&(100 + k as i32)]).await.unwrap();
         client.batch_execute("COMMIT").await.unwrap();
         // A strong read sees it at once, on this node.
         let b: i64 = client.query_one("SELECT balance FROM accounts WHERE id = 2", &[]).await.unwrap().get(0);
-        assert_eq!(b, 100 + k as i64, "node {k} (leader {l}) reads its own strong write");
+        assert_eq!(b, 100 + 2 * k as i64, "node {k} (leader {l}) reads its own strong write");
     }
+    // Behind pgmix's back, a strong table cannot be written.
+    let e = c.nodes[0].pg.direct().await.execute("UPDATE accounts SET balance = 0", &[]).await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "0A000", "{e}");
     let all =
         c.converged("strong writes", "SELECT string_agg(id || ':' || balance, ',' ORDER BY id) FROM accounts").await;
-    assert!(all[0].starts_with("1:97,2:103,3:100"), "{all:?}");
+    assert!(all[0].starts_with("1:97,2:106,3:100"), "{all:?}");
     assert!(all[0].ends_with("101:0,102:0,103:0"), "{all:?}");
     let prepared = c.each("SELECT count(*)::text FROM pg_prepared_xacts").await;
     assert!(prepared.iter().all(|p| p == &["0".to_owned()]), "{prepared:?}");

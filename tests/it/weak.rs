@@ -291,15 +291,22 @@ async fn verify_names_the_keys_that_differ_after_a_change_made_behind_pgmix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weak_table_created_through_any_path_is_captured_from_its_first_row() {
     let c = Cluster::start(3, SCHEMA, SETUP).await;
-    // Created and written in one transaction on each node: capture is installed by the CREATE
-    // itself, and the identity sequence is interleaved before its first value.
-    for node in 1..=3 {
+    // Created and written in one transaction: capture is installed by the CREATE itself, and
+    // the identity sequence is interleaved before its first value. The DDL goes on the log, so
+    // the table appears on every node; each then writes to it in a transaction of its own.
+    c.client(1)
+        .await
+        .batch_execute(
+            "BEGIN; CREATE TABLE fresh (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); \
+             INSERT INTO fresh (v) VALUES ('n1-a'), ('n1-b'); COMMIT",
+        )
+        .await
+        .unwrap();
+    c.converged("the table on every node", "SELECT to_regclass('fresh')::text").await;
+    for node in 2..=3 {
         c.client(node)
             .await
-            .batch_execute(&format!(
-                "BEGIN; CREATE TABLE fresh (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); \
-                 INSERT INTO fresh (v) VALUES ('n{node}-a'), ('n{node}-b'); COMMIT"
-            ))
+            .batch_execute(&format!("BEGIN; INSERT INTO fresh (v) VALUES ('n{node}-a'), ('n{node}-b'); COMMIT"))
             .await
             .unwrap();
     }

@@ -179,9 +179,9 @@ pub fn tx_word(sql: &[u8]) -> TxWord {
 /// Whether a statement text begins a transaction block (`BEGIN; UPDATE ...` does).
 pub fn starts_tx(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
-    let first = text.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_ascii_lowercase();
-    first == "begin"
-        || (first == "start" && text.to_ascii_lowercase().split_ascii_whitespace().nth(1) == Some("transaction"))
+    let mut words = text.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("").to_ascii_lowercase();
+    first == "begin" || (first == "start" && words.next().is_some_and(|w| w.eq_ignore_ascii_case("transaction")))
 }
 
 #[cfg(test)]

@@ -75,11 +75,10 @@ async fn no_acknowledged_weak_write_is_lost_when_a_node_or_its_postgres_dies_und
     let port = base_port();
     let (up, lines, rx) = run_up_with(&dir.0, port, 3, "[tables.kv]\nconsistency = \"weak\"\n");
     let ports: Vec<u16> = (0..3).map(|i| port + i).collect();
-    // DDL runs on the node that receives it (a DDL log comes with the strong path), so the table
-    // is made on each node; the catalog re-check after it installs capture.
+    // DDL goes on the log: made through one node, the table appears on each, with capture.
+    connect(ports[1]).await.unwrap().batch_execute("CREATE TABLE kv (id int PRIMARY KEY, v text)").await.unwrap();
     for p in &ports {
         let c = connect(*p).await.unwrap();
-        c.batch_execute("CREATE TABLE kv (id int PRIMARY KEY, v text)").await.unwrap();
         wait_until("capture is installed", || async {
             c.query_one("SELECT count(*) FROM pgmix.tables WHERE tbl = '\"public\".\"kv\"'", &[])
                 .await

@@ -335,6 +335,8 @@ async fn relayed(
         let answer = match peer.call(relay::SERVICE, relay::encode(&req, &bytes), forever).await {
             Ok(a) if !a.is_empty() => a,
             Ok(_) => return lost(s, "an empty answer", committing).await,
+            // Never sent: nothing happened there.
+            Err(e @ crate::peer::CallError::Down(_)) => return lost(s, &e.to_string(), false).await,
             Err(e) => return lost(s, &e.to_string(), committing).await,
         };
         let reply = drop_injected(&answer[1..], injected);

@@ -106,17 +106,22 @@ impl Strong {
         self.consensus.read_barrier(self.timeout).await.map(|_| ()).map_err(|_| StrongError::NoQuorum(self.timeout))
     }
 
-    /// The leader waits for a leader to be known, for up to the timeout.
+    /// Waits, for up to the timeout, for a leader this node can reach: itself, or a peer whose
+    /// link is up.
     pub async fn wait_for_leader(&self) -> Result<Leader, StrongError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            match self.leader() {
-                Leader::Unknown if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
+            let reachable = match self.leader() {
+                Leader::Here => return Ok(Leader::Here),
+                Leader::Peer(id) if self.consensus.peers().get(id).is_some_and(|p| p.is_up()) => {
+                    return Ok(Leader::Peer(id));
                 }
-                Leader::Unknown => return Err(StrongError::NoQuorum(self.timeout)),
-                known => return Ok(known),
+                _ => false,
+            };
+            if !reachable && tokio::time::Instant::now() >= deadline {
+                return Err(StrongError::NoQuorum(self.timeout));
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -146,6 +146,24 @@ impl Cluster {
         self.wait_linked().await;
     }
 
+    /// Node `k` (1-based) stopped and started again in front of the same Postgres.
+    pub async fn restart(&mut self, k: usize) {
+        let pg = self.stop(k).await;
+        self.start_again(k, pg).await;
+    }
+
+    /// Stops node `k` (1-based), leaving a gap in `nodes` until `start_again`; returns its Postgres.
+    pub async fn stop(&mut self, k: usize) -> TestPg {
+        self.nodes.remove(k - 1).into_pg().await
+    }
+
+    pub async fn start_again(&mut self, k: usize, pg: TestPg) {
+        let text = node_config(&self.certs, &self.dir.0.join("schema.toml"), &pg, k - 1, &self.ports, &self.relays);
+        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
+        let node = pgmix::node::start(cfg).await.expect("the node starts again");
+        self.nodes.insert(k - 1, TestNode::from_parts(node, pg));
+    }
+
     pub async fn wait_linked(&self) {
         wait_until("every peer link is up", || async {
             self.nodes.iter().all(|n| n.handle().metrics.peers.get().is_some_and(|p| p.list.iter().all(|p| p.is_up())))
@@ -225,7 +243,7 @@ fn node_config(
     let me = certs.node(&format!("node{id}")).expect("node cert");
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let mut section = format!(
-        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
+        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nstrong_timeout_ms = 2000\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
         ports[i],
         q(&certs.ca_cert),
         q(&me.cert),

@@ -47,3 +47,206 @@ async fn strong_writes_through_every_node_commit_on_every_node() {
     assert!(prepared.iter().all(|p| p == &["0".to_owned()]), "{prepared:?}");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+/// A client of node `k` that reconnects when its connection is gone.
+async fn connect_retrying(c: &Cluster, k: usize) -> Option<tokio_postgres::Client> {
+    let cfg = c.nodes.get(k - 1)?.config();
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
+#[derive(Default)]
+struct Tally {
+    committed: std::sync::atomic::AtomicU64,
+    retried: std::sync::atomic::AtomicU64,
+    unknown: std::sync::atomic::AtomicU64,
+    reads: std::sync::atomic::AtomicU64,
+    wrong: std::sync::Mutex<Vec<String>>,
+}
+
+/// Moves money between accounts through node `addr` until `halt`; every outcome is counted.
+async fn transfers(cfg: tokio_postgres::Config, seed: u64, halt: Arc<AtomicBool>, tally: Arc<Tally>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut n = seed;
+    let mut client = None;
+    while !halt.load(Relaxed) {
+        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+            client = match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+        }
+        let Some(cl) = &client else { continue };
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let (from, to, amount) = ((n >> 33) % 10 + 1, (n >> 40) % 10 + 1, (n >> 50) % 7 + 1);
+        if from == to {
+            continue;
+        }
+        let sql = format!(
+            "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+             UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; COMMIT"
+        );
+        match cl.batch_execute(&sql).await {
+            Ok(()) => {
+                tally.committed.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+                match code.as_str() {
+                    "40001" | "40P01" => tally.retried.fetch_add(1, Relaxed),
+                    _ => tally.unknown.fetch_add(1, Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if !code.is_empty() && cl.batch_execute("ROLLBACK").await.is_err() {
+                    client = None;
+                }
+                if code.is_empty() {
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the total through node `cfg` until `halt`: a strong read never sees it other than 1000.
+async fn auditor(cfg: tokio_postgres::Config, halt: Arc<AtomicBool>, tally: Arc<Tally>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut client = None;
+    while !halt.load(Relaxed) {
+        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+            client = match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+        }
+        let Some(cl) = &client else { continue };
+        match cl.query_one("SELECT sum(balance)::bigint, count(*) FROM accounts", &[]).await {
+            Ok(row) => {
+                tally.reads.fetch_add(1, Relaxed);
+                let (sum, count): (i64, i64) = (row.get(0), row.get(1));
+                if sum != 1000 || count != 10 {
+                    tally.wrong.lock().unwrap().push(format!("sum {sum} over {count} rows"));
+                }
+            }
+            Err(e) if e.code().is_some() => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => client = None,
+        }
+    }
+}
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_keep_the_total_across_a_leader_restart_and_a_partition() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut c = Cluster::start(3, SCHEMA, SETUP).await;
+    let old_leader = leader(&c).await;
+    let tally = Arc::new(Tally::default());
+    let run = |c: &Cluster, halt: &Arc<AtomicBool>| {
+        let mut tasks = Vec::new();
+        for k in 1..=3 {
+            let cfg = c.nodes[k - 1].config();
+            tasks.push(tokio::spawn(transfers(cfg.clone(), k as u64, halt.clone(), tally.clone())));
+            tasks.push(tokio::spawn(auditor(cfg, halt.clone(), tally.clone())));
+        }
+        tasks
+    };
+    // Phase 1: the leader is stopped and started again under load.
+    let halt = Arc::new(AtomicBool::new(false));
+    let tasks = run(&c, &halt);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.restart(old_leader).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    halt.store(true, Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after_restart = tally.committed.load(Relaxed);
+    // Phase 2: a follower is cut off from the others under load, then healed.
+    c.wait_linked().await;
+    let l = leader(&c).await;
+    let cut = if l == 1 { 2 } else { 1 };
+    let halt = Arc::new(AtomicBool::new(false));
+    let tasks = run(&c, &halt);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.isolate(cut, true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.isolate(cut, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    halt.store(true, Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!(
+        "committed {} ({after_restart} before the partition), retried {}, unknown {}, reads {}",
+        tally.committed.load(Relaxed),
+        tally.retried.load(Relaxed),
+        tally.unknown.load(Relaxed),
+        tally.reads.load(Relaxed)
+    );
+    let wrong = tally.wrong.lock().unwrap().clone();
+    assert!(wrong.is_empty(), "reads saw a wrong total: {wrong:?}");
+    assert!(after_restart > 0 && tally.committed.load(Relaxed) > after_restart, "transfers committed in both phases");
+    assert!(tally.reads.load(Relaxed) > 0);
+    // The nodes end identical, with nothing prepared left behind.
+    let q = "SELECT string_agg(id || ':' || balance, ',' ORDER BY id) FROM accounts";
+    let all = c.converged("the accounts", q).await;
+    let total: i64 = all[0].split(',').map(|p| p.split(':').nth(1).unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 1000, "{all:?}");
+    wait_until("no prepared transaction is left on any node", || async {
+        c.each("SELECT count(*)::text FROM pg_prepared_xacts").await.iter().all(|p| p == &["0".to_owned()])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_majority_fails_strong_statements_and_serves_weak_ones() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    let l = leader(&c).await;
+    let cut = if l == 3 { 2 } else { 3 };
+    let client = c.client(cut).await;
+    c.isolate(cut, true);
+    wait_until("the cut-off node's links are down", || async {
+        c.nodes[cut - 1].handle().metrics.peers.get().is_some_and(|p| p.list.iter().all(|p| !p.is_up()))
+    })
+    .await;
+    for sql in [
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+        "SELECT balance FROM accounts WHERE id = 1",
+        "CREATE TABLE made_in_a_minority (id int PRIMARY KEY)",
+    ] {
+        let started = std::time::Instant::now();
+        let e = client.query(sql, &[]).await.unwrap_err();
+        assert_eq!(crate::harness::sqlstate(&e), "40001", "{sql}: {e}");
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(message.contains("safe to retry"), "{message}");
+        let took = started.elapsed();
+        eprintln!("{sql}: 40001 after {took:?}");
+        assert!(took < Duration::from_secs(10), "{sql} failed only after {took:?}");
+    }
+    // Weak writes and reads go on.
+    client.execute("INSERT INTO notes VALUES (1, 'written in the minority')", &[]).await.unwrap();
+    let n: i64 = client.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // The majority was unaffected, and nothing of the minority's strong attempts happened.
+    c.isolate(cut, false);
+    let b = c.converged("the balance", "SELECT balance::text FROM accounts WHERE id = 1").await;
+    assert_eq!(b, ["100"]);
+    c.converged("the weak note", "SELECT count(*)::text FROM notes").await;
+    let made = c.each("SELECT count(*)::text FROM pg_class WHERE relname = 'made_in_a_minority'").await;
+    assert!(made.iter().all(|m| m == &["0".to_owned()]), "{made:?}");
+}

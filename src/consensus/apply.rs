@@ -19,31 +19,12 @@
 //! that commits after all (which the rule above says cannot happen) is applied from its effects
 //! rather than lost.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::config::BackendConfig;
-
-/// Gids whose commit a session of this process is still waiting for.
-#[derive(Default, Clone)]
-pub struct InFlight(Arc<std::sync::Mutex<HashSet<String>>>);
-
-impl InFlight {
-    pub fn insert(&self, gid: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(gid.to_owned());
-    }
-
-    pub fn remove(&self, gid: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(gid);
-    }
-
-    fn contains(&self, gid: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(gid)
-    }
-}
 
 /// A gid: `pgmix_<term>_<node>_<counter>_<cluster>`.
 pub fn gid(term: u64, node: u32, counter: u64, cluster: &str) -> String {
@@ -66,7 +47,6 @@ pub struct Applier {
     backend: BackendConfig,
     node_id: u32,
     cluster: String,
-    in_flight: InFlight,
     /// Connections to each database entries were applied in.
     dbs: Mutex<HashMap<String, tokio_postgres::Client>>,
     /// Prepared transactions of terms below this one are resolved.
@@ -80,7 +60,6 @@ impl Applier {
         backend: BackendConfig,
         node_id: u32,
         cluster: String,
-        in_flight: InFlight,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Self {
         Self {
@@ -88,7 +67,6 @@ impl Applier {
             backend,
             node_id,
             cluster,
-            in_flight,
             dbs: Mutex::new(HashMap::new()),
             resolved_term: std::sync::atomic::AtomicU64::new(0),
         }
@@ -112,8 +90,8 @@ impl Applier {
         result
     }
 
-    /// Rolls back this cluster's prepared transactions of terms below `term` that nobody waits
-    /// for (see the module header). Cheap when nothing is prepared.
+    /// Rolls back this cluster's prepared transactions of terms below `term` (see the module
+    /// header). Cheap when nothing is prepared.
     pub async fn resolve_before(&self, term: u64) -> Result<(), tokio_postgres::Error> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.resolved_term.load(Relaxed) >= term {
@@ -128,7 +106,7 @@ impl Applier {
         for row in prepared {
             let (gid, database): (String, String) = (row.get(0), row.get(1));
             let Some(t) = gid_term(&gid, &self.cluster) else { continue };
-            if t >= term || self.in_flight.contains(&gid) {
+            if t >= term {
                 continue;
             }
             warn!(%gid, %database, "rolling back a strong transaction left in doubt: its entry never committed");

@@ -76,8 +76,6 @@ pub struct Consensus {
     peers: Arc<Peers>,
     /// The running Raft; replaced when a storage error stopped it (its Postgres went away).
     raft: std::sync::RwLock<Raft<TypeConfig>>,
-    /// Strong commits this process is waiting for (kept across a reopen of Raft).
-    pub in_flight: apply::InFlight,
     ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
@@ -91,14 +89,12 @@ impl Consensus {
         stop: CancellationToken,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Arc<Self>, ConsensusError> {
-        let in_flight = apply::InFlight::default();
-        let raft = open(&cluster, backend, &peers, &in_flight, &ddl_applied).await?;
+        let raft = open(&cluster, backend, &peers, &ddl_applied).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
             peers: peers.clone(),
             raft: std::sync::RwLock::new(raft),
-            in_flight,
             ddl_applied,
         });
         let weak = Arc::downgrade(&me);
@@ -133,6 +129,18 @@ impl Consensus {
         &self.peers
     }
 
+    /// The term this node leads in, if it leads (a candidate or a stale leader does not).
+    pub fn leading_term(&self) -> Option<u64> {
+        let raft = self.raft();
+        let m = raft.metrics().borrow().clone();
+        let me = NodeId::from(self.cluster.node_id);
+        (m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(me)
+            && m.vote.leader_id().voted_for() == Some(me)
+            && m.vote.is_committed())
+        .then_some(m.vote.leader_id().term)
+    }
+
     /// The leader as this node knows it, and the current term.
     pub fn leader(&self) -> (Option<u32>, u64) {
         let m = self.raft().metrics().borrow().clone();
@@ -145,7 +153,6 @@ async fn open(
     cluster: &ClusterConfig,
     backend: &BackendConfig,
     peers: &Arc<Peers>,
-    in_flight: &apply::InFlight,
     ddl_applied: &tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: whatever the server or role says.
@@ -153,14 +160,23 @@ async fn open(
         let client = backend.connect(&backend.database, "SET synchronous_commit = on").await?;
         Ok::<_, tokio_postgres::Error>(Arc::new(Mutex::new(client)))
     };
-    let log = store::LogStore::new(connect().await?);
-    let applier = apply::Applier::new(
-        backend.clone(),
-        cluster.node_id,
-        cluster.id.clone(),
-        in_flight.clone(),
-        ddl_applied.clone(),
-    );
+    let mut log = store::LogStore::new(connect().await?);
+    // A node that led before it stopped must not lead again in the same term: transactions it
+    // prepared then and never logged would stay in doubt (holding their locks) for the whole term.
+    // openraft restores a committed vote for itself as leadership, so the vote is kept but made
+    // uncommitted: the node starts as a follower, and an election moves the group to a new term,
+    // whose first entry resolves what was left in doubt (see `apply`).
+    {
+        use openraft::storage::RaftLogStorage;
+        let me = NodeId::from(cluster.node_id);
+        let vote = log.read_vote().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(me)) {
+            info!(term = v.leader_id().term, "this node led before it stopped: it starts as a follower");
+            let uncommitted = openraft::Vote::new(v.leader_id().term, me);
+            log.save_vote(&uncommitted).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        }
+    }
+    let applier = apply::Applier::new(backend.clone(), cluster.node_id, cluster.id.clone(), ddl_applied.clone());
     let sm = store::StateMachine::new(connect().await?, Arc::new(applier));
     sm.resolve_in_doubt().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
     let config = openraft::Config {
@@ -202,7 +218,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers, &me.in_flight, &me.ddl_applied).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied).await {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;

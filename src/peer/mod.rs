@@ -79,7 +79,8 @@ pub struct PeerUp {
     pub name: String,
     links: AtomicUsize,
     out: Mutex<Option<(u64, mpsc::Sender<Frame>)>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Calls waiting for an answer, with the number of the link each went out on.
+    pending: Mutex<HashMap<u64, (u64, oneshot::Sender<Reply>)>>,
     next_id: AtomicU64,
 }
 
@@ -107,12 +108,12 @@ impl PeerUp {
 
     /// Calls `service` on this peer and waits up to `wait` for its answer.
     pub async fn call(&self, service: u8, payload: Bytes, wait: Duration) -> Result<Bytes, CallError> {
-        let Some(out) = lock(&self.out).as_ref().map(|(_, tx)| tx.clone()) else {
+        let Some((link, out)) = lock(&self.out).as_ref().map(|(no, tx)| (*no, tx.clone())) else {
             return Err(CallError::Down(self.name.clone()));
         };
         let id = self.next_id.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, (link, tx));
         let forget = |me: &Self| {
             lock(&me.pending).remove(&id);
         };
@@ -132,7 +133,7 @@ impl PeerUp {
     }
 
     fn answer(&self, id: u64, result: Reply) {
-        if let Some(tx) = lock(&self.pending).remove(&id) {
+        if let Some((_, tx)) = lock(&self.pending).remove(&id) {
             let _ = tx.send(result);
         }
     }
@@ -145,13 +146,14 @@ impl PeerUp {
         no
     }
 
-    /// The link `no` ended: calls waiting on it will get no answer.
+    /// The link `no` ended: calls that went out on it will get no answer (they fail as
+    /// dropped), even when a newer link has taken its place.
     fn detach(&self, no: u64) {
         let mut out = lock(&self.out);
         if out.as_ref().is_some_and(|(n, _)| *n == no) {
             *out = None;
-            lock(&self.pending).clear();
         }
+        lock(&self.pending).retain(|_, (link, _)| *link != no);
     }
 }
 

@@ -130,32 +130,30 @@ impl Strong {
         self.relay_ids.fetch_add(1, Relaxed)
     }
 
-    /// A new gid for a transaction prepared in this node's current term.
-    pub fn next_gid(&self) -> String {
-        let term = self.consensus.leader().1;
-        apply::gid(term, self.consensus.node_id(), self.counter.fetch_add(1, Relaxed), self.consensus.cluster_id())
+    /// A new gid for a transaction prepared in the term this node leads; None when it does not
+    /// lead (then nothing may be prepared: its entry would be appended in another term).
+    pub fn next_gid(&self) -> Option<String> {
+        let term = self.consensus.leading_term()?;
+        Some(apply::gid(
+            term,
+            self.consensus.node_id(),
+            self.counter.fetch_add(1, Relaxed),
+            self.consensus.cluster_id(),
+        ))
     }
 
     /// Step 3: puts the prepared transaction `gid` on the log and waits until it is committed
     /// and applied here (where it is `COMMIT PREPARED`).
     pub async fn commit(&self, gid: &str, database: &str, effects: String) -> Result<(), StrongError> {
         let raft = self.consensus.raft();
-        let in_flight = self.consensus.in_flight.clone();
-        in_flight.insert(gid);
         let cmd = Command::Commit {
             origin: self.consensus.node_id(),
             gid: gid.to_owned(),
             database: database.to_owned(),
             effects,
         };
-        let owned = gid.to_owned();
-        // The write goes on when the wait below gives up: only its end may release the gid to
-        // the in-doubt resolution.
-        let write = tokio::spawn(async move {
-            let r = raft.client_write(cmd).await;
-            in_flight.remove(&owned);
-            r
-        });
+        // The write goes on when the wait below gives up; its outcome is then the log's.
+        let write = tokio::spawn(async move { raft.client_write(cmd).await });
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(StrongError::NotLeader),

@@ -225,7 +225,10 @@ impl Strong {
             return Ok(Ok(()));
         };
         let effects = String::from_utf8_lossy(&effects).into_owned();
-        let gid = self.next_gid();
+        let Some(gid) = self.next_gid() else {
+            b.run("ROLLBACK").await?;
+            return Ok(Err(error_bytes(&StrongError::NotLeader)));
+        };
         let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
         if r.error.is_some() {
             // A failed PREPARE rolls the transaction back.

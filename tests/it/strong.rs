@@ -48,14 +48,6 @@ async fn strong_writes_through_every_node_commit_on_every_node() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// A client of node `k` that reconnects when its connection is gone.
-async fn connect_retrying(c: &Cluster, k: usize) -> Option<tokio_postgres::Client> {
-    let cfg = c.nodes.get(k - 1)?.config();
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(conn);
-    Some(client)
-}
-
 #[derive(Default)]
 struct Tally {
     committed: std::sync::atomic::AtomicU64,
@@ -249,4 +241,133 @@ async fn a_node_cut_off_from_the_majority_fails_strong_statements_and_serves_wea
     c.converged("the weak note", "SELECT count(*)::text FROM notes").await;
     let made = c.each("SELECT count(*)::text FROM pg_class WHERE relname = 'made_in_a_minority'").await;
     assert!(made.iter().all(|m| m == &["0".to_owned()]), "{made:?}");
+}
+
+/// Where each node's clients connect now (a restarted node listens on a new port).
+type Book = Arc<std::sync::Mutex<Vec<tokio_postgres::Config>>>;
+
+fn book(c: &Cluster) -> Book {
+    Arc::new(std::sync::Mutex::new(c.nodes.iter().map(|n| n.config()).collect()))
+}
+
+async fn connect_to(book: &Book, k: usize) -> Option<tokio_postgres::Client> {
+    let cfg = book.lock().unwrap()[k - 1].clone();
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await.ok()?.ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
+/// Reads and writes registers through node `k` until `halt`, recording each operation.
+async fn register_client(
+    book: Book,
+    k: usize,
+    seed: u64,
+    clock: std::time::Instant,
+    halt: Arc<AtomicBool>,
+) -> Vec<crate::linearizable::Op> {
+    use crate::linearizable::{Kind, Op};
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = || clock.elapsed().as_micros() as u64;
+    let mut history = Vec::new();
+    let mut n = seed;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut written = 0i64;
+    while !halt.load(Relaxed) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect_to(&book, k).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let Some(cl) = &client else { continue };
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let key = (n >> 33) % 3;
+        let invoked = now();
+        if (n >> 40) % 2 == 0 {
+            written += 1;
+            let v = (seed as i64) * 1_000_000 + written;
+            let r = cl
+                .execute(
+                    "INSERT INTO regs VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                    &[&(key as i32), &v],
+                )
+                .await;
+            let returned = match &r {
+                Ok(_) => Some(now()),
+                // Nothing was committed: not an operation at all.
+                Err(e) if e.code().is_some_and(|c| c.code() == "40001") => continue,
+                Err(e) => {
+                    if e.code().is_none() {
+                        client = None;
+                    }
+                    None
+                }
+            };
+            history.push(Op { key: key.to_string(), kind: Kind::Write(v), invoked, returned });
+        } else {
+            match cl.query_opt("SELECT v FROM regs WHERE k = $1", &[&(key as i32)]).await {
+                Ok(row) => {
+                    let value = row.map(|r| r.get::<_, i64>(0));
+                    history.push(Op { key: key.to_string(), kind: Kind::Read(value), invoked, returned: Some(now()) });
+                }
+                Err(e) => {
+                    if e.code().is_none() {
+                        client = None;
+                    }
+                }
+            }
+        }
+        if !matches!(history.last().map(|o| o.returned), Some(Some(_))) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    history
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_registers_are_linearizable_across_a_leader_restart() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut c = Cluster::start(3, SCHEMA, "CREATE TABLE regs (k int PRIMARY KEY, v bigint NOT NULL);").await;
+    let l = leader(&c).await;
+    let addresses = book(&c);
+    let clock = std::time::Instant::now();
+    let halt = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for k in 1..=3 {
+        for j in 0..2 {
+            tasks.push(tokio::spawn(register_client(addresses.clone(), k, (k * 10 + j) as u64, clock, halt.clone())));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("restarting the leader, node {l}");
+    c.restart(l).await;
+    eprintln!("restarted");
+    addresses.lock().unwrap()[l - 1] = c.nodes[l - 1].config();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    halt.store(true, Relaxed);
+    let mut history = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(20), t).await {
+            Ok(h) => history.extend(h.unwrap()),
+            Err(_) => {
+                for (k, n) in c.nodes.iter().enumerate() {
+                    let d = n.pg.direct().await;
+                    for r in d.query("SELECT pid::text, coalesce(wait_event_type,'') || ':' || coalesce(wait_event,''), state, left(query, 100) FROM pg_stat_activity WHERE backend_type = 'client backend'", &[]).await.unwrap() {
+                        eprintln!("node {}: {} {} {:?} {}", k + 1, r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2), r.get::<_, String>(3));
+                    }
+                    for r in d.query("SELECT gid FROM pg_prepared_xacts", &[]).await.unwrap() {
+                        eprintln!("node {}: prepared {}", k + 1, r.get::<_, String>(0));
+                    }
+                    eprintln!("node {}: raft {:?}", k + 1, crate::consensus::raft(&c, k + 1));
+                }
+                panic!("a client is stuck");
+            }
+        }
+    }
+    let known = history.iter().filter(|o| o.returned.is_some()).count();
+    eprintln!("{} operations, {known} with a known outcome", history.len());
+    assert!(known > 50, "too few operations completed: {known}");
+    crate::linearizable::check(&history).unwrap();
 }

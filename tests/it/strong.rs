@@ -285,7 +285,7 @@ async fn register_client(
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let key = (n >> 33) % 3;
         let invoked = now();
-        if (n >> 40) % 2 == 0 {
+        if (n >> 40).is_multiple_of(2) {
             written += 1;
             let v = (seed as i64) * 1_000_000 + written;
             let r = cl

@@ -184,6 +184,12 @@ async fn open(
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
+        // The state machine's snapshot is only its applied id and membership, not the strong
+        // tables: a node brought up to date from it would miss the entries it stands for. So no
+        // snapshot is taken, no entry is purged, and a node that was away catches up from the
+        // log itself.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     }
     .validate()

@@ -109,7 +109,11 @@ pub async fn install(
     schema: &Schema,
     plans: &BTreeMap<String, Plan>,
     strong: &BTreeMap<String, Vec<String>>,
+    catalog: &Catalog,
 ) -> Result<(), tokio_postgres::Error> {
+    // Only tables the catalog snapshot knows are judged: one created since (its capture came
+    // with its CREATE, from the event trigger) must not lose it to a plan made before it existed.
+    let known: std::collections::BTreeSet<String> = catalog.tables.keys().map(qualified).collect();
     write_rules(client, schema).await?;
     for p in plans.values() {
         client
@@ -125,23 +129,25 @@ pub async fn install(
         .await?;
     for row in captured {
         let table: String = row.get(0);
-        if !plans.contains_key(&table) {
+        if known.contains(&table) && !plans.contains_key(&table) {
             client.execute("SELECT pgmix.remove_capture($1::text::regclass)", &[&table]).await?;
             info!(%table, "weak change capture removed: the table is no longer weak");
         }
     }
-    let names: Vec<&String> = plans.keys().collect();
-    client.execute("DELETE FROM pgmix.tables WHERE NOT tbl = ANY($1)", &[&names]).await?;
+    let gone: Vec<&String> = known.iter().filter(|t| !plans.contains_key(*t)).collect();
+    client.execute("DELETE FROM pgmix.tables WHERE tbl = ANY($1) OR to_regclass(tbl) IS NULL", &[&gone]).await?;
     for (table, cols) in strong {
         client.execute("SELECT pgmix.install_strong($1::text::regclass, $2)", &[table, cols]).await?;
     }
     for row in client.query("SELECT tbl FROM pgmix.strong_tables", &[]).await? {
         let table: String = row.get(0);
-        if !strong.contains_key(&table) {
+        if known.contains(&table) && !strong.contains_key(&table) {
             client.execute("SELECT pgmix.remove_strong(to_regclass($1))", &[&table]).await?;
-            client.execute("DELETE FROM pgmix.strong_tables WHERE tbl = $1", &[&table]).await?;
+            info!(%table, "strong capture removed: the table is no longer strong");
         }
     }
+    // Entries of tables dropped since go; those of tables created since stay.
+    client.execute("DELETE FROM pgmix.strong_tables WHERE to_regclass(tbl) IS NULL", &[]).await?;
     Ok(())
 }
 

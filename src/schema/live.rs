@@ -84,7 +84,7 @@ impl LiveSchema {
             (Ok(cat), Some(_)) => {
                 let plans = crate::replicate::capture::plan(&self.file_schema, cat);
                 let strong = crate::replicate::capture::strong_plan(&self.file_schema, cat);
-                crate::replicate::capture::install(&mut client, &self.file_schema, &plans, &strong).await
+                crate::replicate::capture::install(&mut client, &self.file_schema, &plans, &strong, cat).await
             }
             _ => Ok(()),
         };

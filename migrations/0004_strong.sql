@@ -9,6 +9,10 @@
 -- Strong tables are written only through pgmix: the capture refuses a write made outside a
 -- strong transaction (one that has not set `pgmix.strong`), which would change one node only.
 
+-- Raft entries now carry transactions' effects, megabytes for a large COPY: kept as the text
+-- they are written and read as, not parsed into jsonb and printed back.
+ALTER TABLE pgmix.raft_log ALTER COLUMN entry TYPE text USING entry::text;
+
 CREATE TABLE pgmix.strong_effects (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- I(nsert), U(pdate), D(elete), T(runcate), S(QL: DDL as text)

@@ -42,7 +42,7 @@ pub const SERVICE: u8 = 2;
 pub enum Command {
     /// A strong transaction that node `origin` prepared as `gid` in `database`, with its effects
     /// as `pgmix.take_effects()` gave them (JSON text). See `apply`.
-    Commit { origin: u32, gid: String, database: String, effects: String },
+    Commit { origin: u32, gid: String, database: String, effects: Box<serde_json::value::RawValue> },
 }
 
 openraft::declare_raft_types!(

@@ -159,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One transaction for the whole batch: concurrent appends share one commit (and fsync).
         let result = c
             .execute(
-                "INSERT INTO pgmix.raft_log (idx, entry) SELECT i, e::jsonb FROM unnest($1::int8[], $2::text[]) AS x(i, e) \
+                "INSERT INTO pgmix.raft_log (idx, entry) SELECT i, e FROM unnest($1::int8[], $2::text[]) AS x(i, e) \
                  ON CONFLICT (idx) DO UPDATE SET entry = excluded.entry",
                 &[&idx, &text],
             )
@@ -323,7 +323,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects }) => {
-                    if let Err(err) = self.applier.commit(e.log_id.index, origin, &gid, &database, &effects).await {
+                    if let Err(err) = self.applier.commit(e.log_id.index, origin, &gid, &database, effects.get()).await
+                    {
                         // What was applied before this entry stays applied.
                         self.store(&a, None).await?;
                         return Err(sm_err(err));

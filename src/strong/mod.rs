@@ -146,6 +146,10 @@ impl Strong {
     /// and applied here (where it is `COMMIT PREPARED`).
     pub async fn commit(&self, gid: &str, database: &str, effects: String) -> Result<(), StrongError> {
         let raft = self.consensus.raft();
+        // A large transaction's entry takes longer to write and send: the wait grows with it.
+        let wait = self.timeout + Duration::from_millis(effects.len() as u64 / 10_000);
+        let effects = serde_json::value::RawValue::from_string(effects)
+            .map_err(|e| StrongError::Unknown(format!("its effects are not JSON: {e}")))?;
         let cmd = Command::Commit {
             origin: self.consensus.node_id(),
             gid: gid.to_owned(),
@@ -154,12 +158,12 @@ impl Strong {
         };
         // The write goes on when the wait below gives up; its outcome is then the log's.
         let write = tokio::spawn(async move { raft.client_write(cmd).await });
-        match tokio::time::timeout(self.timeout, write).await {
+        match tokio::time::timeout(wait, write).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(StrongError::NotLeader),
             Ok(Ok(Err(e))) => Err(StrongError::Unknown(e.to_string())),
             Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
-            Err(_) => Err(StrongError::Unknown(format!("no majority confirmed it within {:?}", self.timeout))),
+            Err(_) => Err(StrongError::Unknown(format!("no majority confirmed it within {wait:?}"))),
         }
     }
 }

@@ -15,6 +15,7 @@ mod linearizable;
 mod logins;
 mod migrate;
 mod peers;
+mod pgbench;
 mod protocol;
 mod raw;
 mod robustness;

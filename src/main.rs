@@ -114,11 +114,17 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // openraft reports every failed message to an unreachable peer as an error; pgmix reports
+    // peer links, elections and storage failures itself. Named in PGMIX_LOG, it is shown.
+    let mut filter = std::env::var("PGMIX_LOG").unwrap_or_else(|_| "pgmix=info,warn".to_owned());
+    if !filter.contains("openraft") {
+        filter.push_str(",openraft=off");
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGMIX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgmix=info,warn")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+            eprintln!("pgmix: PGMIX_LOG `{filter}` is not a log filter ({e}); using pgmix=info,warn");
+            tracing_subscriber::EnvFilter::new("pgmix=info,warn,openraft=off")
+        }))
         .with_writer(std::io::stderr)
         .init();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

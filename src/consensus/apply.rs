@@ -13,6 +13,10 @@
 //! and is rolled back. A transaction whose commit is still being waited for in this process
 //! (`InFlight`) is never touched: its append may land in a later term than its gid names.
 //!
+//! These writes commit asynchronously. One lost in a crash was not acknowledged as applied
+//! either: the applied id (and each database's marker) is written after it in the same
+//! write-ahead log, so the entry is applied again from the log.
+//!
 //! Crash meaning: `COMMIT PREPARED` and the applied marker cannot share a transaction; a crash
 //! between them leaves the gid committed (no longer prepared), and applying the entry again
 //! finds nothing prepared and skips it. A rollback is recorded before it is made, so an entry
@@ -79,7 +83,8 @@ impl Applier {
     ) -> Result<T, tokio_postgres::Error> {
         let mut dbs = self.dbs.lock().await;
         if dbs.get(database).is_none_or(|c| c.is_closed()) {
-            let c = self.backend.connect(database, "SET synchronous_commit = on").await?;
+            // Not synchronous: an apply lost in a crash is replayed from the log (see `mod`).
+            let c = self.backend.connect(database, "SET synchronous_commit = off").await?;
             dbs.insert(database.to_owned(), c);
         }
         let Some(client) = dbs.get_mut(database) else { unreachable!("inserted above") };

@@ -87,7 +87,11 @@ impl Strong {
         b: &mut Backend<S>,
         begin: &Begin,
     ) -> std::io::Result<Result<(), BytesMut>> {
-        if let Err(e) = self.barrier().await {
+        // A leader that has applied its own term's first entry serves at once; a read-only
+        // transaction confirms its leadership at COMMIT instead (see `finish`).
+        if !self.consensus.leads_applied()
+            && let Err(e) = self.barrier().await
+        {
             return Ok(Err(error_bytes(&e)));
         }
         let sql = match begin {
@@ -211,13 +215,19 @@ impl Strong {
         &self,
         b: &mut Backend<S>,
     ) -> std::io::Result<Result<(), BytesMut>> {
+        let started = std::time::Instant::now();
         let r = b.run("SELECT pgmix.take_effects()").await?;
         if r.error.is_some() {
             b.run("ROLLBACK").await?;
             return Ok(Err(BytesMut::from(r.without_ready())));
         }
         let Some(effects) = r.first_value else {
-            // Nothing strong changed: an ordinary commit.
+            // Nothing strong changed: an ordinary commit, once a majority confirms that this
+            // node still leads, so what it read was current.
+            if let Err(e) = self.barrier().await {
+                b.run("ROLLBACK").await?;
+                return Ok(Err(error_bytes(&e)));
+            }
             let r = b.run("COMMIT").await?;
             if r.error.is_some() {
                 return Ok(Err(BytesMut::from(r.without_ready())));
@@ -229,13 +239,18 @@ impl Strong {
             b.run("ROLLBACK").await?;
             return Ok(Err(error_bytes(&StrongError::NotLeader)));
         };
+        let taken = started.elapsed();
         let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
         if r.error.is_some() {
             // A failed PREPARE rolls the transaction back.
             return Ok(Err(BytesMut::from(r.without_ready())));
         }
+        let prepared = started.elapsed();
         match self.commit(&gid, &b.database, effects).await {
-            Ok(()) => Ok(Ok(())),
+            Ok(()) => {
+                tracing::debug!(%gid, ?taken, ?prepared, committed = ?started.elapsed(), "strong commit");
+                Ok(Ok(()))
+            }
             Err(e) => {
                 if e == StrongError::NotLeader {
                     let r = b.run(&format!("ROLLBACK PREPARED '{gid}'")).await?;

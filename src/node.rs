@@ -73,6 +73,8 @@ pub struct NodeHandle {
     pub name: String,
     /// The node's consensus, in a cluster.
     pub consensus: Option<Arc<crate::consensus::Consensus>>,
+    /// Steps of the strong commit where a test stops this node.
+    pub failpoints: Arc<crate::strong::failpoint::FailPoints>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -113,6 +115,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     tokio::spawn(probe_backend(cfg.clone(), metrics.clone(), shutdown.clone()));
     let mut consensus = None;
     let mut strong = None;
+    let failpoints = Arc::new(crate::strong::failpoint::FailPoints::new(shutdown.clone()));
     if let Some(cluster) = &cfg.cluster {
         let cluster = Arc::new(cluster.clone());
         let peers = crate::peer::start(cluster.clone(), shutdown.clone()).await?;
@@ -139,12 +142,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
                 metrics.clone(),
                 shutdown.clone(),
                 ddl_tx,
+                failpoints.clone(),
             )
             .await?,
         );
-        strong = consensus
-            .as_ref()
-            .map(|c| crate::strong::Strong::new(c.clone(), cluster.strong_timeout, cfg.backend.clone()));
+        strong = consensus.as_ref().map(|c| {
+            crate::strong::Strong::new(c.clone(), cluster.strong_timeout, cfg.backend.clone(), failpoints.clone())
+        });
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();
         crate::replicate::Replicator::start(
@@ -178,7 +182,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     if let Some(Err(e)) = cfg.tls.as_ref().map(|t| &t.end_point) {
         tracing::warn!(reason = %e, "SCRAM-SHA-256-PLUS (channel binding) is not offered: {e}; clients that require channel binding cannot log in");
     }
-    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), consensus, shutdown, task })
+    Ok(NodeHandle { addr, metrics_addr, metrics, name: cfg.node_name.clone(), consensus, failpoints, shutdown, task })
 }
 
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx, shutdown: CancellationToken) {

@@ -30,6 +30,15 @@ use tracing::{debug, warn};
 
 use crate::config::BackendConfig;
 
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The node is stopping at a failpoint (tests).
+    #[error("{0}")]
+    Stopped(std::io::Error),
+}
+
 /// A gid: `pgmix_<term>_<node>_<counter>_<cluster>`.
 pub fn gid(term: u64, node: u32, counter: u64, cluster: &str) -> String {
     format!("pgmix_{term}_{node}_{counter}_{cluster}")
@@ -57,6 +66,7 @@ pub struct Applier {
     resolved_term: std::sync::atomic::AtomicU64,
     /// Told the database of each applied entry that held DDL (its catalog is read again).
     ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
+    failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
 }
 
 impl Applier {
@@ -65,8 +75,10 @@ impl Applier {
         node_id: u32,
         cluster: String,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
+        failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
     ) -> Self {
         Self {
+            failpoints,
             ddl_applied,
             backend,
             node_id,
@@ -134,7 +146,7 @@ impl Applier {
         gid: &str,
         database: &str,
         effects: &str,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), ApplyError> {
         self.apply_commit(index, origin, gid, database, effects).await?;
         if effects.contains("\"op\": \"S\"") {
             let _ = self.ddl_applied.send(database.to_owned());
@@ -149,8 +161,14 @@ impl Applier {
         gid: &str,
         database: &str,
         effects: &str,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), ApplyError> {
         if origin == self.node_id {
+            use crate::strong::failpoint::BEFORE_COMMIT_PREPARED;
+            if let Err(e) = self.failpoints.hit(BEFORE_COMMIT_PREPARED).await {
+                // As a crash here would: the entry stays unapplied in this process.
+                warn!(%gid, "{e}");
+                return Err(ApplyError::Stopped(e));
+            }
             let prepared = self
                 .with_db(database, async |c| {
                     let found = c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid]).await?.is_some();

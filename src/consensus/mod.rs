@@ -77,6 +77,7 @@ pub struct Consensus {
     /// The running Raft; replaced when a storage error stopped it (its Postgres went away).
     raft: std::sync::RwLock<Raft<TypeConfig>>,
     ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
+    failpoints: Arc<crate::strong::failpoint::FailPoints>,
 }
 
 impl Consensus {
@@ -88,14 +89,16 @@ impl Consensus {
         metrics: MetricsHandle,
         stop: CancellationToken,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
+        failpoints: Arc<crate::strong::failpoint::FailPoints>,
     ) -> Result<Arc<Self>, ConsensusError> {
-        let raft = open(&cluster, backend, &peers, &ddl_applied).await?;
+        let raft = open(&cluster, backend, &peers, &ddl_applied, &failpoints).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
             peers: peers.clone(),
             raft: std::sync::RwLock::new(raft),
             ddl_applied,
+            failpoints,
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -164,6 +167,7 @@ async fn open(
     backend: &BackendConfig,
     peers: &Arc<Peers>,
     ddl_applied: &tokio::sync::mpsc::UnboundedSender<String>,
+    failpoints: &Arc<crate::strong::failpoint::FailPoints>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: the log and the vote commit synchronously,
     // whatever the server or role says. The state machine need not (see `apply`): what it
@@ -189,7 +193,13 @@ async fn open(
             log.save_vote(&uncommitted).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
         }
     }
-    let applier = apply::Applier::new(backend.clone(), cluster.node_id, cluster.id.clone(), ddl_applied.clone());
+    let applier = apply::Applier::new(
+        backend.clone(),
+        cluster.node_id,
+        cluster.id.clone(),
+        ddl_applied.clone(),
+        failpoints.clone(),
+    );
     let sm = store::StateMachine::new(connect("SET synchronous_commit = off").await?, Arc::new(applier));
     sm.resolve_in_doubt().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
     let config = openraft::Config {
@@ -237,7 +247,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied, &me.failpoints).await {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;

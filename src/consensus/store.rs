@@ -315,11 +315,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut a = self.load().await?;
         let mut out = Vec::new();
         for e in entries {
-            let sm_err = |e: tokio_postgres::Error| -> StorageError<NodeId> {
+            let sm_err = |e: super::apply::ApplyError| -> StorageError<NodeId> {
                 tracing::error!(error = %e, "cannot apply a committed entry; retrying");
                 StorageIOError::write_state_machine(&e).into()
             };
-            self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(sm_err)?;
+            self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(|e| sm_err(e.into()))?;
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects }) => {

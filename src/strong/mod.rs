@@ -18,6 +18,7 @@
 //! back in the same way. The client is told 40001 when nothing can have committed and 40003 when
 //! it cannot know.
 
+pub mod failpoint;
 pub mod relay;
 pub mod tx;
 pub mod wire;
@@ -75,10 +76,16 @@ pub struct Strong {
     relay_ids: AtomicU64,
     /// Transactions relayed here by followers.
     pub relays: relay::Relays,
+    pub failpoints: Arc<failpoint::FailPoints>,
 }
 
 impl Strong {
-    pub fn new(consensus: Arc<Consensus>, timeout: Duration, backend: BackendConfig) -> Arc<Self> {
+    pub fn new(
+        consensus: Arc<Consensus>,
+        timeout: Duration,
+        backend: BackendConfig,
+        failpoints: Arc<failpoint::FailPoints>,
+    ) -> Arc<Self> {
         // Unique across restarts of this node within one term as well.
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
         let me = Arc::new(Self {
@@ -88,6 +95,7 @@ impl Strong {
             counter: AtomicU64::new(start as u64),
             relay_ids: AtomicU64::new(start as u64),
             relays: relay::Relays::default(),
+            failpoints,
         });
         relay::serve(&me);
         me
@@ -159,7 +167,10 @@ impl Strong {
         // The write goes on when the wait below gives up; its outcome is then the log's.
         let write = tokio::spawn(async move { raft.client_write(cmd).await });
         match tokio::time::timeout(wait, write).await {
-            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Ok(_))) => match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StrongError::Unknown(e.to_string())),
+            },
             Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(StrongError::NotLeader),
             Ok(Ok(Err(e))) => Err(StrongError::Unknown(e.to_string())),
             Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),

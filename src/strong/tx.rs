@@ -246,6 +246,7 @@ impl Strong {
             return Ok(Err(BytesMut::from(r.without_ready())));
         }
         let prepared = started.elapsed();
+        self.failpoints.hit(super::failpoint::AFTER_PREPARE).await?;
         match self.commit(&gid, &b.database, effects).await {
             Ok(()) => {
                 tracing::debug!(%gid, ?taken, ?prepared, committed = ?started.elapsed(), "strong commit");

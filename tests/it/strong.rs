@@ -371,3 +371,52 @@ async fn strong_registers_are_linearizable_across_a_leader_restart() {
     assert!(known > 50, "too few operations completed: {known}");
     crate::linearizable::check(&history).unwrap();
 }
+
+/// The leader stopped at each step of the strong commit, as if killed there: the transaction
+/// is then on every node or on none, the client was not told it committed unless it did, and
+/// nothing stays prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_at_each_step_of_the_commit_leaves_no_half_commit() {
+    use pgmix::strong::failpoint::{AFTER_PREPARE, BEFORE_ANSWER, BEFORE_COMMIT_PREPARED};
+    let mut c = Cluster::start(3, SCHEMA, SETUP).await;
+    for (step, (point, committed)) in
+        [(AFTER_PREPARE, false), (BEFORE_COMMIT_PREPARED, true), (BEFORE_ANSWER, true)].into_iter().enumerate()
+    {
+        c.wait_linked().await;
+        let l = leader(&c).await;
+        let via = if l == 1 { 2 } else { 1 };
+        let id = 1000 + step as i32;
+        c.nodes[l - 1].handle().failpoints.arm(point);
+        let client = c.client(via).await;
+        let write = tokio::spawn(async move { client.execute("INSERT INTO accounts VALUES ($1, 7)", &[&id]).await });
+        wait_until("the leader reaches the failpoint", || async { c.nodes[l - 1].handle().failpoints.hits() > 0 })
+            .await;
+        c.restart(l).await;
+        let answer = write.await.unwrap();
+        let code = answer.as_ref().err().and_then(|e| e.code()).map(|c| c.code().to_owned());
+        eprintln!("{point}: the client got {code:?}");
+        assert!(answer.is_err(), "{point}: the client was told it committed before the commit was done");
+        assert!(
+            matches!(code.as_deref(), Some("40001" | "40003")),
+            "{point}: the client gets 40001 or 40003, not {answer:?}"
+        );
+        let q = format!("SELECT count(*)::text FROM accounts WHERE id = {id}");
+        let want = if committed { "1" } else { "0" };
+        wait_until("every node agrees on the outcome", || async {
+            c.each(&q).await.iter().all(|r| r == &[want.to_owned()])
+        })
+        .await;
+        wait_until("no prepared transaction is left on any node", || async {
+            c.each("SELECT count(*)::text FROM pg_prepared_xacts").await.iter().all(|p| p == &["0".to_owned()])
+        })
+        .await;
+    }
+    // The cluster goes on.
+    let l = leader(&c).await;
+    c.client(if l == 3 { 1 } else { 3 })
+        .await
+        .execute("UPDATE accounts SET balance = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    c.converged("a write after all that", "SELECT balance::text FROM accounts WHERE id = 1").await;
+}

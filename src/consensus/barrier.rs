@@ -1,4 +1,4 @@
-//! The read barrier strong reads will run behind: the leader confirms with a majority that it
+//! The read barrier strong reads run behind: the leader confirms with a majority that it
 //! still leads and names its read index (the last committed entry); the node waits until it has
 //! applied that index, and may then read its own Postgres without missing any write committed
 //! before the barrier began. A follower asks the leader for the index over the peer link.
@@ -6,7 +6,10 @@
 //! Crash meaning: none; a barrier holds no state. A node cut off from the majority gets no
 //! index and its barrier fails at the timeout, so it never serves a stale strong read.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use openraft::Raft;
@@ -29,19 +32,69 @@ pub async fn read_index(raft: &Raft<TypeConfig>) -> Result<u64, String> {
     }
 }
 
+/// Concurrent barriers share rounds: a caller joins the next round to start (never one already
+/// under way, which may have begun before its call), and every caller of a round waits for the
+/// index that round got.
+#[derive(Default)]
+pub struct Rounds {
+    state: std::sync::Mutex<(bool, Vec<oneshot::Sender<Option<u64>>>)>,
+}
+
 impl Consensus {
     /// Waits until this node has applied everything committed before the call, as the leader
     /// confirms it; Err after `timeout` when no leader with a majority answers. Returns the
     /// index the node has applied up to.
-    pub async fn read_barrier(&self, timeout: Duration) -> Result<u64, BarrierError> {
+    pub async fn read_barrier(self: &Arc<Self>, timeout: Duration) -> Result<u64, BarrierError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut st = self.rounds.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.1.push(tx);
+            !std::mem::replace(&mut st.0, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.run_rounds(timeout).await });
+        }
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Some(index))) => index,
+            _ => return Err(BarrierError::Timeout(timeout)),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self.raft().wait(Some(left)).applied_index_at_least(Some(index), "read barrier").await {
+            Ok(_) => Ok(index),
+            Err(_) => Err(BarrierError::Timeout(timeout)),
+        }
+    }
+
+    /// Runs rounds while callers wait for one.
+    async fn run_rounds(&self, timeout: Duration) {
+        loop {
+            let batch = {
+                let mut st = self.rounds.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.1.is_empty() {
+                    st.0 = false;
+                    return;
+                }
+                std::mem::take(&mut st.1)
+            };
+            let index = self.read_index_within(timeout).await;
+            for tx in batch {
+                let _ = tx.send(index);
+            }
+        }
+    }
+
+    /// One round: the leader's read index, from this node or asked of the leader; None when no
+    /// leader with a majority answers within `timeout`.
+    async fn read_index_within(&self, timeout: Duration) -> Option<u64> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(BarrierError::Timeout(timeout));
+                return None;
             }
-            let raft = self.raft();
-            let index = match raft.get_read_log_id().await {
+            let index = match self.raft().get_read_log_id().await {
                 Ok((read, _)) => Some(read.map_or(0, |l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
                     Some(leader) => self.ask_leader(leader, left).await,
@@ -49,12 +102,8 @@ impl Consensus {
                 },
                 Err(_) => None,
             };
-            if let Some(index) = index {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if raft.wait(Some(left)).applied_index_at_least(Some(index), "read barrier").await.is_ok() {
-                    return Ok(index);
-                }
-                return Err(BarrierError::Timeout(timeout));
+            if index.is_some() {
+                return index;
             }
             tokio::time::sleep(Duration::from_millis(50).min(left)).await;
         }

@@ -78,6 +78,8 @@ pub struct Consensus {
     raft: std::sync::RwLock<Raft<TypeConfig>>,
     ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
     failpoints: Arc<crate::strong::failpoint::FailPoints>,
+    /// Read barriers in flight, sharing rounds.
+    rounds: barrier::Rounds,
 }
 
 impl Consensus {
@@ -99,6 +101,7 @@ impl Consensus {
             raft: std::sync::RwLock::new(raft),
             ddl_applied,
             failpoints,
+            rounds: barrier::Rounds::default(),
         });
         let weak = Arc::downgrade(&me);
         peers.serve(

@@ -2,9 +2,9 @@
 //! Its log, vote and state machine live in the node's local Postgres (`store`); its messages
 //! travel on the peer links (`network`, service [`SERVICE`]).
 //!
-//! Today the group elects a leader, keeps its membership and reports its state (metrics,
-//! `pgmix status`); the strong path (strong writes, the read barrier, DDL) will put its entries
-//! on this log. Membership is the `[cluster]` section: every node proposes the same initial
+//! The group elects a leader, keeps its membership and reports its state (metrics, `pgmix
+//! status`); the strong path puts its committed transactions (and their DDL) on this log, and
+//! `apply` applies them. Membership is the `[cluster]` section: every node proposes the same initial
 //! membership, and a node that is already initialized keeps what it has.
 //!
 //! Crash meaning: a node that restarts reads its vote and log back from Postgres and rejoins

@@ -2,8 +2,9 @@
 //!
 //! Each Query and Parse is classified (strong or weak, see `classify`) against the node's schema;
 //! the class is counted in a metric and logged at debug level. Statements pgmix refuses (client
-//! two-phase commit) are turned into an error here. Everything else runs on the local Postgres for
-//! now; this is where relaying to the leader will go.
+//! two-phase commit) are turned into an error here. The class decides the rest: in a cluster the
+//! session sends strong statements to the strong path (`session::strong`); the others run on the
+//! local Postgres.
 //!
 //! SQL-level prepared statements (`PREPARE name AS ...`, `EXECUTE name`) live in the session, so
 //! the router keeps the class of each by name: an EXECUTE has the class of what it runs. A name

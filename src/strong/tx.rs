@@ -128,7 +128,19 @@ impl Strong {
             return Ok(UnitReply { ended: r.status == b'I', bytes: r.bytes, copy: false });
         }
         let mut out = BytesMut::from(r.without_ready());
-        match r.status {
+        self.end_single(b, &mut out).await?;
+        out.extend_from_slice(&ready(b'I'));
+        Ok(UnitReply { bytes: out, ended: true, copy: false })
+    }
+
+    /// Ends the transaction pgmix began for a single statement: commits it, or rolls back a
+    /// failed one. An error for the client goes to `out`.
+    async fn end_single<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        out: &mut BytesMut,
+    ) -> std::io::Result<()> {
+        match b.status {
             b'T' => {
                 if let Err(e) = self.finish(b).await? {
                     out.extend_from_slice(&e);
@@ -139,8 +151,7 @@ impl Strong {
             }
             _ => {}
         }
-        out.extend_from_slice(&ready(b'I'));
-        Ok(UnitReply { bytes: out, ended: true, copy: false })
+        Ok(())
     }
 
     /// A Query of several statements runs them one by one, as Postgres would in one transaction:
@@ -174,17 +185,7 @@ impl Strong {
             }
         }
         if autocommit {
-            match b.status {
-                b'T' => {
-                    if let Err(e) = self.finish(b).await? {
-                        out.extend_from_slice(&e);
-                    }
-                }
-                b'E' => {
-                    b.run("ROLLBACK").await?;
-                }
-                _ => {}
-            }
+            self.end_single(b, &mut out).await?;
         }
         out.extend_from_slice(&ready(b.status));
         Ok(UnitReply { ended: b.status == b'I', bytes: out, copy: false })

@@ -48,6 +48,26 @@ async fn strong_writes_through_every_node_commit_on_every_node() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// `client`, connected again through `cfg` when it is gone; None (after a pause) when it cannot be.
+async fn reconnected<'a>(
+    cfg: &tokio_postgres::Config,
+    client: &'a mut Option<tokio_postgres::Client>,
+) -> Option<&'a tokio_postgres::Client> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = match cfg.connect(tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                Some(c)
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            }
+        };
+    }
+    client.as_ref()
+}
+
 #[derive(Default)]
 struct Tally {
     committed: std::sync::atomic::AtomicU64,
@@ -63,19 +83,7 @@ async fn transfers(cfg: tokio_postgres::Config, seed: u64, halt: Arc<AtomicBool>
     let mut n = seed;
     let mut client = None;
     while !halt.load(Relaxed) {
-        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            client = match cfg.connect(tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    Some(c)
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-        }
-        let Some(cl) = &client else { continue };
+        let Some(cl) = reconnected(&cfg, &mut client).await else { continue };
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let (from, to, amount) = ((n >> 33) % 10 + 1, (n >> 40) % 10 + 1, (n >> 50) % 7 + 1);
         if from == to {
@@ -112,19 +120,7 @@ async fn auditor(cfg: tokio_postgres::Config, halt: Arc<AtomicBool>, tally: Arc<
     use std::sync::atomic::Ordering::Relaxed;
     let mut client = None;
     while !halt.load(Relaxed) {
-        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            client = match cfg.connect(tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    Some(c)
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-        }
-        let Some(cl) = &client else { continue };
+        let Some(cl) = reconnected(&cfg, &mut client).await else { continue };
         match cl.query_one("SELECT sum(balance)::bigint, count(*) FROM accounts", &[]).await {
             Ok(row) => {
                 tally.reads.fetch_add(1, Relaxed);

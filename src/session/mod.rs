@@ -284,11 +284,9 @@ impl Session {
             self.state.ddl_pending = false;
             self.router.ddl_done();
         }
+        // The strong path read every reply it asked for, and set the transaction status.
         self.state.awaiting_ready = 0;
         self.state.unsynced = false;
-        if self.state.tx != TxStatus::Failed {
-            self.state.tx = TxStatus::Idle;
-        }
         match after {
             strong::After::Resume => {
                 // The client may have sent more already.
@@ -679,6 +677,15 @@ impl Cluster<'_> {
             return None;
         }
         if self.deferred_begin.is_some() || state.is_quiet() {
+            return Some(Action::Divert(class));
+        }
+        // A strong read inside a transaction that began here runs here, behind the barrier.
+        if class == Class::StrongRead
+            && !*self.sticky
+            && state.tx == TxStatus::InTransaction
+            && state.awaiting_ready == 0
+            && !state.unsynced
+        {
             return Some(Action::Divert(class));
         }
         if state.tx == TxStatus::Idle && !state.unsynced {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::{Session, SessionEnd, SessionError};
+use super::{Session, SessionEnd, SessionError, TxStatus};
 use crate::classify::Class;
 use crate::protocol::messages;
 use crate::strong::relay::{self, RelayLogin, Request, status};
@@ -98,17 +98,34 @@ pub(super) async fn run(
         return Ok(After::End(SessionEnd::ClientTerminated));
     }
     if class == Class::StrongRead && begin.is_none() && !unit.starts_tx && !s.sticky {
+        // Here, behind the barrier: outside a transaction, or inside one that began here (each
+        // statement of a READ COMMITTED transaction reads a fresh snapshot).
+        let in_tx = s.state.tx != TxStatus::Idle;
         let reply = match strong.barrier().await {
             Ok(()) => {
                 let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
                 let r = wire::exchange(&mut b.stream, &mut b.buf, &unit.bytes).await.map_err(SessionError::Backend)?;
+                if let Some(tx) = TxStatus::from_byte(r.status) {
+                    s.state.tx = tx;
+                }
                 r.bytes
+            }
+            Err(e) if in_tx => {
+                // The transaction fails as it would on Postgres's own error.
+                let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
+                wire::exchange(&mut b.stream, &mut b.buf, &wire::query("SELECT 1/0"))
+                    .await
+                    .map_err(SessionError::Backend)?;
+                s.state.tx = TxStatus::Failed;
+                error_reply(&e, b'E')
             }
             Err(e) => error_reply(&e, b'I'),
         };
         send(s, &reply).await?;
         return Ok(After::Resume);
     }
+    // A strong transaction runs whole; it is over (or never began) when this returns.
+    s.state.tx = TxStatus::Idle;
     let spec = match begin {
         Some(text) => Begin::Client(text),
         None if unit.starts_tx => Begin::InUnit,
@@ -134,7 +151,7 @@ async fn not_started(s: &mut Session, reply: &[u8], spec: &Begin) -> Result<(), 
         wire::exchange(&mut b.stream, &mut b.buf, &wire::query("BEGIN; SELECT 1/0"))
             .await
             .map_err(SessionError::Backend)?;
-        s.state.tx = super::TxStatus::Failed;
+        s.state.tx = TxStatus::Failed;
         out.extend_from_slice(&wire::ready(b'E'));
     } else {
         out.extend_from_slice(&wire::ready(b'I'));

@@ -416,3 +416,45 @@ async fn a_leader_stopped_at_each_step_of_the_commit_leaves_no_half_commit() {
         .unwrap();
     c.converged("a write after all that", "SELECT balance::text FROM accounts WHERE id = 1").await;
 }
+
+/// DDL through a follower reaches every node in log order; the SQLAlchemy ORM works through a
+/// follower (its schema made and dropped there, its transactions run on the leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_and_the_sqlalchemy_orm_through_a_follower_reach_every_node() {
+    use crate::harness::{PASSWORD, USER, python};
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    let l = leader(&c).await;
+    let f = if l == 1 { 2 } else { 1 };
+    let client = c.client(f).await;
+    for sql in [
+        "CREATE TABLE ledger (id int PRIMARY KEY, amount bigint)",
+        "ALTER TABLE ledger ADD COLUMN memo text",
+        "INSERT INTO ledger VALUES (1, 10, 'after the new column')",
+        "CREATE INDEX ledger_memo ON ledger (memo)",
+        "ALTER TABLE ledger RENAME COLUMN amount TO cents",
+        "UPDATE ledger SET cents = cents * 100",
+    ] {
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let columns = "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute \
+                   WHERE attrelid = to_regclass('ledger') AND attnum > 0 AND NOT attisdropped";
+    assert_eq!(c.converged("the ledger's columns", columns).await, ["id,cents,memo"]);
+    let rows = c.converged("the ledger", "SELECT string_agg(id || ':' || cents || ':' || memo, ',') FROM ledger").await;
+    assert_eq!(rows, ["1:1000:after the new column"]);
+    let indexes = c.each("SELECT count(*)::text FROM pg_indexes WHERE indexname = 'ledger_memo'").await;
+    assert!(indexes.iter().all(|i| i == &["1".to_owned()]), "{indexes:?}");
+
+    let node = &c.nodes[f - 1];
+    let out = std::process::Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py"))
+        .arg(node.conninfo(USER, PASSWORD, "disable"))
+        .arg(format!("postgresql+psycopg://{USER}:{PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", node.port))
+        .arg("orm")
+        .output()
+        .expect("python runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("python clients: ok"), "{text}");
+    // Its tables were dropped at the end, on every node.
+    let left = c.each("SELECT count(*)::text FROM pg_class WHERE relname IN ('orm_author', 'orm_book')").await;
+    assert!(left.iter().all(|n| n == &["0".to_owned()]), "{left:?}");
+}

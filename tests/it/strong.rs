@@ -458,3 +458,67 @@ async fn ddl_and_the_sqlalchemy_orm_through_a_follower_reach_every_node() {
     let left = c.each("SELECT count(*)::text FROM pg_class WHERE relname IN ('orm_author', 'orm_book')").await;
     assert!(left.iter().all(|n| n == &["0".to_owned()]), "{left:?}");
 }
+
+/// A follower that was down catches up from the log when it comes back, and its first strong
+/// read already sees every write committed while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_was_down_catches_up_and_then_reads_linearizably() {
+    let mut c = Cluster::start(3, SCHEMA, SETUP).await;
+    let l = leader(&c).await;
+    let down = if l == 3 { 2 } else { 3 };
+    let pg = c.stop(down).await;
+    // While it is away: writes through the other follower or the leader, one of them DDL.
+    let writer = c.client(if down == 1 { 2 } else { 1 }).await;
+    for i in 0..50 {
+        writer.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&(i % 10 + 1)]).await.unwrap();
+    }
+    writer.batch_execute("CREATE TABLE made_while_away (id int PRIMARY KEY); INSERT INTO made_while_away VALUES (7)").await.unwrap();
+    c.start_again(down, pg).await;
+    c.wait_linked().await;
+    let reader = c.client(down).await;
+    let total: i64 = reader.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(total, 1050, "the first strong read on the returning node sees every write made while it was away");
+    let id: i32 = reader.query_one("SELECT id FROM made_while_away", &[]).await.unwrap().get(0);
+    assert_eq!(id, 7);
+}
+
+/// Sequence values come from the effects: after the leader changes, the new leader goes on from
+/// where the old one was and never hands out a value again. A client that disconnects in the
+/// middle of a strong transaction leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_never_reissues_a_sequence_value_and_a_vanished_client_leaves_nothing() {
+    let setup = "CREATE TABLE orders (id serial PRIMARY KEY, what text);";
+    let c = Cluster::start(3, SCHEMA, setup).await;
+    let l = leader(&c).await;
+    let via = if l == 1 { 2 } else { 1 };
+    for i in 0..5 {
+        c.client(via).await.execute("INSERT INTO orders (what) VALUES ($1)", &[&format!("before {i}")]).await.unwrap();
+    }
+    // The leader is cut off: one of the others leads, with the sequence the effects gave it.
+    c.isolate(l, true);
+    let rest: Vec<usize> = (1..=3).filter(|k| *k != l).collect();
+    wait_until("a new leader", || async { agreed(&c, &rest).is_some_and(|(n, _)| n as usize != l) }).await;
+    let l2 = agreed(&c, &rest).unwrap().0 as usize;
+    for i in 0..5 {
+        let client = c.client(l2).await;
+        client.execute("INSERT INTO orders (what) VALUES ($1)", &[&format!("after {i}")]).await.unwrap();
+    }
+    c.isolate(l, false);
+    let ids = c.converged("the orders", "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders").await;
+    assert_eq!(ids, ["1,2,3,4,5,6,7,8,9,10"], "leader {l} then {l2}");
+
+    // A client that goes away mid-transaction: its row is not written, nothing stays prepared,
+    // and the row it locked is free again.
+    let client = c.client(via).await;
+    client.batch_execute("BEGIN; UPDATE orders SET what = 'abandoned' WHERE id = 1").await.unwrap();
+    drop(client);
+    let other = c.client(via).await;
+    tokio::time::timeout(Duration::from_secs(70), other.execute("UPDATE orders SET what = 'kept' WHERE id = 1", &[]))
+        .await
+        .expect("the abandoned transaction's lock is released")
+        .unwrap();
+    let what = c.converged("order 1", "SELECT what FROM orders WHERE id = 1").await;
+    assert_eq!(what, ["kept"]);
+    let prepared = c.each("SELECT count(*)::text FROM pg_prepared_xacts").await;
+    assert!(prepared.iter().all(|p| p == &["0".to_owned()]), "{prepared:?}");
+}

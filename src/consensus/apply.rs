@@ -209,6 +209,50 @@ impl Applier {
     }
 }
 
+impl Applier {
+    /// Runs a statement that cannot run in a transaction block. It is not applied exactly once:
+    /// a crash right after it runs it again, so what it says when its work is already done
+    /// (the database exists, the index exists) is only logged, like any failure here, and the
+    /// outcome goes back to the leader's client.
+    pub async fn standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> super::Outcome {
+        // CREATE and DROP DATABASE run from the node's own database; DROP needs no connection
+        // of pgmix's left in the database it drops.
+        let upper = sql.trim_start().to_ascii_uppercase();
+        let on_db = if upper.contains("DATABASE") { self.backend.database.clone() } else { database.to_owned() };
+        if upper.starts_with("DROP") && upper.contains("DATABASE") {
+            self.dbs.lock().await.clear();
+        }
+        let setup = format!(
+            "SET ROLE {}; SELECT set_config('search_path', {}, false)",
+            crate::replicate::capture::ident(role),
+            quote_literal(search_path)
+        );
+        let result = self
+            .with_db(&on_db, async |c| {
+                c.batch_execute(&setup).await?;
+                let r = c.batch_execute(sql).await;
+                c.batch_execute("RESET ROLE; RESET search_path").await?;
+                r
+            })
+            .await;
+        match result {
+            Ok(()) => None,
+            Err(e) => {
+                let (code, message) = match e.as_db_error() {
+                    Some(d) => (d.code().code().to_owned(), d.message().to_owned()),
+                    None => ("58000".to_owned(), e.to_string()),
+                };
+                warn!(%code, %message, sql, "a statement from the log failed here");
+                Some((code, message))
+            }
+        }
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

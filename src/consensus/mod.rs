@@ -43,12 +43,19 @@ pub enum Command {
     /// A strong transaction that node `origin` prepared as `gid` in `database`, with its effects
     /// as `pgmix.take_effects()` gave them (JSON text). See `apply`.
     Commit { origin: u32, gid: String, database: String, effects: Box<serde_json::value::RawValue> },
+    /// A statement that cannot run in a transaction block (CREATE DATABASE, CREATE INDEX
+    /// CONCURRENTLY, ...), run by every node as `role` with `search_path`, in `database`.
+    Standalone { database: String, sql: String, role: String, search_path: String },
 }
+
+/// What applying an entry gave: for a standalone statement that failed, its SQLSTATE and
+/// message (the leader's is the client's answer).
+pub type Outcome = Option<(String, String)>;
 
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
-        R = (),
+        R = Outcome,
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -307,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((a.applied, a.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<super::Outcome>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -320,8 +320,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::write_state_machine(&e).into()
             };
             self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(|e| sm_err(e.into()))?;
+            let mut outcome = None;
             match e.payload {
                 EntryPayload::Blank => {}
+                EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
+                    outcome = self.applier.standalone(&database, &sql, &role, &search_path).await;
+                }
                 EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects }) => {
                     if let Err(err) = self.applier.commit(e.log_id.index, origin, &gid, &database, effects.get()).await
                     {
@@ -333,7 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
             a.applied = Some(e.log_id);
-            out.push(());
+            out.push(outcome);
         }
         self.store(&a, None).await?;
         Ok(out)

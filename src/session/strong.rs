@@ -126,6 +126,12 @@ pub(super) async fn run(
     }
     // A strong transaction runs whole; it is over (or never began) when this returns.
     s.state.tx = TxStatus::Idle;
+    if begin.is_none()
+        && unit.bytes.first() == Some(&b'Q')
+        && wire::is_standalone(messages::query_text(&unit.bytes[5..]))
+    {
+        return standalone(s, &strong, &unit).await;
+    }
     let spec = match begin {
         Some(text) => Begin::Client(text),
         None if unit.starts_tx => Begin::InUnit,
@@ -139,6 +145,37 @@ pub(super) async fn run(
             Ok(After::Resume)
         }
     }
+}
+
+/// CREATE DATABASE and the like: on the log, run by every node (see `Strong::run_standalone`).
+async fn standalone(s: &mut Session, strong: &Strong, unit: &Unit) -> Result<After, SessionError> {
+    let sql = String::from_utf8_lossy(messages::query_text(&unit.bytes[5..])).trim().trim_end_matches(';').to_owned();
+    let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
+    let r = wire::exchange(&mut b.stream, &mut b.buf, &wire::query("SHOW search_path"))
+        .await
+        .map_err(SessionError::Backend)?;
+    let path = r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    let (role, database) = (s.login.role.clone(), s.login.database.clone());
+    let reply = match strong.wait_for_leader().await {
+        Ok(Leader::Here) => strong.run_standalone(&database, &sql, &role, &path).await,
+        Ok(Leader::Peer(id)) => {
+            let req = Request::Standalone { database, sql, role, search_path: path };
+            let call = match strong.consensus.peers().get(id) {
+                Some(peer) => peer
+                    .call(relay::SERVICE, relay::encode(&req, &[]), std::time::Duration::from_secs(24 * 3600))
+                    .await
+                    .ok(),
+                None => None,
+            };
+            match call {
+                Some(a) if !a.is_empty() => BytesMut::from(&a[1..]),
+                _ => error_reply(&StrongError::Unknown("the leader did not answer".to_owned()), b'I'),
+            }
+        }
+        _ => error_reply(&StrongError::NoQuorum(strong.timeout), b'I'),
+    };
+    send(s, &reply).await?;
+    Ok(After::Resume)
 }
 
 /// The transaction could not start: the client gets `reply` (an error and ReadyForQuery). A

@@ -133,6 +133,49 @@ impl Strong {
         }
     }
 
+    /// Runs a statement that cannot run in a transaction block on every node, through the log
+    /// (`Command::Standalone`); the reply for the client, ReadyForQuery included.
+    pub async fn run_standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> bytes::BytesMut {
+        let mut out = bytes::BytesMut::new();
+        let result = match self.barrier().await {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let cmd = Command::Standalone {
+                    database: database.to_owned(),
+                    sql: sql.to_owned(),
+                    role: role.to_owned(),
+                    search_path: search_path.to_owned(),
+                };
+                // An index built concurrently takes as long as it takes: the barrier above
+                // showed a majority, so the wait is for the statement itself.
+                match tokio::time::timeout(Duration::from_secs(24 * 3600), self.consensus.raft().client_write(cmd))
+                    .await
+                {
+                    Ok(Ok(r)) => Ok(r.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StrongError::NotLeader),
+                    Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
+                    Err(_) => Err(StrongError::Unknown("it did not finish within a day".to_owned())),
+                }
+            }
+        };
+        match result {
+            Ok(None) => {
+                let tag = wire::standalone_tag(sql);
+                out.extend_from_slice(b"C");
+                out.extend_from_slice(&((4 + tag.len() + 1) as i32).to_be_bytes());
+                out.extend_from_slice(tag.as_bytes());
+                out.extend_from_slice(&[0]);
+            }
+            Ok(Some((sqlstate, message))) => {
+                let code: &'static str = Box::leak(sqlstate.into_boxed_str());
+                ClientError::error(code, message).encode(&mut out);
+            }
+            Err(e) => e.to_client().encode(&mut out),
+        }
+        out.extend_from_slice(&wire::ready(b'I'));
+        out
+    }
+
     /// A new id for a relay session on the leader.
     pub fn next_relay_id(&self) -> u64 {
         self.relay_ids.fetch_add(1, Relaxed)

@@ -58,6 +58,13 @@ pub enum Request {
     Close {
         session: u64,
     },
+    /// A statement that cannot run in a transaction block, for the log (`Strong::run_standalone`).
+    Standalone {
+        database: String,
+        sql: String,
+        role: String,
+        search_path: String,
+    },
 }
 
 /// What the answer's first byte says.
@@ -185,6 +192,9 @@ fn refusal(e: ClientError) -> Bytes {
 async fn handle(strong: &Strong, from: u32, payload: &[u8]) -> Result<Bytes, String> {
     let (req, raw) = decode(payload)?;
     match req {
+        Request::Standalone { database, sql, role, search_path } => {
+            Ok(answer(status::ENDED, &strong.run_standalone(&database, &sql, &role, &search_path).await))
+        }
         Request::Close { session } => {
             strong.relays.remove((from, session));
             Ok(Bytes::new())

@@ -176,6 +176,36 @@ pub fn tx_word(sql: &[u8]) -> TxWord {
     }
 }
 
+/// For a statement that cannot run in a transaction block and changes every node (CREATE and
+/// DROP DATABASE, CREATE / DROP INDEX CONCURRENTLY, REINDEX CONCURRENTLY): true.
+pub fn is_standalone(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let t = text.trim().trim_end_matches(';');
+    if t.contains(';') {
+        return false;
+    }
+    let words: Vec<&str> = t.split_ascii_whitespace().take(6).collect();
+    match words.as_slice() {
+        ["create" | "drop", "database", ..] => true,
+        ["create" | "drop" | "reindex", rest @ ..] => {
+            rest.contains(&"concurrently")
+                && (rest.first() == Some(&"index") || rest.starts_with(&["unique", "index"]) || words[0] == "reindex")
+        }
+        _ => false,
+    }
+}
+
+/// The CommandComplete tag of a standalone statement.
+pub fn standalone_tag(sql: &str) -> String {
+    let words: Vec<String> = sql.split_ascii_whitespace().take(2).map(|w| w.to_ascii_uppercase()).collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["REINDEX", ..] => "REINDEX".to_owned(),
+        ["CREATE", "UNIQUE"] => "CREATE INDEX".to_owned(),
+        [a, b] => format!("{a} {b}"),
+        _ => words.join(" "),
+    }
+}
+
 /// Whether a statement text begins a transaction block (`BEGIN; UPDATE ...` does).
 pub fn starts_tx(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
@@ -204,6 +234,16 @@ mod tests {
         assert!(starts_tx(b" start transaction;"));
         assert!(!starts_tx(b"starter()"));
         assert!(!starts_tx(b"SELECT 1"));
+        assert!(is_standalone(b"CREATE DATABASE shop"));
+        assert!(is_standalone(b"drop database if exists shop;"));
+        assert!(is_standalone(b"CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)"));
+        assert!(is_standalone(b"DROP INDEX CONCURRENTLY i"));
+        assert!(is_standalone(b"REINDEX TABLE CONCURRENTLY t"));
+        assert!(!is_standalone(b"CREATE INDEX i ON t (a)"));
+        assert!(!is_standalone(b"CREATE TABLE database (concurrently int)"));
+        assert!(!is_standalone(b"CREATE DATABASE a; CREATE DATABASE b"));
+        assert_eq!(standalone_tag("create unique index concurrently i on t (a)"), "CREATE INDEX");
+        assert_eq!(standalone_tag("DROP DATABASE shop"), "DROP DATABASE");
     }
 
     #[test]

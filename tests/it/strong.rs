@@ -443,6 +443,17 @@ async fn ddl_and_the_sqlalchemy_orm_through_a_follower_reach_every_node() {
     assert_eq!(rows, ["1:1000:after the new column"]);
     let indexes = c.each("SELECT count(*)::text FROM pg_indexes WHERE indexname = 'ledger_memo'").await;
     assert!(indexes.iter().all(|i| i == &["1".to_owned()]), "{indexes:?}");
+    // Statements that cannot run in a transaction block go on the log on their own.
+    for sql in ["CREATE INDEX CONCURRENTLY ledger_cents ON ledger (cents)", "CREATE DATABASE shop"] {
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let q = "SELECT (SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_cents') || ' ' || \
+             (SELECT count(*) FROM pg_database WHERE datname = 'shop')";
+    assert_eq!(c.converged("the index and the database", q).await, ["1 1"]);
+    let e = client.batch_execute("CREATE DATABASE shop").await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "42P04", "the leader's own error comes back: {e:?}");
+    client.batch_execute("DROP DATABASE shop").await.unwrap();
+    assert_eq!(c.converged("the database dropped", q).await, ["1 0"]);
 
     let node = &c.nodes[f - 1];
     let out = std::process::Command::new(python())
@@ -472,7 +483,10 @@ async fn a_follower_that_was_down_catches_up_and_then_reads_linearizably() {
     for i in 0..50 {
         writer.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&(i % 10 + 1)]).await.unwrap();
     }
-    writer.batch_execute("CREATE TABLE made_while_away (id int PRIMARY KEY); INSERT INTO made_while_away VALUES (7)").await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE made_while_away (id int PRIMARY KEY); INSERT INTO made_while_away VALUES (7)")
+        .await
+        .unwrap();
     c.start_again(down, pg).await;
     c.wait_linked().await;
     let reader = c.client(down).await;

@@ -166,10 +166,7 @@ impl Strong {
                 out.extend_from_slice(tag.as_bytes());
                 out.extend_from_slice(&[0]);
             }
-            Ok(Some((sqlstate, message))) => {
-                let code: &'static str = Box::leak(sqlstate.into_boxed_str());
-                ClientError::error(code, message).encode(&mut out);
-            }
+            Ok(Some((sqlstate, message))) => wire::error_response(&sqlstate, &message, &mut out),
             Err(e) => e.to_client().encode(&mut out),
         }
         out.extend_from_slice(&wire::ready(b'I'));

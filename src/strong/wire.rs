@@ -103,6 +103,21 @@ pub fn query(sql: &str) -> BytesMut {
     b
 }
 
+/// An ErrorResponse (severity ERROR) with Postgres's own SQLSTATE and message, as the leader's
+/// Postgres gave them.
+pub fn error_response(sqlstate: &str, message: &str, out: &mut BytesMut) {
+    let mut body = BytesMut::new();
+    for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', sqlstate), (b'M', message)] {
+        body.put_u8(field);
+        body.put_slice(value.replace('\0', "").as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    out.put_u8(b'E');
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(&body);
+}
+
 pub fn ready(status: u8) -> [u8; 6] {
     [b'Z', 0, 0, 0, 5, status]
 }
@@ -250,6 +265,10 @@ mod tests {
     fn error_codes_and_first_values_are_read() {
         let body = b"SERROR\0C40001\0Mboom\0\0";
         assert_eq!(error_code(body).as_deref(), Some("40001"));
+        let mut own = BytesMut::new();
+        error_response("42P04", "database \"shop\" already exists", &mut own);
+        assert_eq!(own[0], b'E');
+        assert_eq!(error_code(&own[5..]).as_deref(), Some("42P04"));
         let mut row = vec![0u8, 1];
         row.extend_from_slice(&3i32.to_be_bytes());
         row.extend_from_slice(b"abc");

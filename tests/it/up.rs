@@ -173,7 +173,15 @@ async fn up_starts_a_cluster_prints_urls_and_stops_on_sigterm_then_reuses_its_da
     stop(child);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "node port closed after stop");
 
-    // Again: the data directory is reused, and the table made last time is still there.
+    // Again: the data directory is reused, and the table made last time is still there. The
+    // stopped node processes may still hold their peer and metrics ports for a moment.
+    let ports = [port, port + 1, port + 1000, port + 1001, port + 2000, port + 2001];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (child, lines) = run_up(&dir.0, port);
     assert!(lines.iter().any(|l| l.contains("reusing Postgres")), "{lines:#?}");
     let (client, conn) =

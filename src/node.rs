@@ -147,7 +147,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
             .await?,
         );
         strong = consensus.as_ref().map(|c| {
-            crate::strong::Strong::new(c.clone(), cluster.strong_timeout, cfg.backend.clone(), failpoints.clone())
+            crate::strong::Strong::new(
+                c.clone(),
+                cluster.strong_timeout,
+                cluster.strong_chunk_bytes,
+                cfg.backend.clone(),
+                failpoints.clone(),
+            )
         });
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub max_nodes: u32,
     /// How long a strong statement waits for a leader and a majority (`strong_timeout_ms`).
     pub strong_timeout: std::time::Duration,
+    /// About how many bytes of effects go in one log entry (`strong_chunk_kib`).
+    pub strong_chunk_bytes: usize,
     pub listen: SocketAddr,
     pub peers: Vec<Peer>,
     /// Accepts only clients with a certificate from the cluster CA.
@@ -75,6 +77,12 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
     }
     if raw.strong_timeout_ms < 100 {
         return Err(err("strong_timeout_ms", format!("{} is too short: give at least 100 ms", raw.strong_timeout_ms)));
+    }
+    if !(16..=2048).contains(&raw.strong_chunk_kib) {
+        return Err(err(
+            "strong_chunk_kib",
+            format!("{} is out of range: give 16 to 2048 (KiB)", raw.strong_chunk_kib),
+        ));
     }
     let in_range = |id: u32| (1..=raw.max_nodes).contains(&id);
     if !in_range(raw.node_id) {
@@ -150,6 +158,7 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
         node_id: raw.node_id,
         max_nodes: raw.max_nodes,
         strong_timeout: std::time::Duration::from_millis(raw.strong_timeout_ms),
+        strong_chunk_bytes: raw.strong_chunk_kib as usize * 1024,
         listen,
         peers,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),

@@ -47,6 +47,10 @@ pub struct ClusterSection {
     /// (nothing committed, safe to retry), in milliseconds.
     #[serde(default = "default_strong_timeout")]
     pub strong_timeout_ms: u64,
+    /// About how many KiB of a strong transaction's effects go in one log entry: a larger
+    /// transaction is logged in chunks, so no node holds all of it in memory (16 to 2048).
+    #[serde(default = "default_strong_chunk_kib")]
+    pub strong_chunk_kib: u64,
     /// Where this node's peer links listen, e.g. "0.0.0.0:7432".
     pub listen: String,
     /// The cluster CA certificate (PEM), relative to this file.
@@ -65,6 +69,10 @@ fn default_max_nodes() -> u32 {
 
 fn default_strong_timeout() -> u64 {
     5000
+}
+
+fn default_strong_chunk_kib() -> u64 {
+    1024
 }
 
 #[derive(Debug, Deserialize)]

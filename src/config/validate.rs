@@ -331,6 +331,19 @@ password = "secret"
     }
 
     #[test]
+    fn cluster_limits_name_their_key() {
+        let cluster =
+            "[cluster]\nid = \"c\"\nnode_id = 1\nlisten = \"127.0.0.1:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n";
+        for (line, key) in [
+            ("strong_chunk_kib = 4", "cluster.strong_chunk_kib"),
+            ("strong_timeout_ms = 5", "cluster.strong_timeout_ms"),
+        ] {
+            let err = parse(&format!("{GOOD}\n{cluster}{line}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn unknown_tls_mode_is_rejected() {
         let err = parse(&format!("{GOOD}\n[tls]\nmode = \"maybe\"\n")).unwrap_err().to_string();
         assert!(err.contains("maybe"), "{err}");

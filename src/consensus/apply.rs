@@ -6,6 +6,12 @@
 //! its effects are applied (`pgmix.apply_strong`) in one local transaction that also moves the
 //! database's `pgmix.strong_applied` marker, so an entry is applied exactly once across crashes.
 //!
+//! A large transaction's earlier effects come first as `Chunk` entries, which every node stages
+//! in `pgmix.strong_staged` (with the marker); its `Commit` applies them in order, with its own,
+//! in one transaction. Its chunks were logged in its gid's term, and a Commit logged in a later
+//! term abandons it (see `CommitEntry`), so once an entry of a later term applies in a database
+//! no Commit can come for older chunks, and they are dropped.
+//!
 //! In doubt: a transaction prepared here whose entry may or may not be on the log. Entries are
 //! appended in the term of the leader that prepared them (the gid names that term), so once this
 //! node applies an entry of a later term, every earlier entry that will ever commit has been
@@ -28,12 +34,18 @@ use std::collections::HashMap;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use openraft::LogId;
+
+use super::NodeId;
 use crate::config::BackendConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    /// Chunks of a committed entry are not staged here: a bug, not a state to recover from.
+    #[error("entry {index} names {expected} staged chunks of effects, but {found} are staged here")]
+    MissingChunks { index: u64, expected: u32, found: i64 },
     /// The node is stopping at a failpoint (tests).
     #[error("{0}")]
     Stopped(std::io::Error),
@@ -67,6 +79,8 @@ pub struct Applier {
     /// Told the database of each applied entry that held DDL (its catalog is read again).
     ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
     failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
+    /// Per database, the term up to which abandoned chunks were dropped (see `sweep`).
+    swept: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Applier {
@@ -85,6 +99,7 @@ impl Applier {
             cluster,
             dbs: Mutex::new(HashMap::new()),
             resolved_term: std::sync::atomic::AtomicU64::new(0),
+            swept: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -138,75 +153,169 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies the committed entry at `index`.
+    /// Applies the committed `Commit` entry at `at`. Ok(Some): the transaction was abandoned
+    /// (see `CommitEntry::chunks`); its SQLSTATE and message go back to the leader.
     pub async fn commit(
         &self,
-        index: u64,
-        origin: u32,
-        gid: &str,
-        database: &str,
+        at: LogId<NodeId>,
+        entry: &CommitEntry<'_>,
         effects: &str,
-    ) -> Result<(), ApplyError> {
-        self.apply_commit(index, origin, gid, database, effects).await?;
-        if effects.contains("\"op\": \"S\"") {
+    ) -> Result<super::Outcome, ApplyError> {
+        let CommitEntry { origin, gid, database, chunks } = *entry;
+        if chunks > 0 && gid_term(gid, &self.cluster) != Some(at.leader_id.term) {
+            // Its chunks were logged in the gid's term; in a later term they may be gone.
+            if origin == self.node_id {
+                self.with_db(database, async |c| {
+                    if c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid]).await?.is_some() {
+                        c.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")).await?;
+                    }
+                    c.execute("DELETE FROM pgmix.strong_staged WHERE gid = $1", &[&gid]).await.map(|_| ())
+                })
+                .await?;
+            }
+            warn!(%gid, "a large transaction's commit was logged in a later term than its chunks: abandoned");
+            return Ok(Some((
+                crate::sqlstate::code::SERIALIZATION_FAILURE.to_owned(),
+                "leadership changed while the transaction's effects were being logged; nothing was committed, so it is safe to retry".to_owned(),
+            )));
+        }
+        let sweep = self.sweep(database, at.leader_id.term);
+        if origin != self.node_id || !self.commit_prepared(gid, database, chunks, &sweep).await? {
+            self.apply_effects(at.index, entry, effects, &sweep).await?;
+        }
+        // A chunked transaction's DDL may sit in any chunk.
+        if chunks > 0 || effects.contains("\"op\": \"S\"") {
             let _ = self.ddl_applied.send(database.to_owned());
         }
+        Ok(None)
+    }
+
+    /// On the node that prepared `gid`: COMMIT PREPARED. False when it must be applied from its
+    /// effects instead (it was rolled back here as in doubt).
+    async fn commit_prepared(&self, gid: &str, database: &str, chunks: u32, sweep: &str) -> Result<bool, ApplyError> {
+        use crate::strong::failpoint::BEFORE_COMMIT_PREPARED;
+        if let Err(e) = self.failpoints.hit(BEFORE_COMMIT_PREPARED).await {
+            // As a crash here would: the entry stays unapplied in this process.
+            warn!(%gid, "{e}");
+            return Err(ApplyError::Stopped(e));
+        }
+        let done = self
+            .with_db(database, async |c| {
+                let found = c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid]).await?.is_some();
+                if found {
+                    c.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await?;
+                    if chunks > 0 {
+                        c.execute("DELETE FROM pgmix.strong_staged WHERE gid = $1", &[&gid]).await?;
+                    }
+                    c.batch_execute(sweep).await?;
+                    return Ok(true);
+                }
+                let rolled_back =
+                    c.query_opt("SELECT 1 FROM pgmix.strong_rolled_back WHERE gid = $1", &[&gid]).await?.is_some();
+                Ok(!rolled_back)
+            })
+            .await?;
+        if !done {
+            warn!(%gid, "a strong transaction rolled back here committed after all: applying its effects");
+        }
+        Ok(done)
+    }
+
+    /// Applies a transaction's effects (its staged chunks first) with the database's marker.
+    async fn apply_effects(
+        &self,
+        index: u64,
+        entry: &CommitEntry<'_>,
+        effects: &str,
+        sweep: &str,
+    ) -> Result<(), ApplyError> {
+        let CommitEntry { gid, database, chunks, .. } = *entry;
+        let idx = index as i64;
+        let staged = self
+            .with_db(database, async |c| {
+                let tx = c.transaction().await?;
+                tx.batch_execute("SET LOCAL session_replication_role = replica").await?;
+                let done: i64 = tx.query_one("SELECT idx FROM pgmix.strong_applied FOR UPDATE", &[]).await?.get(0);
+                if done >= idx {
+                    tx.batch_execute(sweep).await?;
+                    tx.commit().await?;
+                    return Ok(i64::from(chunks));
+                }
+                let staged: i64 = if chunks > 0 {
+                    tx.query_one("SELECT pgmix.apply_staged($1)", &[&gid]).await?.get(0)
+                } else {
+                    0
+                };
+                if staged != i64::from(chunks) {
+                    tx.rollback().await?;
+                    return Ok(staged);
+                }
+                if let Err(e) = tx.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await {
+                    let what: String = effects.chars().take(400).collect();
+                    let why = e.as_db_error().map_or(e.to_string(), |d| d.to_string());
+                    tracing::error!(index, %gid, %database, error = %why, effects = %what, "a committed strong transaction cannot be applied here");
+                    return Err(e);
+                }
+                tx.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&idx]).await?;
+                tx.batch_execute(sweep).await?;
+                tx.commit().await?;
+                Ok(staged)
+            })
+            .await?;
+        if staged != i64::from(chunks) {
+            return Err(ApplyError::MissingChunks { index, expected: chunks, found: staged });
+        }
+        debug!(index, %gid, chunks, "applied a strong transaction");
         Ok(())
     }
 
-    async fn apply_commit(
-        &self,
-        index: u64,
-        origin: u32,
-        gid: &str,
-        database: &str,
-        effects: &str,
-    ) -> Result<(), ApplyError> {
-        if origin == self.node_id {
-            use crate::strong::failpoint::BEFORE_COMMIT_PREPARED;
-            if let Err(e) = self.failpoints.hit(BEFORE_COMMIT_PREPARED).await {
-                // As a crash here would: the entry stays unapplied in this process.
-                warn!(%gid, "{e}");
-                return Err(ApplyError::Stopped(e));
-            }
-            let prepared = self
-                .with_db(database, async |c| {
-                    let found = c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid]).await?.is_some();
-                    if found {
-                        c.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await?;
-                        return Ok(true);
-                    }
-                    let rolled_back =
-                        c.query_opt("SELECT 1 FROM pgmix.strong_rolled_back WHERE gid = $1", &[&gid]).await?.is_some();
-                    Ok(!rolled_back)
-                })
-                .await?;
-            if prepared {
-                return Ok(());
-            }
-            warn!(%gid, "a strong transaction rolled back here committed after all: applying its effects");
+    /// The statement that drops `database`'s chunks of terms before `term` (whose Commit can no
+    /// longer come, see `CommitEntry::chunks`), once per term and database; else an empty one.
+    fn sweep(&self, database: &str, term: u64) -> String {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.get(database).is_some_and(|t| *t >= term) {
+            return String::new();
         }
-        let idx = index as i64;
+        swept.insert(database.to_owned(), term);
+        format!("DELETE FROM pgmix.strong_staged WHERE term < {term}")
+    }
+
+    /// Stages a chunk of a large transaction's effects (a `Chunk` entry at `at`), with the
+    /// database's marker, and drops chunks of earlier terms, whose Commit can no longer come.
+    pub async fn stage(&self, at: LogId<NodeId>, gid: &str, database: &str, effects: &str) -> Result<(), ApplyError> {
+        let idx = at.index as i64;
+        let term = gid_term(gid, &self.cluster).unwrap_or(at.leader_id.term) as i64;
+        let sweep = self.sweep(database, at.leader_id.term);
         self.with_db(database, async |c| {
             let tx = c.transaction().await?;
-            tx.batch_execute("SET LOCAL session_replication_role = replica").await?;
             let done: i64 = tx.query_one("SELECT idx FROM pgmix.strong_applied FOR UPDATE", &[]).await?.get(0);
+            tx.batch_execute(&sweep).await?;
             if done >= idx {
-                return tx.rollback().await;
+                return tx.commit().await;
             }
-            if let Err(e) = tx.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await {
-                let what: String = effects.chars().take(400).collect();
-                let why = e.as_db_error().map_or(e.to_string(), |d| d.to_string());
-                tracing::error!(index, %gid, %database, error = %why, effects = %what, "a committed strong transaction cannot be applied here");
-                return Err(e);
-            }
+            tx.execute(
+                "INSERT INTO pgmix.strong_staged (gid, idx, term, effects) VALUES ($1, $2, $3, $4)",
+                &[&gid, &idx, &term, &effects],
+            )
+            .await?;
             tx.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&idx]).await?;
             tx.commit().await
         })
         .await?;
-        debug!(index, %gid, "applied a strong transaction");
         Ok(())
     }
+}
+
+/// What a `Commit` entry names besides its effects.
+#[derive(Clone, Copy)]
+pub struct CommitEntry<'a> {
+    pub origin: u32,
+    pub gid: &'a str,
+    pub database: &'a str,
+    /// How many `Chunk` entries came before it. They were logged in the gid's term; a Commit
+    /// logged in a later term (its leader lost and won again) abandons the transaction, so a
+    /// node may drop any chunk once an entry of a later term applies.
+    pub chunks: u32,
 }
 
 impl Applier {

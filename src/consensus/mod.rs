@@ -40,9 +40,20 @@ pub const SERVICE: u8 = 2;
 /// What the log carries besides blank and membership entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
-    /// A strong transaction that node `origin` prepared as `gid` in `database`, with its effects
-    /// as `pgmix.take_effects()` gave them (JSON text). See `apply`.
-    Commit { origin: u32, gid: String, database: String, effects: Box<serde_json::value::RawValue> },
+    /// A strong transaction that node `origin` prepared as `gid` in `database`, with its (last)
+    /// effects as `pgmix.take_effects` gave them (JSON text), after `chunks` chunks of effects
+    /// staged by earlier entries. See `apply`.
+    Commit {
+        origin: u32,
+        gid: String,
+        database: String,
+        effects: Box<serde_json::value::RawValue>,
+        #[serde(default)]
+        chunks: u32,
+    },
+    /// Effects of the large transaction `gid`, logged before it is prepared: every node stages
+    /// them until the transaction's `Commit` entry applies them (or a later term drops them).
+    Chunk { gid: String, database: String, effects: Box<serde_json::value::RawValue> },
     /// A statement that cannot run in a transaction block (CREATE DATABASE, CREATE INDEX
     /// CONCURRENTLY, ...), run by every node as `role` with `search_path`, in `database`.
     Standalone { database: String, sql: String, role: String, search_path: String },
@@ -222,6 +233,9 @@ async fn open(
         // snapshot is taken, no entry is purged, and a node that was away catches up from the
         // log itself.
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A large transaction's entries are chunks of up to `strong_chunk_kib` (at most 2 MiB):
+        // a follower catching up is sent at most this many in one message.
+        max_payload_entries: 64,
         max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     }

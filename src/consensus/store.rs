@@ -326,10 +326,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
                     outcome = self.applier.standalone(&database, &sql, &role, &search_path).await;
                 }
-                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects }) => {
-                    if let Err(err) = self.applier.commit(e.log_id.index, origin, &gid, &database, effects.get()).await
-                    {
-                        // What was applied before this entry stays applied.
+                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks }) => {
+                    let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks };
+                    match self.applier.commit(e.log_id, &commit, effects.get()).await {
+                        Ok(o) => outcome = o,
+                        Err(err) => {
+                            // What was applied before this entry stays applied.
+                            self.store(&a, None).await?;
+                            return Err(sm_err(err));
+                        }
+                    }
+                }
+                EntryPayload::Normal(super::Command::Chunk { gid, database, effects }) => {
+                    if let Err(err) = self.applier.stage(e.log_id, &gid, &database, effects.get()).await {
                         self.store(&a, None).await?;
                         return Err(sm_err(err));
                     }

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "0002_weak_replication.sql", include_str!("../../migrations/0002_weak_replication.sql")),
     (3, "0003_consensus.sql", include_str!("../../migrations/0003_consensus.sql")),
     (4, "0004_strong.sql", include_str!("../../migrations/0004_strong.sql")),
+    (5, "0005_strong_chunks.sql", include_str!("../../migrations/0005_strong_chunks.sql")),
 ];
 
 /// The newest version this pgmix knows.

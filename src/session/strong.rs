@@ -45,7 +45,8 @@ pub(super) struct RelayState {
     pub prepared: HashSet<Bytes>,
 }
 
-/// One unit of client messages: up to a Sync, one Query, or one COPY message.
+/// One unit of client messages: up to a Sync, one Query, or one COPY message. The end of a COPY
+/// started by Execute runs up to the Sync after it: Postgres answers it only then.
 struct Unit {
     bytes: BytesMut,
     word: TxWord,
@@ -62,7 +63,12 @@ pub struct ClientLogin {
 }
 
 async fn read_unit(s: &mut Session, pending: &mut BytesMut) -> Result<Option<Unit>, SessionError> {
-    read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending).await
+    read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending, false).await
+}
+
+/// Whether a unit that started a COPY started it with Execute (not with a Query).
+fn extended(unit: &[u8]) -> bool {
+    unit.first() != Some(&b'Q')
 }
 
 /// The statement name of a Bind message body.
@@ -222,8 +228,9 @@ async fn local(
             return Ok(After::Resume);
         }
         loop {
+            let until_sync = r.copy && extended(&unit.bytes);
             let Some(next) =
-                read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending).await?
+                read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending, until_sync).await?
             else {
                 return Ok(After::End(SessionEnd::ClientVanished));
             };
@@ -246,6 +253,7 @@ async fn read_unit_split(
     router: &mut super::route::Router,
     max: usize,
     pending: &mut BytesMut,
+    copy_until_sync: bool,
 ) -> Result<Option<Unit>, SessionError> {
     let mut unit = Unit { bytes: BytesMut::new(), word: TxWord::Other, starts_tx: false, terminate: false };
     loop {
@@ -285,7 +293,8 @@ async fn read_unit_split(
             _ => {}
         }
         unit.bytes.extend_from_slice(&msg);
-        if matches!(msg[0], b'S' | b'c' | b'f' | b'd') {
+        let copy_end = matches!(msg[0], b'c' | b'f') && !copy_until_sync;
+        if matches!(msg[0], b'S' | b'd') || copy_end {
             return Ok(Some(unit));
         }
     }
@@ -407,8 +416,11 @@ async fn relayed(
                     return Ok(After::Resume);
                 }
                 let copying = st == status::COPY;
+                let until_sync = copying && extended(&unit.bytes);
                 loop {
-                    let Some(next) = read_unit(s, pending).await? else {
+                    let max = s.ctx.cfg.max_message_bytes;
+                    let Some(next) = read_unit_split(&mut s.client, &mut s.router, max, pending, until_sync).await?
+                    else {
                         close(&peer, s.relay.id).await;
                         s.relay.leader = None;
                         return Ok(After::End(SessionEnd::ClientVanished));

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio_util::sync::CancellationToken;
 
+/// A large transaction's first chunk of effects logged, before the rest.
+pub const AFTER_CHUNK: &str = "after_chunk";
 /// After PREPARE TRANSACTION, before the entry goes on the log.
 pub const AFTER_PREPARE: &str = "after_prepare";
 /// On the leader, the entry committed, before its COMMIT PREPARED.

@@ -2,7 +2,9 @@
 //!
 //! A strong transaction runs on the leader's Postgres, as the client's role, with capture on
 //! (`pgmix.strong`, see `migrations/0004_strong.sql`). At its COMMIT the leader:
-//! 1. takes the transaction's effects out of `pgmix.strong_effects` (`take_effects`);
+//! 1. takes the transaction's effects out of `pgmix.strong_effects` (`take_effects`); a large
+//!    transaction's effects come out in chunks of about `cluster.strong_chunk_kib`, and all but
+//!    the last go on the log as `Chunk` entries at once, so no node holds them all in memory;
 //! 2. `PREPARE TRANSACTION` with a gid naming the term (`consensus::apply::gid`);
 //! 3. appends a `Commit` entry with the effects to the log and waits until it is committed and
 //!    applied here, which is where `COMMIT PREPARED` runs (`consensus::apply`);
@@ -11,7 +13,8 @@
 //! A follower relays the whole transaction to the leader (`relay`) and passes the replies back.
 //!
 //! Crash meaning, step by step: before 2, the transaction is an open transaction and dies with
-//! its connection (nothing committed; the client sees 40001 or a lost connection). Between 2 and
+//! its connection (nothing committed; the client sees 40001 or a lost connection); chunks it
+//! logged stay staged on each node until an entry of a later term drops them. Between 2 and
 //! the append, a prepared transaction is left in doubt, rolled back once a later term's entry is
 //! applied. After the append, the entry commits or is lost with the leader's term: it is applied
 //! (`COMMIT PREPARED` on the leader, effects elsewhere) or the prepared transaction is rolled
@@ -43,6 +46,10 @@ pub enum StrongError {
     #[error("the connection to the leader was lost ({0}); the transaction was not committed, so it is safe to retry")]
     LeaderLost(String),
     #[error(
+        "leadership changed while the transaction's effects were being logged; nothing was committed, so it is safe to retry"
+    )]
+    TermChanged,
+    #[error(
         "the transaction was prepared but its commit could not be confirmed ({0}); it may or may not have committed"
     )]
     Unknown(String),
@@ -71,6 +78,8 @@ pub enum Leader {
 pub struct Strong {
     pub consensus: Arc<Consensus>,
     pub timeout: Duration,
+    /// About how many bytes of effects go in one log entry (`cluster.strong_chunk_kib`).
+    pub chunk_bytes: usize,
     pub backend: BackendConfig,
     counter: AtomicU64,
     relay_ids: AtomicU64,
@@ -83,6 +92,7 @@ impl Strong {
     pub fn new(
         consensus: Arc<Consensus>,
         timeout: Duration,
+        chunk_bytes: usize,
         backend: BackendConfig,
         failpoints: Arc<failpoint::FailPoints>,
     ) -> Arc<Self> {
@@ -91,6 +101,7 @@ impl Strong {
         let me = Arc::new(Self {
             consensus,
             timeout,
+            chunk_bytes,
             backend,
             counter: AtomicU64::new(start as u64),
             relay_ids: AtomicU64::new(start as u64),
@@ -190,12 +201,32 @@ impl Strong {
         ))
     }
 
-    /// Step 3: puts the prepared transaction `gid` on the log and waits until it is committed
-    /// and applied here (where it is `COMMIT PREPARED`).
-    pub async fn commit(&self, gid: &str, database: &str, effects: String) -> Result<(), StrongError> {
+    /// The wait for an entry of `len` bytes to commit: a large one takes longer to write and send.
+    fn entry_wait(&self, len: usize) -> Duration {
+        self.timeout + Duration::from_millis(len as u64 / 10_000)
+    }
+
+    /// Before step 2 of a large transaction: logs a chunk of its effects, which every node stages
+    /// until its Commit entry. Nothing is prepared yet, so any failure is safe to retry.
+    pub async fn chunk(&self, gid: &str, database: &str, effects: String) -> Result<(), StrongError> {
         let raft = self.consensus.raft();
-        // A large transaction's entry takes longer to write and send: the wait grows with it.
-        let wait = self.timeout + Duration::from_millis(effects.len() as u64 / 10_000);
+        let wait = self.entry_wait(effects.len());
+        let effects = serde_json::value::RawValue::from_string(effects)
+            .map_err(|e| StrongError::LeaderLost(format!("its effects are not JSON: {e}")))?;
+        let cmd = Command::Chunk { gid: gid.to_owned(), database: database.to_owned(), effects };
+        match tokio::time::timeout(wait, raft.client_write(cmd)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StrongError::NotLeader),
+            Ok(Err(e)) => Err(StrongError::LeaderLost(e.to_string())),
+            Err(_) => Err(StrongError::NoQuorum(wait)),
+        }
+    }
+
+    /// Step 3: puts the prepared transaction `gid` on the log, after its `chunks` chunks, and
+    /// waits until it is committed and applied here (where it is `COMMIT PREPARED`).
+    pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<(), StrongError> {
+        let raft = self.consensus.raft();
+        let wait = self.entry_wait(effects.len());
         let effects = serde_json::value::RawValue::from_string(effects)
             .map_err(|e| StrongError::Unknown(format!("its effects are not JSON: {e}")))?;
         let cmd = Command::Commit {
@@ -203,10 +234,13 @@ impl Strong {
             gid: gid.to_owned(),
             database: database.to_owned(),
             effects,
+            chunks,
         };
         // The write goes on when the wait below gives up; its outcome is then the log's.
         let write = tokio::spawn(async move { raft.client_write(cmd).await });
         match tokio::time::timeout(wait, write).await {
+            // Abandoned when applied (see `apply::CommitEntry`): rolled back everywhere.
+            Ok(Ok(Ok(r))) if r.data.is_some() => Err(StrongError::TermChanged),
             Ok(Ok(Ok(_))) => match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
                 Ok(()) => Ok(()),
                 Err(e) => Err(StrongError::Unknown(e.to_string())),

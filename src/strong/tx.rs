@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::wire::{self, Reply, TxWord, exchange, query, ready};
 use super::{Strong, StrongError};
+use crate::consensus::apply;
 
 /// A backend connection the strong path drives.
 pub struct Backend<S> {
@@ -217,7 +218,8 @@ impl Strong {
         b: &mut Backend<S>,
     ) -> std::io::Result<Result<(), BytesMut>> {
         let started = std::time::Instant::now();
-        let r = b.run("SELECT pgmix.take_effects()").await?;
+        let take = format!("SELECT pgmix.take_effects({})", self.chunk_bytes);
+        let r = b.run(&take).await?;
         if r.error.is_some() {
             b.run("ROLLBACK").await?;
             return Ok(Err(BytesMut::from(r.without_ready())));
@@ -235,11 +237,35 @@ impl Strong {
             }
             return Ok(Ok(()));
         };
-        let effects = String::from_utf8_lossy(&effects).into_owned();
+        let mut effects = String::from_utf8_lossy(&effects).into_owned();
         let Some(gid) = self.next_gid() else {
             b.run("ROLLBACK").await?;
             return Ok(Err(error_bytes(&StrongError::NotLeader)));
         };
+        // A large transaction: all but its last chunk go on the log first (see `apply`).
+        let mut chunks = 0u32;
+        while has_more(&effects) {
+            if let Err(e) = self.chunk(&gid, &b.database, effects).await {
+                b.run("ROLLBACK").await?;
+                return Ok(Err(error_bytes(&e)));
+            }
+            chunks += 1;
+            self.failpoints.hit(super::failpoint::AFTER_CHUNK).await?;
+            let r = b.run(&take).await?;
+            if r.error.is_some() {
+                b.run("ROLLBACK").await?;
+                return Ok(Err(BytesMut::from(r.without_ready())));
+            }
+            effects = r.first_value.map_or_else(
+                || r#"{"effects": [], "sequences": {}}"#.to_owned(),
+                |v| String::from_utf8_lossy(&v).into_owned(),
+            );
+        }
+        if chunks > 0 && self.consensus.leading_term() != apply::gid_term(&gid, self.consensus.cluster_id()) {
+            // Its Commit would be logged in another term than its chunks, and abandoned.
+            b.run("ROLLBACK").await?;
+            return Ok(Err(error_bytes(&StrongError::TermChanged)));
+        }
         let taken = started.elapsed();
         let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
         if r.error.is_some() {
@@ -248,7 +274,7 @@ impl Strong {
         }
         let prepared = started.elapsed();
         self.failpoints.hit(super::failpoint::AFTER_PREPARE).await?;
-        match self.commit(&gid, &b.database, effects).await {
+        match self.commit(&gid, &b.database, effects, chunks).await {
             Ok(()) => {
                 tracing::debug!(%gid, ?taken, ?prepared, committed = ?started.elapsed(), "strong commit");
                 Ok(Ok(()))
@@ -274,4 +300,14 @@ impl Strong {
     ) -> std::io::Result<()> {
         b.stream.write_all(data).await
     }
+}
+
+/// Whether `take_effects` left effects for another chunk.
+fn has_more(taken: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Taken {
+        #[serde(default)]
+        more: bool,
+    }
+    serde_json::from_str::<Taken>(taken).is_ok_and(|t| t.more)
 }

@@ -243,7 +243,7 @@ fn node_config(
     let me = certs.node(&format!("node{id}")).expect("node cert");
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let mut section = format!(
-        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nstrong_timeout_ms = 2000\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
+        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nstrong_timeout_ms = 2000\nstrong_chunk_kib = 256\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
         ports[i],
         q(&certs.ca_cert),
         q(&me.cert),

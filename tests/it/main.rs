@@ -22,5 +22,6 @@ mod robustness;
 mod roles;
 mod stream;
 mod strong;
+mod strong_chunks;
 pub mod up;
 mod weak;

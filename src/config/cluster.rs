@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub strong_timeout: std::time::Duration,
     /// About how many bytes of effects go in one log entry (`strong_chunk_kib`).
     pub strong_chunk_bytes: usize,
+    /// Log entries between snapshots (`snapshot_entries`).
+    pub snapshot_entries: u64,
     pub listen: SocketAddr,
     pub peers: Vec<Peer>,
     /// Accepts only clients with a certificate from the cluster CA.
@@ -83,6 +85,9 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
             "strong_chunk_kib",
             format!("{} is out of range: give 16 to 2048 (KiB)", raw.strong_chunk_kib),
         ));
+    }
+    if raw.snapshot_entries < 10 {
+        return Err(err("snapshot_entries", format!("{} is too few: give at least 10", raw.snapshot_entries)));
     }
     let in_range = |id: u32| (1..=raw.max_nodes).contains(&id);
     if !in_range(raw.node_id) {
@@ -159,6 +164,7 @@ pub fn validate(raw: &ClusterSection, node_name: &str, base: &Path) -> Result<Cl
         max_nodes: raw.max_nodes,
         strong_timeout: std::time::Duration::from_millis(raw.strong_timeout_ms),
         strong_chunk_bytes: raw.strong_chunk_kib as usize * 1024,
+        snapshot_entries: raw.snapshot_entries,
         listen,
         peers,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),

@@ -51,6 +51,10 @@ pub struct ClusterSection {
     /// transaction is logged in chunks, so no node holds all of it in memory (16 to 2048).
     #[serde(default = "default_strong_chunk_kib")]
     pub strong_chunk_kib: u64,
+    /// A snapshot of the strong tables is taken every this many log entries, and the log is
+    /// trimmed behind it; a node further behind is sent the snapshot (at least 10).
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
     /// Where this node's peer links listen, e.g. "0.0.0.0:7432".
     pub listen: String,
     /// The cluster CA certificate (PEM), relative to this file.
@@ -69,6 +73,10 @@ fn default_max_nodes() -> u32 {
 
 fn default_strong_timeout() -> u64 {
     5000
+}
+
+fn default_snapshot_entries() -> u64 {
+    10_000
 }
 
 fn default_strong_chunk_kib() -> u64 {

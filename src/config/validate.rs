@@ -337,6 +337,7 @@ password = "secret"
         for (line, key) in [
             ("strong_chunk_kib = 4", "cluster.strong_chunk_kib"),
             ("strong_timeout_ms = 5", "cluster.strong_timeout_ms"),
+            ("snapshot_entries = 1", "cluster.snapshot_entries"),
         ] {
             let err = parse(&format!("{GOOD}\n{cluster}{line}\n")).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -129,6 +129,19 @@ impl Applier {
         if self.resolved_term.load(Relaxed) >= term {
             return Ok(());
         }
+        self.roll_back_prepared(term).await?;
+        self.resolved_term.store(term, Relaxed);
+        Ok(())
+    }
+
+    /// Before a snapshot is installed: every prepared transaction of this cluster is rolled
+    /// back (recorded first, so one whose entry commits after all is applied from its effects).
+    pub async fn roll_back_all_prepared(&self) -> Result<(), tokio_postgres::Error> {
+        self.roll_back_prepared(u64::MAX).await
+    }
+
+    /// Rolls back this cluster's prepared transactions of terms below `term`.
+    async fn roll_back_prepared(&self, term: u64) -> Result<(), tokio_postgres::Error> {
         let main = self.backend.database.clone();
         let prepared = self
             .with_db(&main, async |c| {
@@ -141,7 +154,7 @@ impl Applier {
             if t >= term {
                 continue;
             }
-            warn!(%gid, %database, "rolling back a strong transaction left in doubt: its entry never committed");
+            warn!(%gid, %database, "rolling back a strong transaction left in doubt");
             self.with_db(&database, async |c| {
                 c.execute("INSERT INTO pgmix.strong_rolled_back (gid) VALUES ($1) ON CONFLICT DO NOTHING", &[&gid])
                     .await?;
@@ -149,7 +162,6 @@ impl Applier {
             })
             .await?;
         }
-        self.resolved_term.store(term, Relaxed);
         Ok(())
     }
 
@@ -180,11 +192,11 @@ impl Applier {
             )));
         }
         let sweep = self.sweep(database, at.leader_id.term);
-        if origin != self.node_id || !self.commit_prepared(gid, database, chunks, &sweep).await? {
+        if origin != self.node_id || !self.commit_prepared(at.index, entry, effects, &sweep).await? {
             self.apply_effects(at.index, entry, effects, &sweep).await?;
         }
         // A chunked transaction's DDL may sit in any chunk.
-        if chunks > 0 || effects.contains("\"op\": \"S\"") {
+        if chunks > 0 || has_ddl(effects) {
             let _ = self.ddl_applied.send(database.to_owned());
         }
         Ok(None)
@@ -192,7 +204,15 @@ impl Applier {
 
     /// On the node that prepared `gid`: COMMIT PREPARED. False when it must be applied from its
     /// effects instead (it was rolled back here as in doubt).
-    async fn commit_prepared(&self, gid: &str, database: &str, chunks: u32, sweep: &str) -> Result<bool, ApplyError> {
+    async fn commit_prepared(
+        &self,
+        index: u64,
+        entry: &CommitEntry<'_>,
+        effects: &str,
+        sweep: &str,
+    ) -> Result<bool, ApplyError> {
+        let CommitEntry { gid, database, chunks, .. } = *entry;
+        let idx = index as i64;
         use crate::strong::failpoint::BEFORE_COMMIT_PREPARED;
         if let Err(e) = self.failpoints.hit(BEFORE_COMMIT_PREPARED).await {
             // As a crash here would: the entry stays unapplied in this process.
@@ -204,15 +224,22 @@ impl Applier {
                 let found = c.query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid]).await?.is_some();
                 if found {
                     c.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await?;
-                    if chunks > 0 {
-                        c.execute("DELETE FROM pgmix.strong_staged WHERE gid = $1", &[&gid]).await?;
-                    }
-                    c.batch_execute(sweep).await?;
-                    return Ok(true);
+                } else if c.query_opt("SELECT 1 FROM pgmix.strong_rolled_back WHERE gid = $1", &[&gid]).await?.is_some()
+                {
+                    return Ok(false);
                 }
-                let rolled_back =
-                    c.query_opt("SELECT 1 FROM pgmix.strong_rolled_back WHERE gid = $1", &[&gid]).await?.is_some();
-                Ok(!rolled_back)
+                // Committed (now, or before a crash that replays the entry): its DDL is kept for
+                // snapshots, and its chunks are dropped.
+                let tx = c.transaction().await?;
+                if chunks > 0 {
+                    tx.execute("SELECT pgmix.journal_staged($1)", &[&gid]).await?;
+                }
+                if has_ddl(effects) {
+                    tx.execute("SELECT pgmix.journal_ddl($1, $2::text::jsonb)", &[&idx, &effects]).await?;
+                }
+                tx.batch_execute(sweep).await?;
+                tx.commit().await?;
+                Ok(true)
             })
             .await?;
         if !done {
@@ -255,6 +282,9 @@ impl Applier {
                     let why = e.as_db_error().map_or(e.to_string(), |d| d.to_string());
                     tracing::error!(index, %gid, %database, error = %why, effects = %what, "a committed strong transaction cannot be applied here");
                     return Err(e);
+                }
+                if has_ddl(effects) {
+                    tx.execute("SELECT pgmix.journal_ddl($1, $2::text::jsonb)", &[&idx, &effects]).await?;
                 }
                 tx.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&idx]).await?;
                 tx.batch_execute(sweep).await?;
@@ -306,6 +336,11 @@ impl Applier {
     }
 }
 
+/// Whether effects (as take_effects gave them) hold DDL.
+fn has_ddl(effects: &str) -> bool {
+    effects.contains("\"op\": \"S\"")
+}
+
 /// What a `Commit` entry names besides its effects.
 #[derive(Clone, Copy)]
 pub struct CommitEntry<'a> {
@@ -323,7 +358,32 @@ impl Applier {
     /// a crash right after it runs it again, so what it says when its work is already done
     /// (the database exists, the index exists) is only logged, like any failure here, and the
     /// outcome goes back to the leader's client.
-    pub async fn standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> super::Outcome {
+    pub async fn standalone(
+        &self,
+        index: u64,
+        database: &str,
+        sql: &str,
+        role: &str,
+        search_path: &str,
+    ) -> Result<super::Outcome, ApplyError> {
+        let outcome = self.run_standalone(database, sql, role, search_path).await;
+        // Kept for snapshots, whatever its outcome here (see `snapshot`).
+        let main = self.backend.database.clone();
+        let idx = index as i64;
+        self.with_db(&main, async |c| {
+            c.execute(
+                "INSERT INTO pgmix.ddl_journal (idx, n, database, sql, path, who, standalone) \
+                 VALUES ($1, 1, $2, $3, $4, $5, true) ON CONFLICT DO NOTHING",
+                &[&idx, &database, &sql, &search_path, &role],
+            )
+            .await
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Runs a standalone statement; its failure, if it failed.
+    pub async fn run_standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> super::Outcome {
         // CREATE and DROP DATABASE run from the node's own database; DROP needs no connection
         // of pgmix's left in the database it drops.
         let upper = sql.trim_start().to_ascii_uppercase();

@@ -13,10 +13,10 @@
 pub mod apply;
 pub mod barrier;
 pub mod network;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -221,22 +221,25 @@ async fn open(
         ddl_applied.clone(),
         failpoints.clone(),
     );
-    let sm = store::StateMachine::new(connect("SET synchronous_commit = off").await?, Arc::new(applier));
+    let sm = store::StateMachine::new(
+        connect("SET synchronous_commit = off").await?,
+        Arc::new(applier),
+        backend.clone(),
+        Arc::new(cluster.clone()),
+    );
     sm.resolve_in_doubt().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
     let config = openraft::Config {
         cluster_name: cluster.id.clone(),
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
-        // The state machine's snapshot is only its applied id and membership, not the strong
-        // tables: a node brought up to date from it would miss the entries it stands for. So no
-        // snapshot is taken, no entry is purged, and a node that was away catches up from the
-        // log itself.
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A snapshot holds the strong tables (see `snapshot`); the log keeps half a snapshot's
+        // worth of entries behind it, for followers a little behind.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cluster.snapshot_entries),
+        max_in_snapshot_log_to_keep: cluster.snapshot_entries / 2,
         // A large transaction's entries are chunks of up to `strong_chunk_kib` (at most 2 MiB):
         // a follower catching up is sent at most this many in one message.
         max_payload_entries: 64,
-        max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     }
     .validate()

@@ -13,9 +13,10 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -196,8 +197,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// What the state machine holds today: how far it has applied and the membership. Strong
-/// writes will be applied here to the local Postgres, in the same transaction as `applied`.
+/// How far the state machine has applied, and the membership; the strong state itself is the
+/// local Postgres (see `apply`, and `snapshot` for its snapshots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Applied {
     applied: Option<LogId<NodeId>>,
@@ -208,11 +209,46 @@ struct Applied {
 pub struct StateMachine {
     client: Arc<Mutex<tokio_postgres::Client>>,
     applier: Arc<super::apply::Applier>,
+    backend: crate::config::BackendConfig,
+    cluster: Arc<crate::config::ClusterConfig>,
+    /// Held while entries are applied, and while a snapshot's transactions begin.
+    applying: Arc<Mutex<()>>,
+    /// Where this process keeps snapshot files, the current snapshot, and the file a snapshot
+    /// being received is written to.
+    dir: Arc<PathBuf>,
+    current: Arc<std::sync::Mutex<Option<(SnapshotMeta<NodeId, Node>, PathBuf)>>>,
+    receiving: Arc<std::sync::Mutex<Option<PathBuf>>>,
+    files: Arc<AtomicU64>,
+}
+
+fn snap_err(meta: Option<&SnapshotMeta<NodeId, Node>>, e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), e).into()
 }
 
 impl StateMachine {
-    pub fn new(client: Arc<Mutex<tokio_postgres::Client>>, applier: Arc<super::apply::Applier>) -> Self {
-        Self { client, applier }
+    pub fn new(
+        client: Arc<Mutex<tokio_postgres::Client>>,
+        applier: Arc<super::apply::Applier>,
+        backend: crate::config::BackendConfig,
+        cluster: Arc<crate::config::ClusterConfig>,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pgmix-snapshots-{}-node{}-{}",
+            std::process::id(),
+            cluster.node_id,
+            rand::random::<u32>()
+        ));
+        Self {
+            client,
+            applier,
+            backend,
+            cluster,
+            applying: Arc::new(Mutex::new(())),
+            dir: Arc::new(dir),
+            current: Arc::new(std::sync::Mutex::new(None)),
+            receiving: Arc::new(std::sync::Mutex::new(None)),
+            files: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Resolves what was left in doubt before the last entry applied (at start-up).
@@ -274,26 +310,56 @@ impl StateMachine {
         Ok(())
     }
 
-    fn snapshot_of(a: &Applied) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = serde_json::to_vec(a).map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let id = a.applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id, l.index));
-        let meta = SnapshotMeta { last_log_id: a.applied, last_membership: a.membership.clone(), snapshot_id: id };
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    /// A new file in this process's snapshot directory.
+    fn new_file(&self, what: &str) -> Result<PathBuf, StorageError<NodeId>> {
+        std::fs::create_dir_all(self.dir.as_ref()).map_err(|e| snap_err(None, &e))?;
+        Ok(self.dir.join(format!("{what}-{}.snap", self.files.fetch_add(1, Relaxed))))
+    }
+
+    /// Makes `path` the current snapshot, removing the one it replaces.
+    fn set_current(&self, meta: SnapshotMeta<NodeId, Node>, path: PathBuf) {
+        let old = self.current.lock().unwrap_or_else(|p| p.into_inner()).replace((meta, path.clone()));
+        if let Some((_, old)) = old.filter(|(_, p)| *p != path) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+
+    async fn open_snapshot(
+        meta: SnapshotMeta<NodeId, Node>,
+        path: &std::path::Path,
+    ) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let f = tokio::fs::File::open(path).await.map_err(|e| snap_err(Some(&meta), &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    /// Runs beside `apply`: it reads the state once and writes only the snapshot marker, so it
-    /// can never put back an older applied id or membership.
+    /// Runs beside `apply`: the snapshot's transactions begin while no entry is being applied,
+    /// so they see the state after exactly the applied id read with them; the rows are written
+    /// out after apply goes on.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let a = self.load().await?;
-        let snap = Self::snapshot_of(&a)?;
-        let meta = serde_json::to_string(&snap.meta).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let c = self.client.lock().await;
-        c.execute("UPDATE pgmix.raft_state SET snapshot = $1::text::jsonb", &[&meta])
+        let (a, frozen) = {
+            let _applying = self.applying.lock().await;
+            let a = self.load().await?;
+            let frozen = super::snapshot::freeze(&self.backend).await.map_err(|e| snap_err(None, &e))?;
+            (a, frozen)
+        };
+        let id = a.applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id, l.index));
+        let meta = SnapshotMeta { last_log_id: a.applied, last_membership: a.membership.clone(), snapshot_id: id };
+        let path = self.new_file("built")?;
+        let started = std::time::Instant::now();
+        super::snapshot::write(frozen, &path).await.map_err(|e| snap_err(Some(&meta), &e))?;
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, took = ?started.elapsed(), "snapshot built");
+        let text = serde_json::to_string(&meta).map_err(|e| snap_err(Some(&meta), &e))?;
+        self.client
+            .lock()
             .await
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        Ok(snap)
+            .execute("UPDATE pgmix.raft_state SET snapshot = $1::text::jsonb", &[&text])
+            .await
+            .map_err(|e| snap_err(Some(&meta), &e))?;
+        self.set_current(meta.clone(), path.clone());
+        Self::open_snapshot(meta, &path).await
     }
 }
 
@@ -312,6 +378,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let _applying = self.applying.clone().lock_owned().await;
         let mut a = self.load().await?;
         let mut out = Vec::new();
         for e in entries {
@@ -324,7 +391,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
-                    outcome = self.applier.standalone(&database, &sql, &role, &search_path).await;
+                    match self.applier.standalone(e.log_id.index, &database, &sql, &role, &search_path).await {
+                        Ok(o) => outcome = o,
+                        Err(err) => {
+                            self.store(&a, None).await?;
+                            return Err(sm_err(err));
+                        }
+                    }
                 }
                 EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks }) => {
                     let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks };
@@ -356,34 +429,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let path = self.new_file("received")?;
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(None, &e))?;
+        if let Some(old) = self.receiving.lock().unwrap_or_else(|p| p.into_inner()).replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(f))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut a: Applied = serde_json::from_slice(snapshot.get_ref())
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        a.applied = meta.last_log_id;
-        a.membership = meta.last_membership.clone();
-        self.store(&a, Some(meta)).await
+        let _applying = self.applying.clone().lock_owned().await;
+        snapshot.sync_all().await.map_err(|e| snap_err(Some(meta), &e))?;
+        drop(snapshot);
+        let Some(path) = self.receiving.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Err(snap_err(Some(meta), &std::io::Error::other("no snapshot was being received")));
+        };
+        tracing::info!(snapshot = %meta.snapshot_id, "installing a snapshot: this node was too far behind the log");
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        super::snapshot::install(&path, index, &self.backend, &self.cluster, &self.applier)
+            .await
+            .map_err(|e| snap_err(Some(meta), &e))?;
+        let a = Applied { applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        self.store(&a, Some(meta)).await?;
+        self.set_current(meta.clone(), path);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let c = self.client.lock().await;
-        let row = c
-            .query_one("SELECT snapshot::text FROM pgmix.raft_state", &[])
-            .await
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        drop(c);
-        if row.get::<_, Option<&str>>(0).is_none() {
-            return Ok(None);
+        // A snapshot of this process's; after a restart none, and openraft builds one when
+        // the log was trimmed.
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match current {
+            Some((meta, path)) if path.exists() => Ok(Some(Self::open_snapshot(meta, &path).await?)),
+            _ => Ok(None),
         }
-        // The state machine is its own snapshot: everything it holds is in `pgmix.raft_state`.
-        let a = self.load().await?;
-        Ok(Some(Self::snapshot_of(&a)?))
     }
 }

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "0003_consensus.sql", include_str!("../../migrations/0003_consensus.sql")),
     (4, "0004_strong.sql", include_str!("../../migrations/0004_strong.sql")),
     (5, "0005_strong_chunks.sql", include_str!("../../migrations/0005_strong_chunks.sql")),
+    (6, "0006_snapshots.sql", include_str!("../../migrations/0006_snapshots.sql")),
 ];
 
 /// The newest version this pgmix knows.

@@ -70,6 +70,8 @@ pub struct Cluster {
     ports: Vec<u16>,
     certs: ClusterCerts,
     setup: String,
+    /// More `[cluster]` settings, as TOML lines.
+    extra: String,
     /// Kept for the nodes' lifetime: their certificates and schema file live there.
     dir: TempDir,
 }
@@ -77,6 +79,11 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes with `schema` as their schema file, after `setup` ran directly on each Postgres.
     pub async fn start(n: usize, schema: &str, setup: &str) -> Self {
+        Self::start_with(n, schema, setup, "").await
+    }
+
+    /// As `start`, with more `[cluster]` settings (TOML lines).
+    pub async fn start_with(n: usize, schema: &str, setup: &str, extra: &str) -> Self {
         if let Ok(filter) = std::env::var("PGMIX_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
@@ -105,7 +112,7 @@ impl Cluster {
             let mut nodes = Vec::new();
             let mut taken = false;
             for (i, pg) in pgs.into_iter().enumerate() {
-                let text = node_config(&certs, &schema_path, &pg, i, &ports, &relays);
+                let text = node_config(&certs, &schema_path, &pg, i, &ports, &relays, extra);
                 let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
                 match pgmix::node::start(cfg).await {
                     Ok(node) => nodes.push(TestNode::from_parts(node, pg)),
@@ -123,7 +130,7 @@ impl Cluster {
                 }
                 continue;
             }
-            let me = Self { nodes, relays, ports, certs, setup: setup.to_owned(), dir };
+            let me = Self { nodes, relays, ports, certs, setup: setup.to_owned(), extra: extra.to_owned(), dir };
             me.wait_linked().await;
             return me;
         }
@@ -139,7 +146,15 @@ impl Cluster {
         if !self.setup.is_empty() {
             pg.direct().await.batch_execute(&self.setup).await.expect("setup SQL");
         }
-        let text = node_config(&self.certs, &self.dir.0.join("schema.toml"), &pg, k - 1, &self.ports, &self.relays);
+        let text = node_config(
+            &self.certs,
+            &self.dir.0.join("schema.toml"),
+            &pg,
+            k - 1,
+            &self.ports,
+            &self.relays,
+            &self.extra,
+        );
         let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
         let node = pgmix::node::start(cfg).await.expect("the node starts again");
         self.nodes[k - 1] = TestNode::from_parts(node, pg);
@@ -158,7 +173,15 @@ impl Cluster {
     }
 
     pub async fn start_again(&mut self, k: usize, pg: TestPg) {
-        let text = node_config(&self.certs, &self.dir.0.join("schema.toml"), &pg, k - 1, &self.ports, &self.relays);
+        let text = node_config(
+            &self.certs,
+            &self.dir.0.join("schema.toml"),
+            &pg,
+            k - 1,
+            &self.ports,
+            &self.relays,
+            &self.extra,
+        );
         let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
         let node = pgmix::node::start(cfg).await.expect("the node starts again");
         self.nodes.insert(k - 1, TestNode::from_parts(node, pg));
@@ -238,12 +261,13 @@ fn node_config(
     i: usize,
     ports: &[u16],
     relays: &[Vec<Option<Relay>>],
+    extra: &str,
 ) -> String {
     let id = i + 1;
     let me = certs.node(&format!("node{id}")).expect("node cert");
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let mut section = format!(
-        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nstrong_timeout_ms = 2000\nstrong_chunk_kib = 256\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n",
+        "[cluster]\nid = \"test-cluster\"\nnode_id = {id}\nstrong_timeout_ms = 2000\nstrong_chunk_kib = 256\nlisten = \"127.0.0.1:{}\"\nca = {}\ncert = {}\nkey = {}\n{extra}",
         ports[i],
         q(&certs.ca_cert),
         q(&me.cert),

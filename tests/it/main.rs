@@ -20,6 +20,7 @@ mod protocol;
 mod raw;
 mod robustness;
 mod roles;
+mod snapshot;
 mod stream;
 mod strong;
 mod strong_chunks;

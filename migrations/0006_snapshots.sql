@@ -1,0 +1,115 @@
+-- Snapshots of the strong state, so the Raft log can be trimmed and a node too far behind is
+-- brought up to date from a snapshot instead of from entries that are gone.
+--
+-- A snapshot holds each database's strong tables, their sequences, the chunks staged there, and
+-- the DDL the log carried. The DDL is kept here as it is applied: a node installing a snapshot
+-- runs the DDL it lacks first (so its tables have the leader's shape), then loads the rows.
+
+-- DDL applied from the log in this database, in log order: (idx, n) is the entry's index and the
+-- statement's place in it. `standalone` statements (CREATE DATABASE, ...) are kept in the node's
+-- own database, naming the database they ran for.
+CREATE TABLE pgmix.ddl_journal (
+    idx bigint NOT NULL,
+    n int NOT NULL,
+    database text NOT NULL,
+    sql text NOT NULL,
+    path text NOT NULL DEFAULT '',
+    who text NOT NULL DEFAULT '',
+    standalone boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (idx, n)
+);
+
+-- Keeps the DDL of an entry's effects (`x`, as take_effects gave them) at index `i`.
+CREATE FUNCTION pgmix.journal_ddl(i bigint, x jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pgmix AS $$
+    INSERT INTO pgmix.ddl_journal (idx, n, database, sql, path, who)
+    SELECT i, o::int, current_database(), e->>'sql', coalesce(e->>'path', ''), coalesce(e->>'who', '')
+    FROM jsonb_array_elements(coalesce(x->'effects', '[]')) WITH ORDINALITY AS a(e, o)
+    WHERE e->>'op' = 'S'
+    ON CONFLICT DO NOTHING
+$$;
+
+-- Staged chunks are applied as before, and their DDL is kept under each chunk's index.
+CREATE OR REPLACE FUNCTION pgmix.apply_staged(g text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    e text;
+    i bigint;
+    n bigint := 0;
+BEGIN
+    FOR i, e IN SELECT idx, effects FROM pgmix.strong_staged WHERE gid = g ORDER BY idx LOOP
+        PERFORM pgmix.apply_strong(e::jsonb);
+        PERFORM pgmix.journal_ddl(i, e::jsonb);
+        n := n + 1;
+    END LOOP;
+    DELETE FROM pgmix.strong_staged WHERE gid = g;
+    RETURN n;
+END
+$$;
+
+-- On the node that ran a chunked transaction: keeps its staged chunks' DDL and drops them.
+CREATE FUNCTION pgmix.journal_staged(g text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    PERFORM pgmix.journal_ddl(idx, effects::jsonb) FROM pgmix.strong_staged WHERE gid = g;
+    DELETE FROM pgmix.strong_staged WHERE gid = g;
+END
+$$;
+
+-- Loading a table from a snapshot, in a transaction running as session_replication_role =
+-- replica. A whole strong table is emptied and filled; a partly strong one keeps its rows' weak
+-- columns: its rows are upserted by key (strong columns only), and rows the snapshot lacks go.
+CREATE FUNCTION pgmix.snapshot_begin(tname text, whole boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    IF whole THEN
+        EXECUTE 'DELETE FROM ' || tname;
+    ELSE
+        CREATE TEMP TABLE IF NOT EXISTS pgmix_snapshot_keys (k jsonb) ON COMMIT DROP;
+        TRUNCATE pgmix_snapshot_keys;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION pgmix.snapshot_rows(tname text, whole boolean, keys text[], cols text[], rows jsonb[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    t regclass := tname::regclass;
+    wanted jsonb := (SELECT jsonb_object_agg(c, true) FROM unnest(keys || cols) c);
+BEGIN
+    IF whole THEN
+        PERFORM pgmix.apply_inserts(tname, rows);
+        RETURN;
+    END IF;
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM unnest($1) j, jsonb_populate_record(NULL::%s, j) r '
+                   'ON CONFLICT (%s) DO UPDATE SET (%s) = ROW(%s)',
+                   tname, pgmix.strong_cols(t, wanted, ''), pgmix.strong_cols(t, wanted, 'r.'), tname,
+                   (SELECT string_agg(quote_ident(k), ', ') FROM unnest(keys) k),
+                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(cols) c),
+                   (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(cols) c))
+        USING rows;
+    INSERT INTO pgmix_snapshot_keys SELECT (SELECT jsonb_object_agg(k, j->k) FROM unnest(keys) k) FROM unnest(rows) j;
+END
+$$;
+
+CREATE FUNCTION pgmix.snapshot_end(tname text, whole boolean, keys text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    IF NOT whole THEN
+        EXECUTE format('DELETE FROM %s x WHERE NOT EXISTS (SELECT 1 FROM pg_temp.pgmix_snapshot_keys s '
+                       'WHERE s.k = (SELECT jsonb_object_agg(k, to_jsonb(x)->k) FROM unnest($1) k))', tname)
+            USING keys;
+    END IF;
+END
+$$;
+
+-- The last values of the sequences owned by strong tables, for a snapshot.
+CREATE FUNCTION pgmix.strong_sequences() RETURNS TABLE (name text, value bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgmix AS $$
+    SELECT s.seqrelid::regclass::text, pg_sequence_last_value(s.seqrelid)
+    FROM pg_depend dep JOIN pg_sequence s ON s.seqrelid = dep.objid
+    WHERE dep.classid = 'pg_class'::regclass AND dep.refclassid = 'pg_class'::regclass
+      AND dep.deptype IN ('a', 'i')
+      AND dep.refobjid IN (SELECT to_regclass(tbl) FROM pgmix.strong_tables)
+      AND pg_sequence_last_value(s.seqrelid) IS NOT NULL
+$$;

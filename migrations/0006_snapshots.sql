@@ -57,8 +57,9 @@ END
 $$;
 
 -- Loading a table from a snapshot, in a transaction running as session_replication_role =
--- replica. A whole strong table is emptied and filled; a partly strong one keeps its rows' weak
--- columns: its rows are upserted by key (strong columns only), and rows the snapshot lacks go.
+-- replica. A whole strong table is emptied and filled. A partly strong one keeps the weak columns
+-- of the rows it has (their versions are the weak merge's): its rows are upserted by key, whole
+-- when new, strong columns only when present, and the rows the snapshot lacks go.
 CREATE FUNCTION pgmix.snapshot_begin(tname text, whole boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
 BEGIN
@@ -75,7 +76,6 @@ CREATE FUNCTION pgmix.snapshot_rows(tname text, whole boolean, keys text[], cols
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
 DECLARE
     t regclass := tname::regclass;
-    wanted jsonb := (SELECT jsonb_object_agg(c, true) FROM unnest(keys || cols) c);
 BEGIN
     IF whole THEN
         PERFORM pgmix.apply_inserts(tname, rows);
@@ -83,7 +83,7 @@ BEGIN
     END IF;
     EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM unnest($1) j, jsonb_populate_record(NULL::%s, j) r '
                    'ON CONFLICT (%s) DO UPDATE SET (%s) = ROW(%s)',
-                   tname, pgmix.strong_cols(t, wanted, ''), pgmix.strong_cols(t, wanted, 'r.'), tname,
+                   tname, pgmix.strong_cols(t, NULL, ''), pgmix.strong_cols(t, NULL, 'r.'), tname,
                    (SELECT string_agg(quote_ident(k), ', ') FROM unnest(keys) k),
                    (SELECT string_agg(quote_ident(c), ', ') FROM unnest(cols) c),
                    (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(cols) c))

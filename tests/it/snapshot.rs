@@ -12,8 +12,14 @@ const STATE: &str = "SELECT (SELECT string_agg(id || ':' || balance || ':' || no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
-    let setup = format!("{SETUP}\nCREATE TABLE gone (id int PRIMARY KEY);");
-    let mut c = Cluster::start_with(3, SCHEMA, &setup, "snapshot_entries = 20\n").await;
+    // `people` is partly strong: its rows and emails are strong, its nicknames weak.
+    let schema = format!("{SCHEMA}[tables.people]\nconsistency = \"weak\"\nstrong_columns = [\"email\"]\n");
+    let setup = format!(
+        "{SETUP}\nCREATE TABLE gone (id int PRIMARY KEY);\n\
+         CREATE TABLE people (id int PRIMARY KEY, email text, nick text);\n\
+         INSERT INTO people VALUES (1, 'a@x', 'a'), (2, 'b@x', 'b'), (3, 'c@x', 'c');"
+    );
+    let mut c = Cluster::start_with(3, &schema, &setup, "snapshot_entries = 20\n").await;
     let l = leader(&c).await;
     let down = if l == 3 { 2 } else { 3 };
     let pg = c.stop(down).await;
@@ -39,6 +45,15 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
         )
         .await
         .unwrap();
+    writer.batch_execute("CREATE DATABASE made_while_away_db").await.unwrap();
+    for sql in [
+        "UPDATE people SET email = 'a2@x' WHERE id = 1",
+        "INSERT INTO people VALUES (4, 'd@x', 'd')",
+        "DELETE FROM people WHERE id = 2",
+        "UPDATE people SET nick = 'c2' WHERE id = 3",
+    ] {
+        writer.batch_execute(sql).await.unwrap();
+    }
     for i in 0..30 {
         writer
             .execute("UPDATE accounts SET note = $1 WHERE id = $2", &[&format!("w{i}"), &(i % 10 + 1)])
@@ -61,6 +76,12 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
     let all = c.converged("the node back from a snapshot", STATE).await;
     assert!(all[0].starts_with("1:103:w20,2:103:w21"), "{all:?}");
     assert!(all[0].ends_with(" | 1a,2b,3c | gone: false"), "{all:?}");
+    let people = c
+        .converged("a partly strong table", "SELECT string_agg(id || email || nick, ',' ORDER BY id) FROM people")
+        .await;
+    assert_eq!(people, ["1a2@xa,3c@xc2,4d@xd"]);
+    let dbs = c.each("SELECT count(*)::text FROM pg_database WHERE datname = 'made_while_away_db'").await;
+    assert!(dbs.iter().all(|n| n == &["1"]), "CREATE DATABASE from the snapshot's journal: {dbs:?}");
     let snapshots = c.nodes[down - 1]
         .pg
         .direct()

@@ -205,6 +205,9 @@ struct Applied {
     membership: StoredMembership<NodeId, Node>,
 }
 
+/// The current snapshot: its meta and its file.
+type Current = (SnapshotMeta<NodeId, Node>, PathBuf);
+
 #[derive(Clone)]
 pub struct StateMachine {
     client: Arc<Mutex<tokio_postgres::Client>>,
@@ -216,7 +219,7 @@ pub struct StateMachine {
     /// Where this process keeps snapshot files, the current snapshot, and the file a snapshot
     /// being received is written to.
     dir: Arc<PathBuf>,
-    current: Arc<std::sync::Mutex<Option<(SnapshotMeta<NodeId, Node>, PathBuf)>>>,
+    current: Arc<std::sync::Mutex<Option<Current>>>,
     receiving: Arc<std::sync::Mutex<Option<PathBuf>>>,
     files: Arc<AtomicU64>,
 }

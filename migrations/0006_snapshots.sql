@@ -57,49 +57,66 @@ END
 $$;
 
 -- Loading a table from a snapshot, in a transaction running as session_replication_role =
--- replica. A whole strong table is emptied and filled. A partly strong one keeps the weak columns
--- of the rows it has (their versions are the weak merge's): its rows are upserted by key, whole
--- when new, strong columns only when present, and the rows the snapshot lacks go.
+-- replica (no capture, no user triggers, no foreign-key actions). A whole strong table is emptied
+-- and filled. A partly strong one keeps the weak columns of the rows it has (their versions are
+-- the weak merge's): its snapshot rows are collected in a temporary table first, then, matched by
+-- key with the columns' own types, rows the snapshot lacks are deleted, rows whose strong columns
+-- differ are taken out (their weak columns kept), and the rows missing are inserted, so a unique
+-- strong value can move from one row to another.
 CREATE FUNCTION pgmix.snapshot_begin(tname text, whole boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
 BEGIN
     IF whole THEN
         EXECUTE 'DELETE FROM ' || tname;
     ELSE
-        CREATE TEMP TABLE IF NOT EXISTS pgmix_snapshot_keys (k jsonb) ON COMMIT DROP;
-        TRUNCATE pgmix_snapshot_keys;
+        DROP TABLE IF EXISTS pg_temp.pgmix_snap;
+        EXECUTE format('CREATE TEMP TABLE pgmix_snap ON COMMIT DROP AS SELECT * FROM %s WITH NO DATA', tname);
     END IF;
 END
 $$;
 
-CREATE FUNCTION pgmix.snapshot_rows(tname text, whole boolean, keys text[], cols text[], rows jsonb[]) RETURNS void
+CREATE FUNCTION pgmix.snapshot_rows(tname text, whole boolean, rows jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
-DECLARE
-    t regclass := tname::regclass;
 BEGIN
     IF whole THEN
         PERFORM pgmix.apply_inserts(tname, rows);
-        RETURN;
+    ELSE
+        EXECUTE format('INSERT INTO pg_temp.pgmix_snap SELECT r.* FROM unnest($1) j, jsonb_populate_record(NULL::%s, j) r',
+                       tname)
+            USING rows;
     END IF;
-    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM unnest($1) j, jsonb_populate_record(NULL::%s, j) r '
-                   'ON CONFLICT (%s) DO UPDATE SET (%s) = ROW(%s)',
-                   tname, pgmix.strong_cols(t, NULL, ''), pgmix.strong_cols(t, NULL, 'r.'), tname,
-                   (SELECT string_agg(quote_ident(k), ', ') FROM unnest(keys) k),
-                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(cols) c),
-                   (SELECT string_agg('excluded.' || quote_ident(c), ', ') FROM unnest(cols) c))
-        USING rows;
-    INSERT INTO pgmix_snapshot_keys SELECT (SELECT jsonb_object_agg(k, j->k) FROM unnest(keys) k) FROM unnest(rows) j;
 END
 $$;
 
-CREATE FUNCTION pgmix.snapshot_end(tname text, whole boolean, keys text[]) RETURNS void
+CREATE FUNCTION pgmix.snapshot_end(tname text, whole boolean, keys text[], cols text[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pgmix AS $$
+DECLARE
+    t regclass := tname::regclass;
+    matched text := (SELECT string_agg(format('x.%1$I = s.%1$I', k), ' AND ') FROM unnest(keys) k);
+    strong text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                             AND a.attname = ANY (cols));
+    weak text[] := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                         WHERE a.attrelid = t AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                           AND NOT a.attname = ANY (cols || keys));
 BEGIN
-    IF NOT whole THEN
-        EXECUTE format('DELETE FROM %s x WHERE NOT EXISTS (SELECT 1 FROM pg_temp.pgmix_snapshot_keys s '
-                       'WHERE s.k = (SELECT jsonb_object_agg(k, to_jsonb(x)->k) FROM unnest($1) k))', tname)
-            USING keys;
+    IF whole THEN
+        RETURN;
     END IF;
+    EXECUTE format('DELETE FROM %s x WHERE NOT EXISTS (SELECT 1 FROM pg_temp.pgmix_snap s WHERE %s)', tname, matched);
+    IF cardinality(strong) > 0 THEN
+        EXECUTE format('WITH d AS (DELETE FROM %s x USING pg_temp.pgmix_snap s WHERE %s AND ROW(%s) IS DISTINCT FROM ROW(%s) '
+                       'RETURNING x.*) UPDATE pg_temp.pgmix_snap s SET %s FROM d x WHERE %s',
+                       tname, matched,
+                       (SELECT string_agg('x.' || quote_ident(c), ', ') FROM unnest(strong) c),
+                       (SELECT string_agg('s.' || quote_ident(c), ', ') FROM unnest(strong) c),
+                       CASE WHEN cardinality(weak) = 0 THEN format('%1$I = s.%1$I', keys[1])
+                            ELSE (SELECT string_agg(format('%1$I = x.%1$I', c), ', ') FROM unnest(weak) c) END,
+                       matched);
+    END IF;
+    EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_temp.pgmix_snap s '
+                   'WHERE NOT EXISTS (SELECT 1 FROM %s x WHERE %s)',
+                   tname, pgmix.strong_cols(t, NULL, ''), pgmix.strong_cols(t, NULL, 's.'), tname, matched);
 END
 $$;
 

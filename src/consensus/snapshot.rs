@@ -79,11 +79,24 @@ enum Line {
     },
 }
 
-/// Databases frozen for a snapshot: each with a read-only transaction that saw the same state.
-pub struct Frozen(Vec<(String, tokio_postgres::Client)>);
+/// Databases frozen for a snapshot: each with a read-only transaction that saw the same state,
+/// holding ACCESS SHARE locks on its strong tables (so no DDL from the log changes their shape
+/// or contents under the snapshot while it is written), and the tables it locked.
+pub struct Frozen(Vec<(String, tokio_postgres::Client, Vec<String>)>);
+
+/// The error of a database that is not there.
+fn missing_database(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+}
+
+/// Whether freezing gave up waiting for a lock (an open transaction holds one): try again
+/// later, without holding up applying.
+pub fn busy(e: &SnapshotError) -> bool {
+    matches!(e, SnapshotError::Postgres(p) if p.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE))
+}
 
 /// Begins a REPEATABLE READ transaction in every database with pgmix's schema, the node's own
-/// first. Called while no entry is being applied.
+/// first, and locks its strong tables. Called while no entry is being applied.
 pub async fn freeze(backend: &BackendConfig) -> Result<Frozen, SnapshotError> {
     let main = backend.connect(&backend.database, "").await?;
     let rows = main
@@ -97,12 +110,27 @@ pub async fn freeze(backend: &BackendConfig) -> Result<Frozen, SnapshotError> {
     names.extend(rows.iter().map(|r| r.get::<_, String>(0)));
     let mut out = Vec::new();
     for name in names {
-        let Ok(c) = backend.connect(&name, "").await else { continue };
-        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let c = match backend.connect(&name, "").await {
+            Ok(c) => c,
+            // Dropped since the list was read.
+            Err(e) if missing_database(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL lock_timeout = '200ms'").await?;
         let has: bool = c.query_one("SELECT to_regclass('pgmix.ddl_journal') IS NOT NULL", &[]).await?.get(0);
-        if has {
-            out.push((name, c));
+        if !has {
+            continue;
         }
+        let tables: Vec<String> = c
+            .query("SELECT tbl FROM pgmix.strong_tables WHERE to_regclass(tbl) IS NOT NULL ORDER BY tbl", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for t in &tables {
+            c.batch_execute(&format!("LOCK TABLE {t} IN ACCESS SHARE MODE")).await?;
+        }
+        out.push((name, c, tables));
     }
     Ok(Frozen(out))
 }
@@ -117,7 +145,7 @@ async fn put(w: &mut BufWriter<tokio::fs::File>, line: &Line) -> Result<(), Snap
 /// Writes the frozen state to `path`.
 pub async fn write(frozen: Frozen, path: &Path) -> Result<(), SnapshotError> {
     let mut w = BufWriter::new(tokio::fs::File::create(path).await?);
-    for (name, c) in frozen.0 {
+    for (name, c, locked) in frozen.0 {
         put(&mut w, &Line::Database(name)).await?;
         let ddl = c
             .query("SELECT idx, n, database, sql, path, who, standalone FROM pgmix.ddl_journal ORDER BY idx, n", &[])
@@ -134,7 +162,9 @@ pub async fn write(frozen: Frozen, path: &Path) -> Result<(), SnapshotError> {
             };
             put(&mut w, &Line::Ddl(d)).await?;
         }
-        let tables = c.query("SELECT tbl, keys, cols FROM pgmix.strong_tables ORDER BY tbl", &[]).await?;
+        let tables = c
+            .query("SELECT tbl, keys, cols FROM pgmix.strong_tables WHERE tbl = ANY ($1) ORDER BY tbl", &[&locked])
+            .await?;
         for t in tables {
             let (tbl, keys, cols): (String, Vec<String>, Vec<String>) = (t.get(0), t.get(1), t.get(2));
             // A cursor, so the rows come a batch at a time.
@@ -170,52 +200,35 @@ pub async fn write(frozen: Frozen, path: &Path) -> Result<(), SnapshotError> {
 /// Rows sent to Postgres at a time.
 const BATCH: usize = 1000;
 
-/// The database being loaded, with its transaction open once its data begins.
+/// The database being loaded, in one transaction: the DDL it lacks, its rows, its marker.
 struct Loading {
     name: String,
     client: tokio_postgres::Client,
     journal: HashSet<(i64, i32)>,
-    in_tx: bool,
     table: Option<(String, bool, Vec<String>, Vec<String>)>,
     rows: Vec<String>,
 }
 
 impl Loading {
-    async fn begin_data(&mut self) -> Result<(), SnapshotError> {
-        if !self.in_tx {
-            self.client
-                .batch_execute("BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM pgmix.strong_staged")
-                .await?;
-            self.in_tx = true;
-        }
-        Ok(())
-    }
-
     async fn flush_rows(&mut self) -> Result<(), SnapshotError> {
-        if let Some((tbl, whole, keys, cols)) = &self.table
+        if let Some((tbl, whole, _, _)) = &self.table
             && !self.rows.is_empty()
         {
             let rows = std::mem::take(&mut self.rows);
-            self.client
-                .execute(
-                    "SELECT pgmix.snapshot_rows($1, $2, $3, $4, $5::text[]::jsonb[])",
-                    &[tbl, whole, keys, cols, &rows],
-                )
-                .await?;
+            self.client.execute("SELECT pgmix.snapshot_rows($1, $2, $3::text[]::jsonb[])", &[tbl, whole, &rows]).await?;
         }
         Ok(())
     }
 
     async fn end_table(&mut self) -> Result<(), SnapshotError> {
         self.flush_rows().await?;
-        if let Some((tbl, whole, keys, _)) = self.table.take() {
-            self.client.execute("SELECT pgmix.snapshot_end($1, $2, $3)", &[&tbl, &whole, &keys]).await?;
+        if let Some((tbl, whole, keys, cols)) = self.table.take() {
+            self.client.execute("SELECT pgmix.snapshot_end($1, $2, $3, $4)", &[&tbl, &whole, &keys, &cols]).await?;
         }
         Ok(())
     }
 
     async fn finish(mut self, index: i64) -> Result<(), SnapshotError> {
-        self.begin_data().await?;
         self.end_table().await?;
         self.client.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&index]).await?;
         self.client.batch_execute("COMMIT").await?;
@@ -236,6 +249,9 @@ pub async fn install(
     let index = index as i64;
     let mut lines = BufReader::new(tokio::fs::File::open(path).await?).lines();
     let mut db: Option<Loading> = None;
+    // Standalone statements other than CREATE and DROP DATABASE (CREATE INDEX CONCURRENTLY, ...)
+    // run once their database is loaded, since they need its tables.
+    let mut later: Vec<Ddl> = Vec::new();
     let mut skipping = false;
     let mut number = 0;
     while let Some(text) = lines.next_line().await? {
@@ -243,7 +259,9 @@ pub async fn install(
         let line: Line = serde_json::from_str(&text).map_err(|e| SnapshotError::Format(number, e))?;
         if let Line::Database(name) = line {
             if let Some(d) = db.take() {
+                let done = d.name.clone();
                 d.finish(index).await?;
+                run_later(&mut later, Some(&done), applier).await?;
             }
             db = open(&name, backend, cluster).await?;
             skipping = db.is_none();
@@ -256,12 +274,18 @@ pub async fn install(
         match line {
             Line::Database(_) => {}
             Line::Ddl(ddl) => {
-                if d.journal.insert((ddl.idx, ddl.n)) {
-                    replay(d, &ddl, applier).await?;
+                if !d.journal.insert((ddl.idx, ddl.n)) {
+                    continue;
+                }
+                if !ddl.standalone {
+                    replay(d, &ddl).await?;
+                } else if ddl.sql.to_ascii_uppercase().contains("DATABASE") {
+                    applier.standalone(ddl.idx as u64, &ddl.database, &ddl.sql, &ddl.who, &ddl.path).await?;
+                } else {
+                    later.push(ddl);
                 }
             }
             Line::Table { tbl, keys, cols } => {
-                d.begin_data().await?;
                 d.end_table().await?;
                 let whole = cols.is_empty();
                 d.client.execute("SELECT pgmix.snapshot_begin($1, $2)", &[&tbl, &whole]).await?;
@@ -274,14 +298,12 @@ pub async fn install(
                 }
             }
             Line::Sequence { name, value } => {
-                d.begin_data().await?;
                 d.end_table().await?;
                 d.client
                     .execute("SELECT setval(to_regclass($1), $2) WHERE to_regclass($1) IS NOT NULL", &[&name, &value])
                     .await?;
             }
             Line::Staged { gid, idx, term, effects } => {
-                d.begin_data().await?;
                 d.end_table().await?;
                 d.client
                     .execute(
@@ -293,7 +315,21 @@ pub async fn install(
         }
     }
     if let Some(d) = db.take() {
+        let done = d.name.clone();
         d.finish(index).await?;
+        run_later(&mut later, Some(&done), applier).await?;
+    }
+    run_later(&mut later, None, applier).await
+}
+
+/// Runs the deferred standalone statements of `database` (of every database when None).
+async fn run_later(later: &mut Vec<Ddl>, database: Option<&str>, applier: &Applier) -> Result<(), SnapshotError> {
+    let (now, rest): (Vec<Ddl>, Vec<Ddl>) =
+        std::mem::take(later).into_iter().partition(|d| database.is_none_or(|db| d.database == db));
+    *later = rest;
+    for ddl in now {
+        info!(database = %ddl.database, idx = ddl.idx, sql = %ddl.sql, "running a statement from the snapshot");
+        applier.standalone(ddl.idx as u64, &ddl.database, &ddl.sql, &ddl.who, &ddl.path).await?;
     }
     Ok(())
 }
@@ -305,10 +341,11 @@ async fn open(name: &str, backend: &BackendConfig, cluster: &ClusterConfig) -> R
     one.database = name.to_owned();
     let client = match one.connect(name, "SET synchronous_commit = off").await {
         Ok(c) => c,
-        Err(e) => {
-            warn!(database = name, error = %e, "a database in the snapshot is not here: skipped");
+        Err(e) if missing_database(&e) => {
+            warn!(database = name, "a database in the snapshot is not here (not created through pgmix): skipped");
             return Ok(None);
         }
+        Err(e) => return Err(e.into()),
     };
     crate::schema::migrate::migrate(&one, cluster).await?;
     let journal = client
@@ -317,42 +354,49 @@ async fn open(name: &str, backend: &BackendConfig, cluster: &ClusterConfig) -> R
         .iter()
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i32>(1)))
         .collect();
-    Ok(Some(Loading { name: name.to_owned(), client, journal, in_tx: false, table: None, rows: Vec::new() }))
+    // One transaction for the database. Its whole strong tables are emptied first, so the DDL it
+    // missed runs against the rows the snapshot brings (none yet), not against stale ones: a
+    // NOT NULL or a unique index added after a backfill holds for them.
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM pgmix.strong_staged; \
+             SELECT pgmix.snapshot_begin(tbl, true) FROM pgmix.strong_tables \
+             WHERE cols = '{}' AND to_regclass(tbl) IS NOT NULL",
+        )
+        .await?;
+    Ok(Some(Loading { name: name.to_owned(), client, journal, table: None, rows: Vec::new() }))
 }
 
-/// Runs DDL this node has not applied, and keeps it in the journal.
-async fn replay(d: &mut Loading, ddl: &Ddl, applier: &Applier) -> Result<(), SnapshotError> {
-    if d.in_tx {
-        // The journal comes before the data of its database.
-        return Err(SnapshotError::Io(std::io::Error::other("DDL after the rows of its database")));
-    }
+/// Runs DDL this node has not applied, inside the database's transaction, and keeps it in the
+/// journal. DDL whose work is already done here (what a crash between applying an entry and
+/// journaling it leaves) fails with "already exists" or "does not exist": that is logged and
+/// passed over; any other failure stops the install.
+async fn replay(d: &mut Loading, ddl: &Ddl) -> Result<(), SnapshotError> {
     info!(database = %ddl.database, idx = ddl.idx, sql = %ddl.sql, "running DDL from the snapshot");
-    if ddl.standalone {
-        applier.standalone(ddl.idx as u64, &ddl.database, &ddl.sql, &ddl.who, &ddl.path).await?;
-        return Ok(());
-    }
     let effects = serde_json::json!({
         "effects": [{"op": "S", "sql": ddl.sql, "path": ddl.path, "who": ddl.who}]
     })
     .to_string();
-    d.client.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await?;
-    let mut r = d.client.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await;
-    if r.is_ok() {
-        r = d
-            .client
-            .execute(
-                "INSERT INTO pgmix.ddl_journal (idx, n, database, sql, path, who) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT DO NOTHING",
-                &[&ddl.idx, &ddl.n, &ddl.database, &ddl.sql, &ddl.path, &ddl.who],
-            )
-            .await;
-    }
-    match r {
-        Ok(_) => d.client.batch_execute("COMMIT").await?,
-        Err(e) => {
-            d.client.batch_execute("ROLLBACK").await?;
-            return Err(e.into());
+    d.client.batch_execute("SAVEPOINT pgmix_ddl").await?;
+    match d.client.execute("SELECT pgmix.apply_strong($1::text::jsonb)", &[&effects]).await {
+        Ok(_) => d.client.batch_execute("RELEASE SAVEPOINT pgmix_ddl").await?,
+        Err(e) if e.code().is_some_and(|c| already_done(c.code())) => {
+            warn!(sql = %ddl.sql, error = %e, "DDL from the snapshot was already done here");
+            d.client.batch_execute("ROLLBACK TO SAVEPOINT pgmix_ddl").await?;
         }
+        Err(e) => return Err(e.into()),
     }
+    d.client
+        .execute(
+            "INSERT INTO pgmix.ddl_journal (idx, n, database, sql, path, who) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT DO NOTHING",
+            &[&ddl.idx, &ddl.n, &ddl.database, &ddl.sql, &ddl.path, &ddl.who],
+        )
+        .await?;
     Ok(())
+}
+
+/// SQLSTATEs of DDL whose work is already done: duplicate objects, and missing ones to drop.
+fn already_done(code: &str) -> bool {
+    matches!(code, "42P07" | "42710" | "42701" | "42P06" | "42723" | "42P01" | "42704" | "42703" | "42883")
 }

@@ -205,6 +205,19 @@ struct Applied {
     membership: StoredMembership<NodeId, Node>,
 }
 
+/// Removes the snapshot directories of pgmix processes that are gone (a snapshot file belongs to
+/// its process: a new process builds its own).
+fn remove_stale_snapshot_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("pgmix-snapshots-").and_then(|r| r.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The current snapshot: its meta and its file.
 type Current = (SnapshotMeta<NodeId, Node>, PathBuf);
 
@@ -235,6 +248,7 @@ impl StateMachine {
         backend: crate::config::BackendConfig,
         cluster: Arc<crate::config::ClusterConfig>,
     ) -> Self {
+        remove_stale_snapshot_dirs();
         let dir = std::env::temp_dir().join(format!(
             "pgmix-snapshots-{}-node{}-{}",
             std::process::id(),
@@ -319,10 +333,15 @@ impl StateMachine {
         Ok(self.dir.join(format!("{what}-{}.snap", self.files.fetch_add(1, Relaxed))))
     }
 
-    /// Makes `path` the current snapshot, removing the one it replaces.
+    /// Makes `path` the current snapshot, removing the one it replaces, unless the current one
+    /// is newer (a build that began before an install and ended after it).
     fn set_current(&self, meta: SnapshotMeta<NodeId, Node>, path: PathBuf) {
-        let old = self.current.lock().unwrap_or_else(|p| p.into_inner()).replace((meta, path.clone()));
-        if let Some((_, old)) = old.filter(|(_, p)| *p != path) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(m, _)| m.last_log_id > meta.last_log_id) {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        if let Some((_, old)) = current.replace((meta, path.clone())).filter(|(_, p)| *p != path) {
             let _ = std::fs::remove_file(old);
         }
     }
@@ -341,11 +360,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// so they see the state after exactly the applied id read with them; the rows are written
     /// out after apply goes on.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (a, frozen) = {
-            let _applying = self.applying.lock().await;
+        // A strong transaction in flight may hold a lock on a strong table while it waits for
+        // an entry to apply: freezing then gives up, lets applying go on, and tries again.
+        let mut tries = 0;
+        let (a, frozen) = loop {
+            let applying = self.applying.lock().await;
             let a = self.load().await?;
-            let frozen = super::snapshot::freeze(&self.backend).await.map_err(|e| snap_err(None, &e))?;
-            (a, frozen)
+            match super::snapshot::freeze(&self.backend).await {
+                Ok(frozen) => break (a, frozen),
+                Err(e) if super::snapshot::busy(&e) && tries < 300 => {
+                    drop(applying);
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(snap_err(None, &e)),
+            }
         };
         let id = a.applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id, l.index));
         let meta = SnapshotMeta { last_log_id: a.applied, last_membership: a.membership.clone(), snapshot_id: id };

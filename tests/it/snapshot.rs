@@ -16,7 +16,7 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
     let schema = format!("{SCHEMA}[tables.people]\nconsistency = \"weak\"\nstrong_columns = [\"email\"]\n");
     let setup = format!(
         "{SETUP}\nCREATE TABLE gone (id int PRIMARY KEY);\n\
-         CREATE TABLE people (id int PRIMARY KEY, email text, nick text);\n\
+         CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE, nick text);\n\
          INSERT INTO people VALUES (1, 'a@x', 'a'), (2, 'b@x', 'b'), (3, 'c@x', 'c');"
     );
     let mut c = Cluster::start_with(3, &schema, &setup, "snapshot_entries = 20\n").await;
@@ -47,9 +47,14 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
         .unwrap();
     writer.batch_execute("CREATE DATABASE made_while_away_db").await.unwrap();
     for sql in [
-        "UPDATE people SET email = 'a2@x' WHERE id = 1",
-        "INSERT INTO people VALUES (4, 'd@x', 'd')",
+        // A unique strong value moves from one row to another.
         "DELETE FROM people WHERE id = 2",
+        "UPDATE people SET email = 'b@x' WHERE id = 1",
+        "INSERT INTO people VALUES (4, 'd@x', 'd')",
+        // A backfill, then a constraint that holds only after it.
+        "ALTER TABLE accounts ADD COLUMN tag text",
+        "UPDATE accounts SET tag = 't'",
+        "ALTER TABLE accounts ALTER COLUMN tag SET NOT NULL",
         "UPDATE people SET nick = 'c2' WHERE id = 3",
     ] {
         writer.batch_execute(sql).await.unwrap();
@@ -79,7 +84,7 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
     let people = c
         .converged("a partly strong table", "SELECT string_agg(id || email || nick, ',' ORDER BY id) FROM people")
         .await;
-    assert_eq!(people, ["1a2@xa,3c@xc2,4d@xd"]);
+    assert_eq!(people, ["1b@xa,3c@xc2,4d@xd"]);
     let dbs = c.each("SELECT count(*)::text FROM pg_database WHERE datname = 'made_while_away_db'").await;
     assert!(dbs.iter().all(|n| n == &["1"]), "CREATE DATABASE from the snapshot's journal: {dbs:?}");
     let snapshots = c.nodes[down - 1]

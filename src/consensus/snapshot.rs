@@ -215,7 +215,9 @@ impl Loading {
             && !self.rows.is_empty()
         {
             let rows = std::mem::take(&mut self.rows);
-            self.client.execute("SELECT pgmix.snapshot_rows($1, $2, $3::text[]::jsonb[])", &[tbl, whole, &rows]).await?;
+            self.client
+                .execute("SELECT pgmix.snapshot_rows($1, $2, $3::text[]::jsonb[])", &[tbl, whole, &rows])
+                .await?;
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ SCALE=${SCALE:-1}
 BASE=${BASE:-27432}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 work=$(mktemp -d /tmp/pgmix-strong-bench.XXXXXX)
 chmod 755 "$work"
 as_pg=()
@@ -64,16 +66,7 @@ until [[ $(psql -Atq -h 127.0.0.1 -p "$P0" -U postgres -c "SELECT count(*) FROM 
 done
 
 printf 'default = "strong"\n' >"$work/schema.toml"
-echo "bench: starting a 3-node pgmix up (ports $BASE-$((BASE + 2)))"
-"$root/target/release/pgmix" up --nodes 3 --port "$BASE" --data-dir "$work/up" --schema "$work/schema.toml" \
-  --status-every 0 >"$work/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 1 240); do
-  grep -q "cluster ready" "$work/up.log" && break
-  kill -0 "$UP_PID" 2>/dev/null || { cat "$work/up.log"; echo "bench: pgmix up failed"; exit 1; }
-  sleep 0.5
-done
-grep -q "cluster ready" "$work/up.log" || { cat "$work/up.log"; echo "bench: pgmix up did not get ready"; exit 1; }
+start_up
 
 export PGSSLMODE=disable
 echo "bench: pgbench -i -s $SCALE on the primary and through pgmix node1"
@@ -102,10 +95,7 @@ sums=$(PGPASSWORD=pgmix psql -Atq -h 127.0.0.1 -p "$BASE" -U pgmix pgmix -c \
   "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history)")
 
 echo "bench: killing the leader's node process"
-leader=""
-for i in 1 2 3; do
-  curl -s "http://127.0.0.1:$((BASE + 999 + i))/metrics" | grep -q "pgmix_raft_is_leader{node=\"node$i\"} 1" && leader=$i
-done
+leader=$(leader_node)
 pid=$(sed -n "s/^pgmix: node$leader: node process \([0-9]*\).*/\1/p" "$work/up.log" | tail -1)
 other=$(( leader % 3 ))   # a node index (0-based) that is not the leader's
 write() { PGPASSWORD=pgmix psql -Atq -h 127.0.0.1 -p $((BASE + other)) -U pgmix pgmix \

@@ -12,6 +12,8 @@ SIZE_MB=${SIZE_MB:-100}
 BASE=${BASE:-28432}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 work=$(mktemp -d /tmp/pgmix-copy-bench.XXXXXX)
 chmod 755 "$work"
 cleanup() {
@@ -24,26 +26,12 @@ echo "bench: building pgmix (release)"
 (cd "$root" && cargo build --release --quiet)
 
 printf 'default = "strong"\n' >"$work/schema.toml"
-echo "bench: starting a 3-node pgmix up (ports $BASE-$((BASE + 2)))"
-"$root/target/release/pgmix" up --nodes 3 --port "$BASE" --data-dir "$work/up" --schema "$work/schema.toml" \
-  --status-every 0 >"$work/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 1 240); do
-  grep -q "cluster ready" "$work/up.log" && break
-  kill -0 "$UP_PID" 2>/dev/null || { cat "$work/up.log"; echo "bench: pgmix up failed"; exit 1; }
-  sleep 0.5
-done
-grep -q "cluster ready" "$work/up.log" || { cat "$work/up.log"; echo "bench: pgmix up did not get ready"; exit 1; }
+start_up
 
 export PGSSLMODE=disable PGPASSWORD=pgmix
 node_sql() { psql -Atq -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $((BASE + $1)) -U pgmix pgmix -c "$2"; }
-leader=""
-until [[ -n $leader ]]; do
-  for i in 1 2 3; do
-    curl -s "http://127.0.0.1:$((BASE + 999 + i))/metrics" | grep -q "pgmix_raft_is_leader{node=\"node$i\"} 1" && leader=$i
-  done
-  sleep 0.2
-done
+leader=$(leader_node)
+until [[ -n $leader ]]; do sleep 0.2; leader=$(leader_node); done
 via=$(( leader % 3 ))   # a node index (0-based) that is not the leader's
 until node_sql "$via" "CREATE TABLE big (id bigint PRIMARY KEY, body text NOT NULL)" 2>/dev/null; do sleep 0.5; done
 

@@ -17,6 +17,8 @@ SCALE=${SCALE:-2}
 BASE=${BASE:-26432}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 work=$(mktemp -d /tmp/pgmix-weak-bench.XXXXXX)
 chmod 755 "$work"
 as_pg=()
@@ -49,28 +51,22 @@ cat >"$work/schema.toml" <<'CONF'
 [tables.weak_accounts]
 consistency = "weak"
 CONF
-echo "bench: starting a 3-node pgmix up (ports $BASE-$((BASE + 2)))"
-"$root/target/release/pgmix" up --nodes 3 --port "$BASE" --data-dir "$work/up" --schema "$work/schema.toml" \
-  --status-every 0 >"$work/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 1 240); do
-  grep -q "cluster ready" "$work/up.log" && break
-  kill -0 "$UP_PID" 2>/dev/null || { cat "$work/up.log"; echo "bench: pgmix up failed"; exit 1; }
-  sleep 0.5
-done
-grep -q "cluster ready" "$work/up.log" || { cat "$work/up.log"; echo "bench: pgmix up did not get ready"; exit 1; }
+start_up
 
 rows=$((SCALE * 100000))
-# Filled as it is created, before capture is installed: each node starts from the same rows
-# without shipping them (the bulk load of a new cluster).
+# Filled as it is created, before capture is installed: DDL goes on the log and runs on every
+# node, so each node starts from the same rows without shipping them (the bulk load of a new
+# cluster).
 fill="CREATE TABLE weak_accounts AS SELECT g AS aid, (g - 1) / 100000 + 1 AS bid, 0 AS abalance, ''::char(84) AS filler
       FROM generate_series(1, $rows) g;
       ALTER TABLE weak_accounts ADD PRIMARY KEY (aid);"
 export PGSSLMODE=disable
 echo "bench: $rows rows on direct Postgres and on each node"
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "$fill" >/dev/null
+until PGPASSWORD=pgmix psql -q -h 127.0.0.1 -p "$BASE" -U pgmix -d pgmix -c "$fill" >/dev/null; do
+  echo "bench: creating the table through node1 failed (no leader yet?), again"; sleep 1
+done
 for i in 0 1 2; do
-  PGPASSWORD=pgmix psql -q -h 127.0.0.1 -p $((BASE + i)) -U pgmix -d pgmix -c "$fill" >/dev/null
   until [[ $(PGPASSWORD=pgmix psql -Atq -h 127.0.0.1 -p $((BASE + i)) -U pgmix -d pgmix \
     -c "SELECT count(*) FROM pgmix.tables WHERE tbl = '\"public\".\"weak_accounts\"'") == 1 ]]; do sleep 0.2; done
 done

@@ -20,6 +20,18 @@ CREATE TABLE pgmix.strong_staged (
 
 DROP FUNCTION pgmix.take_effects();
 
+-- The last values of the sequences owned by `tables` (taken and set forward with the effects,
+-- so a new leader never reissues one).
+CREATE FUNCTION pgmix.owned_sequences(tables text[]) RETURNS TABLE (name text, value bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgmix AS $$
+    SELECT s.seqrelid::regclass::text, pg_sequence_last_value(s.seqrelid)
+    FROM pg_depend dep JOIN pg_sequence s ON s.seqrelid = dep.objid
+    WHERE dep.classid = 'pg_class'::regclass AND dep.refclassid = 'pg_class'::regclass
+      AND dep.deptype IN ('a', 'i')
+      AND dep.refobjid IN (SELECT to_regclass(t) FROM unnest(tables) t)
+      AND pg_sequence_last_value(s.seqrelid) IS NOT NULL
+$$;
+
 -- At commit: the transaction's next effects in order, about `max_bytes` of them, with the last
 -- value of every sequence owned by a table they wrote (followers take sequence values from here:
 -- a new leader never reissues one), and whether effects remain. NULL when nothing remains.
@@ -52,12 +64,7 @@ BEGIN
                                         'sql', sql, 'path', path, 'who', who) ORDER BY seq),
            array_agg(DISTINCT tbl) FILTER (WHERE tbl IS NOT NULL)
         INTO effects, tables FROM d;
-    SELECT jsonb_object_agg(s.seqrelid::regclass::text, pg_sequence_last_value(s.seqrelid)) INTO seqs
-        FROM pg_depend dep JOIN pg_sequence s ON s.seqrelid = dep.objid
-        WHERE dep.classid = 'pg_class'::regclass AND dep.refclassid = 'pg_class'::regclass
-          AND dep.deptype IN ('a', 'i')
-          AND dep.refobjid IN (SELECT to_regclass(t) FROM unnest(tables) t)
-          AND pg_sequence_last_value(s.seqrelid) IS NOT NULL;
+    SELECT jsonb_object_agg(o.name, o.value) INTO seqs FROM pgmix.owned_sequences(tables) o;
     RETURN jsonb_build_object('effects', effects, 'sequences', coalesce(seqs, '{}'), 'more', more)::text;
 END
 $$;

@@ -123,10 +123,5 @@ $$;
 -- The last values of the sequences owned by strong tables, for a snapshot.
 CREATE FUNCTION pgmix.strong_sequences() RETURNS TABLE (name text, value bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pgmix AS $$
-    SELECT s.seqrelid::regclass::text, pg_sequence_last_value(s.seqrelid)
-    FROM pg_depend dep JOIN pg_sequence s ON s.seqrelid = dep.objid
-    WHERE dep.classid = 'pg_class'::regclass AND dep.refclassid = 'pg_class'::regclass
-      AND dep.deptype IN ('a', 'i')
-      AND dep.refobjid IN (SELECT to_regclass(tbl) FROM pgmix.strong_tables)
-      AND pg_sequence_last_value(s.seqrelid) IS NOT NULL
+    SELECT * FROM pgmix.owned_sequences(ARRAY(SELECT tbl FROM pgmix.strong_tables))
 $$;

@@ -310,6 +310,24 @@ impl Applier {
         format!("DELETE FROM pgmix.strong_staged WHERE term < {term}")
     }
 
+    /// Drops the chunks of the failed transaction `gid` (an `Abandon` entry at `at`).
+    pub async fn abandon(&self, at: LogId<NodeId>, gid: &str, database: &str) -> Result<(), ApplyError> {
+        let idx = at.index as i64;
+        let sweep = self.sweep(database, at.leader_id.term);
+        self.with_db(database, async |c| {
+            let tx = c.transaction().await?;
+            tx.batch_execute(&sweep).await?;
+            let done: i64 = tx.query_one("SELECT idx FROM pgmix.strong_applied FOR UPDATE", &[]).await?.get(0);
+            if done < idx {
+                tx.execute("DELETE FROM pgmix.strong_staged WHERE gid = $1", &[&gid]).await?;
+                tx.execute("UPDATE pgmix.strong_applied SET idx = $1", &[&idx]).await?;
+            }
+            tx.commit().await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Stages a chunk of a large transaction's effects (a `Chunk` entry at `at`), with the
     /// database's marker, and drops chunks of earlier terms, whose Commit can no longer come.
     pub async fn stage(&self, at: LogId<NodeId>, gid: &str, database: &str, effects: &str) -> Result<(), ApplyError> {

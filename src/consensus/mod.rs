@@ -54,6 +54,9 @@ pub enum Command {
     /// Effects of the large transaction `gid`, logged before it is prepared: every node stages
     /// them until the transaction's `Commit` entry applies them (or a later term drops them).
     Chunk { gid: String, database: String, effects: Box<serde_json::value::RawValue> },
+    /// The large transaction `gid` failed after logging chunks (its PREPARE failed, say): every
+    /// node drops them now rather than at the next term.
+    Abandon { gid: String, database: String },
     /// A statement that cannot run in a transaction block (CREATE DATABASE, CREATE INDEX
     /// CONCURRENTLY, ...), run by every node as `role` with `search_path`, in `database`.
     Standalone { database: String, sql: String, role: String, search_path: String },

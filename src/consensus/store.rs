@@ -442,6 +442,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                 }
+                EntryPayload::Normal(super::Command::Abandon { gid, database }) => {
+                    if let Err(err) = self.applier.abandon(e.log_id, &gid, &database).await {
+                        self.store(&a, None).await?;
+                        return Err(sm_err(err));
+                    }
+                }
                 EntryPayload::Normal(super::Command::Chunk { gid, database, effects }) => {
                     if let Err(err) = self.applier.stage(e.log_id, &gid, &database, effects.get()).await {
                         self.store(&a, None).await?;

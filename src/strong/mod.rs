@@ -222,6 +222,19 @@ impl Strong {
         }
     }
 
+    /// After a large transaction failed before PREPARE (or at it): tells every node to drop its
+    /// chunks. Best effort: if this fails, the next term's first entry drops them.
+    pub async fn abandon(&self, gid: &str, database: &str) {
+        let raft = self.consensus.raft();
+        let cmd = Command::Abandon { gid: gid.to_owned(), database: database.to_owned() };
+        let error = match tokio::time::timeout(self.timeout, raft.client_write(cmd)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        tracing::info!(%gid, %error, "could not log the end of a failed large transaction; its chunks go at the next term");
+    }
+
     /// Step 3: puts the prepared transaction `gid` on the log, after its `chunks` chunks, and
     /// waits until it is committed and applied here (where it is `COMMIT PREPARED`).
     pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<(), StrongError> {

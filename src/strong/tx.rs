@@ -129,21 +129,30 @@ impl Strong {
             return Ok(UnitReply { ended: r.status == b'I', bytes: r.bytes, copy: false });
         }
         let mut out = BytesMut::from(r.without_ready());
-        self.end_single(b, &mut out).await?;
+        // Postgres commits a simple Query's implicit transaction before it reports the command
+        // complete, and an extended one's at Sync, after.
+        let simple = crate::protocol::messages::iter(unit).all(|(tag, _)| tag != b'S');
+        self.end_single(b, &mut out, simple).await?;
         out.extend_from_slice(&ready(b'I'));
         Ok(UnitReply { bytes: out, ended: true, copy: false })
     }
 
     /// Ends the transaction pgmix began for a single statement: commits it, or rolls back a
-    /// failed one. An error for the client goes to `out`.
+    /// failed one. An error for the client goes to `out`; when the statement came in a simple
+    /// Query (`simple`) the error takes the place of its CommandComplete, as Postgres reports a
+    /// failed implicit commit, so a client is never told a statement completed that did not.
     async fn end_single<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         b: &mut Backend<S>,
         out: &mut BytesMut,
+        simple: bool,
     ) -> std::io::Result<()> {
         match b.status {
             b'T' => {
                 if let Err(e) = self.finish(b).await? {
+                    if simple {
+                        drop_last_complete(out);
+                    }
                     out.extend_from_slice(&e);
                 }
             }
@@ -186,7 +195,7 @@ impl Strong {
             }
         }
         if autocommit {
-            self.end_single(b, &mut out).await?;
+            self.end_single(b, &mut out, true).await?;
         }
         out.extend_from_slice(&ready(b.status));
         Ok(UnitReply { ended: b.status == b'I', bytes: out, copy: false })
@@ -247,6 +256,9 @@ impl Strong {
         while has_more(&effects) {
             if let Err(e) = self.chunk(&gid, &b.database, effects).await {
                 b.run("ROLLBACK").await?;
+                if chunks > 0 {
+                    self.abandon(&gid, &b.database).await;
+                }
                 return Ok(Err(error_bytes(&e)));
             }
             chunks += 1;
@@ -254,6 +266,7 @@ impl Strong {
             let r = b.run(&take).await?;
             if r.error.is_some() {
                 b.run("ROLLBACK").await?;
+                self.abandon(&gid, &b.database).await;
                 return Ok(Err(BytesMut::from(r.without_ready())));
             }
             effects = r.first_value.map_or_else(
@@ -269,7 +282,10 @@ impl Strong {
         let taken = started.elapsed();
         let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
         if r.error.is_some() {
-            // A failed PREPARE rolls the transaction back.
+            // A failed PREPARE (a deferred constraint, say) rolls the transaction back.
+            if chunks > 0 {
+                self.abandon(&gid, &b.database).await;
+            }
             return Ok(Err(BytesMut::from(r.without_ready())));
         }
         let prepared = started.elapsed();
@@ -310,4 +326,44 @@ fn has_more(taken: &str) -> bool {
         more: bool,
     }
     serde_json::from_str::<Taken>(taken).is_ok_and(|t| t.more)
+}
+
+/// Removes the last message of `out` when it is a CommandComplete.
+fn drop_last_complete(out: &mut BytesMut) {
+    let mut offset = 0;
+    let mut last = None;
+    for (tag, body) in crate::protocol::messages::iter(out) {
+        last = Some((tag, offset));
+        offset += 5 + body.len();
+    }
+    if let Some((b'C', at)) = last {
+        out.truncate(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn a_failed_implicit_commit_takes_the_place_of_the_last_command_complete() {
+        let rows = message(b'D', b"\0\x01\0\0\0\x011");
+        let done = message(b'C', b"INSERT 0 2\0");
+        let mut out = BytesMut::from([rows.clone(), done.clone()].concat().as_slice());
+        drop_last_complete(&mut out);
+        assert_eq!(&out[..], &rows[..]);
+        // Nothing else is removed.
+        drop_last_complete(&mut out);
+        assert_eq!(&out[..], &rows[..]);
+        let mut only = BytesMut::from(done.as_slice());
+        drop_last_complete(&mut only);
+        assert!(only.is_empty());
+    }
 }

@@ -11,11 +11,20 @@ const STAGED: &str = "SELECT count(*)::text FROM pgmix.strong_staged";
 
 /// COPYs rows `from..=to` into `big` through `client`, a few hundred bytes each.
 async fn copy_rows(client: &tokio_postgres::Client, from: i32, to: i32) -> Result<u64, tokio_postgres::Error> {
+    copy_ids(client, "big", from..=to).await
+}
+
+/// COPYs a row for each id into `table` (id, body) through `client`.
+async fn copy_ids(
+    client: &tokio_postgres::Client,
+    table: &str,
+    ids: impl IntoIterator<Item = i32>,
+) -> Result<u64, tokio_postgres::Error> {
     use futures_util::SinkExt;
-    let copy = client.copy_in::<_, bytes::Bytes>("COPY big FROM STDIN").await?;
+    let copy = client.copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN")).await?;
     futures_util::pin_mut!(copy);
     let mut batch = String::new();
-    for id in from..=to {
+    for id in ids {
         batch.push_str(&format!("{id}\t{}{id}\n", "x".repeat(200)));
         if batch.len() > 64 * 1024 {
             copy.send(bytes::Bytes::from(std::mem::take(&mut batch))).await?;
@@ -43,6 +52,26 @@ async fn a_large_strong_copy_commits_in_chunks_and_an_abandoned_one_leaves_nothi
         assert!(n >= 10, "node {}: the COPY went on the log in {n} chunks, not in ten or more", k + 1);
     }
     wait_until("no chunk stays staged", || async { c.each(STAGED).await.iter().all(|n| n == &["0"]) }).await;
+
+    // A large COPY that fails at PREPARE (a deferred unique key, broken by its last row) after
+    // its chunks were logged: the client's COMMIT gets the error, and every node drops the chunks
+    // at once.
+    client
+        .batch_execute(
+            "CREATE TABLE late (id int, body text, CONSTRAINT late_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(copy_ids(&client, "late", (1..=20_000).chain([1])).await.unwrap(), 20_001);
+    let e = client.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "23505", "{e:?}");
+    wait_until("the failed COPY's chunks are dropped on every node", || async {
+        c.each(STAGED).await.iter().all(|n| n == &["0"])
+    })
+    .await;
+    let late = c.each("SELECT count(*)::text FROM late").await;
+    assert!(late.iter().all(|n| n == &["0"]), "{late:?}");
 
     // The leader stops right after logging the first chunk of the next one.
     c.nodes[l - 1].handle().failpoints.arm(AFTER_CHUNK);

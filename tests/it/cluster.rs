@@ -146,18 +146,7 @@ impl Cluster {
         if !self.setup.is_empty() {
             pg.direct().await.batch_execute(&self.setup).await.expect("setup SQL");
         }
-        let text = node_config(
-            &self.certs,
-            &self.dir.0.join("schema.toml"),
-            &pg,
-            k - 1,
-            &self.ports,
-            &self.relays,
-            &self.extra,
-        );
-        let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
-        let node = pgmix::node::start(cfg).await.expect("the node starts again");
-        self.nodes[k - 1] = TestNode::from_parts(node, pg);
+        self.nodes[k - 1] = self.start_node(k, pg).await;
         self.wait_linked().await;
     }
 
@@ -173,6 +162,12 @@ impl Cluster {
     }
 
     pub async fn start_again(&mut self, k: usize, pg: TestPg) {
+        let node = self.start_node(k, pg).await;
+        self.nodes.insert(k - 1, node);
+    }
+
+    /// Node `k` (1-based) started in front of `pg`, with its identity and peers.
+    async fn start_node(&self, k: usize, pg: TestPg) -> TestNode {
         let text = node_config(
             &self.certs,
             &self.dir.0.join("schema.toml"),
@@ -184,7 +179,7 @@ impl Cluster {
         );
         let cfg = pgmix::config::from_toml_str(&text, "test.toml", Path::new(".")).expect("cluster config");
         let node = pgmix::node::start(cfg).await.expect("the node starts again");
-        self.nodes.insert(k - 1, TestNode::from_parts(node, pg));
+        TestNode::from_parts(node, pg)
     }
 
     pub async fn wait_linked(&self) {

@@ -288,3 +288,15 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `sql`'s one row, asked again while the answer is 40001 (a node that does not know a leader
+/// yet says so, and the statement is safe to retry).
+pub async fn query_one_retrying(client: &tokio_postgres::Client, sql: &str) -> tokio_postgres::Row {
+    loop {
+        match client.query_one(sql, &[]).await {
+            Ok(row) => return row,
+            Err(e) if sqlstate(&e) == "40001" => continue,
+            Err(e) => panic!("{sql}: {e:?}"),
+        }
+    }
+}

@@ -98,13 +98,8 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
 
     // Through the returning node: a strong write, and a sequence that goes on where it was.
     let back = c.client(down).await;
-    let id: i32 = loop {
-        match back.query_one("INSERT INTO made_while_away (v) VALUES ('d') RETURNING id", &[]).await {
-            Ok(r) => break r.get(0),
-            Err(e) if crate::harness::sqlstate(&e) == "40001" => continue,
-            Err(e) => panic!("{e:?}"),
-        }
-    };
+    let insert = "INSERT INTO made_while_away (v) VALUES ('d') RETURNING id";
+    let id: i32 = crate::harness::query_one_retrying(&back, insert).await.get(0);
     assert_eq!(id, 4, "the sequence goes on from the snapshot's value");
     let all = c
         .converged(

@@ -492,13 +492,8 @@ async fn a_follower_that_was_down_catches_up_and_then_reads_linearizably() {
     let reader = c.client(down).await;
     // Until the returning node knows a leader its strong reads fail with 40001 (retryable);
     // the first one that succeeds must already see everything.
-    let total: i64 = loop {
-        match reader.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await {
-            Ok(row) => break row.get(0),
-            Err(e) if crate::harness::sqlstate(&e) == "40001" => continue,
-            Err(e) => panic!("{e:?}"),
-        }
-    };
+    let total: i64 =
+        crate::harness::query_one_retrying(&reader, "SELECT sum(balance)::bigint FROM accounts").await.get(0);
     assert_eq!(total, 1050, "the first strong read on the returning node sees every write made while it was away");
     let id: i32 = reader.query_one("SELECT id FROM made_while_away", &[]).await.unwrap().get(0);
     assert_eq!(id, 7);

@@ -22,7 +22,7 @@ use crate::backend::{self, BackendError, CancelRegistry};
 use crate::config::NodeConfig;
 use crate::frontend::{self, FrontendError, Handshake};
 use crate::metrics::{self, Metrics, MetricsHandle};
-use crate::protocol::messages;
+
 use crate::schema::Schema;
 use crate::schema::databases::Databases;
 use crate::session::stop::Level;
@@ -308,7 +308,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
     let mut buf = BytesMut::with_capacity(backend.greeting.len() + 16);
     let split = backend.greeting.len().saturating_sub(6);
     buf.extend_from_slice(&backend.greeting[..split]);
-    messages::backend_key_data(guard.pid, guard.secret, &mut buf);
+    crate::protocol::codec::backend_key_data(guard.pid, guard.secret, &mut buf);
     buf.extend_from_slice(&backend.greeting[split..]);
     if client.write_all(&buf).await.is_err() || client.flush().await.is_err() {
         return;
@@ -320,7 +320,7 @@ async fn serve_connection(tcp: TcpStream, ctx: SessionCtx, cancels: CancelRegist
         password: hello.login.password.clone(),
         database: hello.database.clone(),
     };
-    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, login);
+    let (session, pending) = Session::new(client, backend, ctx.clone(), schema, login, guard.redirect.clone());
     let result = session.run(pending).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     drop(guard);

@@ -61,31 +61,15 @@ impl ClientError {
 
     /// Appends this error as an `ErrorResponse` message.
     pub fn encode(&self, buf: &mut BytesMut) {
-        use pgwire::messages::Message;
         let severity = match self.severity {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         };
-        let mut fields = vec![
-            (b'S', severity.to_owned()),
-            (b'V', severity.to_owned()),
-            (b'C', self.code.to_owned()),
-            (b'M', self.message.clone()),
-        ];
+        let mut fields = vec![(b'S', severity), (b'V', severity), (b'C', self.code), (b'M', self.message.as_str())];
         if let Some(hint) = &self.hint {
-            fields.push((b'H', hint.clone()));
+            fields.push((b'H', hint.as_str()));
         }
-        // Encoding into a BytesMut only fails for messages over pgwire's size limit, which an
-        // error text never reaches; fall back to a short message rather than panic.
-        let msg = pgwire::messages::response::ErrorResponse::new(fields);
-        if msg.encode(buf).is_err() {
-            let short = pgwire::messages::response::ErrorResponse::new(vec![
-                (b'S', severity.to_owned()),
-                (b'C', self.code.to_owned()),
-                (b'M', "error message too long".to_owned()),
-            ]);
-            let _ = short.encode(buf);
-        }
+        crate::protocol::codec::error_fields(b'E', &fields, buf);
     }
 }
 

@@ -17,10 +17,29 @@ use super::connect::open_stream;
 use super::error::BackendError;
 use crate::config::BackendAddr;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Target {
     addr: BackendAddr,
     secret: i32,
+    redirect: Redirect,
+}
+
+/// A cancel sent elsewhere: to the leader, where a session's statement is relayed.
+pub type Forward = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Where a session's cancel requests go while its statement runs on another node; shared by the
+/// session (which sets it while it relays) and the registry.
+#[derive(Clone, Default)]
+pub struct Redirect(Arc<Mutex<Option<Forward>>>);
+
+impl Redirect {
+    pub fn set(&self, to: Option<Forward>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+
+    fn get(&self) -> Option<Forward> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Shared by all sessions of one node; cloned as a handle. Keyed by backend pid, which is unique
@@ -35,6 +54,8 @@ pub struct CancelGuard {
     registry: CancelRegistry,
     pub pid: i32,
     pub secret: i32,
+    /// Where its cancels go while the session relays a statement.
+    pub redirect: Redirect,
 }
 
 impl Drop for CancelGuard {
@@ -53,9 +74,10 @@ impl CancelRegistry {
     /// pid, a fresh secret.
     pub fn register(&self, addr: BackendAddr, pid: i32, secret: i32) -> CancelGuard {
         let our_secret: i32 = rand::rng().random();
+        let redirect = Redirect::default();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(pid, (our_secret, Target { addr, secret }));
-        CancelGuard { registry: self.clone(), pid, secret: our_secret }
+        map.insert(pid, (our_secret, Target { addr, secret, redirect: redirect.clone() }));
+        CancelGuard { registry: self.clone(), pid, secret: our_secret, redirect }
     }
 
     /// Forwards a cancel request; an unknown or wrong key is ignored, as Postgres does.
@@ -67,6 +89,10 @@ impl CancelRegistry {
                 _ => return Ok(false),
             }
         };
+        if let Some(forward) = target.redirect.get() {
+            forward().await;
+            return Ok(true);
+        }
         send_cancel(&target.addr, pid, target.secret).await?;
         Ok(true)
     }

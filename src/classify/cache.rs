@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::quick_shape::quick_key;
+use super::words::Words;
 use super::{Class, SearchPathChange, SqlPrepared, classify, classify_tokens, split, strongest};
 use crate::schema::Schema;
 
@@ -46,6 +47,8 @@ pub struct Entry {
     pub search_path: Option<SearchPathChange>,
     /// How many statements the text holds.
     pub statements: usize,
+    /// What its words say about transactions and the log.
+    pub words: super::words::Words,
 }
 
 #[derive(Default)]
@@ -80,14 +83,17 @@ impl ClassCache {
         // Tokenized and classified outside the lock: the slow parts, and other sessions need the
         // cache meanwhile.
         let Ok(tokens) = split::tokenize(sql) else {
-            let entry = fresh(sql, &current());
+            let entry = entry_of(classify(sql, &current()), Words::OTHER);
             self.store(sql, entry.clone(), epoch);
             return entry;
         };
         let shape = format!("\u{0}s{}", split::shape(&tokens));
         let hit = self.lookup(&shape).ok();
         let classified_now = hit.is_none();
-        let entry = hit.unwrap_or_else(|| entry_of(classify_tokens(tokens, &current())));
+        let entry = hit.unwrap_or_else(|| {
+            let words = Words::of(&tokens);
+            entry_of(classify_tokens(tokens, &current()), words)
+        });
         if classified_now {
             // By exact text too, so that a text sent again verbatim costs one lookup. A text that
             // is only ever a shape hit is not stored: one-off texts would crowd out the shapes.
@@ -150,10 +156,16 @@ impl Generations {
 }
 
 fn fresh(sql: &str, schema: &Schema) -> Entry {
-    entry_of(classify(sql, schema))
+    match split::tokenize(sql) {
+        Ok(tokens) => {
+            let words = Words::of(&tokens);
+            entry_of(classify_tokens(tokens, schema), words)
+        }
+        Err(_) => entry_of(classify(sql, schema), Words::OTHER),
+    }
 }
 
-fn entry_of(all: Vec<super::Classification>) -> Entry {
+fn entry_of(all: Vec<super::Classification>, words: Words) -> Entry {
     let reason = all.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>().join("; ");
     let is_execute = |c: &&super::Classification| matches!(c.sql_prepared, Some(SqlPrepared::Execute { .. }));
     Entry {
@@ -163,6 +175,7 @@ fn entry_of(all: Vec<super::Classification>) -> Entry {
         sql_prepared: all.iter().filter_map(|c| c.sql_prepared.clone()).collect(),
         search_path: all.iter().rev().find_map(|c| c.search_path.clone()),
         statements: all.len(),
+        words,
     }
 }
 

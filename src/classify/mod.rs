@@ -14,9 +14,11 @@ mod decide;
 mod functions;
 mod quick_shape;
 mod split;
+mod walk;
+pub mod words;
 
 pub use split::statement_texts;
-mod walk;
+pub use words::{Standalone, TxWord, Words};
 
 #[cfg(test)]
 mod cases;

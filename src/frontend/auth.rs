@@ -12,7 +12,7 @@ use super::roles::{RoleSecret, RoleSecrets, StoredPassword, md5_password_matches
 use super::scram::{ScramError, ScramServer, ScramVerifier};
 use super::stream::ClientStream;
 use crate::config::{AuthMethod, NodeConfig, UserAuth};
-use crate::protocol::messages;
+use crate::protocol::{codec, messages};
 use crate::sqlstate::{ClientError, code};
 
 /// Password-family messages are small; this bounds what an unauthenticated client can make us hold.
@@ -48,7 +48,7 @@ pub async fn authenticate(
         // The backend role's own password serves when a user runs as that role.
         let password =
             entry.plain.clone().or_else(|| cfg.backend.password.clone().filter(|_| entry.role == cfg.backend.user));
-        messages::auth_ok(&mut buf);
+        codec::auth_ok(&mut buf);
         send(stream, &mut buf).await?;
         return Ok(Authenticated { role: entry.role.clone(), password });
     }
@@ -66,7 +66,7 @@ pub async fn authenticate(
         None
     };
     role(stream, &ex, &gate.roles, secret, &mut buf).await?;
-    messages::auth_ok(&mut buf);
+    codec::auth_ok(&mut buf);
     send(stream, &mut buf).await?;
     Ok(Authenticated { role: user.to_owned(), password: None })
 }
@@ -188,7 +188,7 @@ async fn cleartext_matches(stored: &StoredPassword, user: &str, given: &str) -> 
 }
 
 async fn cleartext(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, FrontendError> {
-    messages::auth_cleartext(buf);
+    codec::auth_cleartext(buf);
     send(stream, buf).await?;
     let body = read_password_message(stream).await?;
     Ok(messages::cstr(&body).map(|(s, _)| s.to_owned()).unwrap_or_default())
@@ -198,7 +198,7 @@ async fn cleartext(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<Stri
 async fn md5_challenge(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<([u8; 4], String), FrontendError> {
     let mut salt = [0u8; 4];
     rand::rng().fill_bytes(&mut salt);
-    messages::auth_md5(salt, buf);
+    codec::auth_md5(salt, buf);
     send(stream, buf).await?;
     let body = read_password_message(stream).await?;
     Ok((salt, messages::cstr(&body).map(|(s, _)| s.to_owned()).unwrap_or_default()))
@@ -213,19 +213,19 @@ async fn scram(
     let user = ex.user;
     let binding = if ex.tls { ex.cfg.tls.as_ref().and_then(|t| t.end_point.clone().ok()) } else { None };
     let mut server = ScramServer::new(verifier, user, binding, ex.mock_key);
-    messages::auth_sasl(server.mechanisms(), buf);
+    codec::auth_sasl(server.mechanisms(), buf);
     send(stream, buf).await?;
 
     let body = read_password_message(stream).await?;
     let (mechanism, data) = messages::sasl_initial_response(&body)
         .ok_or_else(|| protocol_violation("malformed SASLInitialResponse message"))?;
     let server_first = server.client_first(mechanism, data).map_err(|e| scram_error(e, user))?;
-    messages::auth_sasl_continue(server_first.as_bytes(), buf);
+    codec::auth_sasl_continue(server_first.as_bytes(), buf);
     send(stream, buf).await?;
 
     let body = read_password_message(stream).await?;
     let server_final = server.client_final(&body).map_err(|e| scram_error(e, user))?;
-    messages::auth_sasl_final(server_final.as_bytes(), buf);
+    codec::auth_sasl_final(server_final.as_bytes(), buf);
     Ok(())
 }
 

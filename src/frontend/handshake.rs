@@ -118,7 +118,7 @@ async fn startup(
     }
     if minor > 0 || !unrecognized.is_empty() {
         let mut buf = BytesMut::new();
-        messages::negotiate_protocol_version(0, &unrecognized, &mut buf);
+        crate::protocol::codec::negotiate_protocol_version(0, &unrecognized, &mut buf);
         stream.write_all(&buf).await?;
     }
     let Some(user) = user.filter(|u| !u.is_empty()) else {

@@ -1,9 +1,6 @@
-//! The messages pgmix reads or writes itself, as opposed to forwarding. Encoding goes through
-//! `pgwire`'s message types; reading the few fields the session needs is done in place.
-
-use bytes::{BufMut, BytesMut};
-use pgwire::messages::Message;
-use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
+//! Reading the messages pgmix looks at, in place, with no I/O: the start-up packet, and the few
+//! fields of a Query, Parse, Bind, ErrorResponse, DataRow or ParameterStatus the session needs.
+//! (What pgmix writes itself is encoded by `codec`.)
 
 pub const SSL_REQUEST_CODE: i32 = 80877103;
 pub const GSSENC_REQUEST_CODE: i32 = 80877104;
@@ -60,54 +57,6 @@ pub fn decode_first_packet(body: &[u8]) -> Option<FirstPacket> {
             }
             Some(FirstPacket::Startup { major, minor, params })
         }
-    }
-}
-
-fn encode(msg: &impl Message, buf: &mut BytesMut) {
-    // pgwire only refuses messages over its size limits; the ones built here are tiny.
-    if let Err(e) = msg.encode(buf) {
-        tracing::error!(error = %e, "could not encode a protocol message");
-    }
-}
-
-pub fn auth_ok(buf: &mut BytesMut) {
-    encode(&Authentication::Ok, buf);
-}
-
-pub fn auth_cleartext(buf: &mut BytesMut) {
-    encode(&Authentication::CleartextPassword, buf);
-}
-
-pub fn auth_md5(salt: [u8; 4], buf: &mut BytesMut) {
-    encode(&Authentication::MD5Password(salt.to_vec()), buf);
-}
-
-pub fn auth_sasl(mechanisms: &[&str], buf: &mut BytesMut) {
-    encode(&Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()), buf);
-}
-
-pub fn auth_sasl_continue(data: &[u8], buf: &mut BytesMut) {
-    encode(&Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)), buf);
-}
-
-pub fn auth_sasl_final(data: &[u8], buf: &mut BytesMut) {
-    encode(&Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)), buf);
-}
-
-pub fn backend_key_data(pid: i32, secret: i32, buf: &mut BytesMut) {
-    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
-}
-
-/// `NegotiateProtocolVersion`: we speak 3.0 and none of the `_pq_.` options the client asked for.
-pub fn negotiate_protocol_version(newest_minor: i32, unrecognized: &[String], buf: &mut BytesMut) {
-    let body_len: usize = 8 + unrecognized.iter().map(|o| o.len() + 1).sum::<usize>();
-    buf.put_u8(b'v');
-    buf.put_i32((body_len + 4) as i32);
-    buf.put_i32(newest_minor);
-    buf.put_i32(unrecognized.len() as i32);
-    for o in unrecognized {
-        buf.put_slice(o.as_bytes());
-        buf.put_u8(0);
     }
 }
 
@@ -169,6 +118,52 @@ pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &str)> {
     Some((name, value))
 }
 
+/// The prepared statement a Bind message body binds (its second string).
+pub fn bind_statement(body: &[u8]) -> &[u8] {
+    until_nul(until_nul(body).1).0
+}
+
+/// What a Describe or Close message body names: `b'S'` (a statement) or `b'P'` (a portal), and
+/// the name.
+pub fn target(body: &[u8]) -> (u8, &[u8]) {
+    match body.split_first() {
+        Some((kind, rest)) => (*kind, until_nul(rest).0),
+        None => (0, &[]),
+    }
+}
+
+/// The SQLSTATE (field 'C') of an ErrorResponse or NoticeResponse body.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    error_field(body, b'C')
+}
+
+/// One field of an ErrorResponse or NoticeResponse body.
+pub fn error_field(body: &[u8], wanted: u8) -> Option<String> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, after) = until_nul(tail);
+        if field == wanted {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The first column of a DataRow body; None when the row has none or it is NULL.
+pub fn first_column(body: &[u8]) -> Option<&[u8]> {
+    let n = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
+    if n < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    body.get(6..6 + len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +217,21 @@ mod tests {
         // Not UTF-8 (LATIN1 'e' acute): still read, never skipped.
         assert_eq!(query_text(b"select '\xe9'\0"), b"select '\xe9'");
         assert_eq!(parameter_status(b"client_encoding\0LATIN1\0"), Some((&b"client_encoding"[..], "LATIN1")));
+        assert_eq!(bind_statement(b"portal\0stmt\0\0\0"), b"stmt");
+        assert_eq!(bind_statement(b"\0\0\0\0"), b"");
+        assert_eq!(target(b"Sname\0"), (b'S', &b"name"[..]));
+    }
+
+    #[test]
+    fn error_codes_and_first_values_are_read() {
+        assert_eq!(error_code(b"SERROR\0C40001\0Mboom\0\0").as_deref(), Some("40001"));
+        assert_eq!(error_field(b"SERROR\0C40001\0Mboom\0\0", b'M').as_deref(), Some("boom"));
+        let mut row = vec![0u8, 1];
+        row.extend_from_slice(&3i32.to_be_bytes());
+        row.extend_from_slice(b"abc");
+        assert_eq!(first_column(&row), Some(&b"abc"[..]));
+        let mut null = vec![0u8, 1];
+        null.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(first_column(&null), None);
     }
 }

@@ -12,12 +12,14 @@
 //! backend goes away, the client is told (57P01 from Postgres, or 08006 from pgmix) and closed.
 
 pub mod answer;
+mod begin;
+pub mod core;
 mod flow;
-mod point;
 pub mod route;
 pub mod state;
 pub mod stop;
 pub mod strong;
+mod unit;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,13 +37,11 @@ use crate::config::NodeConfig;
 use crate::frontend::ClientStream;
 use crate::metrics::{Metrics, MetricsHandle};
 use crate::protocol::frames::{FrameError, Framer, Step};
-use crate::protocol::messages;
+use crate::protocol::{codec, messages};
 use crate::sqlstate::{ClientError, code};
-use answer::Answers;
+use core::{Action, Core, Reply};
 use flow::Flow;
-use point::{Action, Cluster, Point};
 use route::Router;
-use state::{SessionState, TxStatus};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -83,14 +83,10 @@ pub struct Session {
     client: ClientStream,
     backend: BackendStream,
     ctx: SessionCtx,
-    state: SessionState,
-    router: Router,
-    /// Errors pgmix sends in place of a statement's reply.
-    answers: Answers,
+    /// What to do with each message (no I/O): the session's mode and protocol state.
+    core: Core,
     client_framer: Framer,
     backend_framer: Framer,
-    /// Type of the last whole message the backend sent, to know whether it already said goodbye.
-    last_backend_tag: u8,
     /// The backend's own cancel key, to stop a running query whose client has gone.
     backend_key: (i32, i32),
     /// The client sent Terminate: pass it on, then end.
@@ -101,31 +97,15 @@ pub struct Session {
     backend_deaf: bool,
     /// Who the client logged in as (a relay session on the leader logs in the same way).
     login: strong::ClientLogin,
-    /// In a cluster, the client's BEGIN, answered by pgmix and not run yet: where the
-    /// transaction runs is decided by its first statement.
-    deferred_begin: Option<String>,
-    /// A transaction of this session turned strong after it had begun here: its next
-    /// transactions go to the strong path whole.
-    sticky: bool,
-    /// The routing point sent the statement at the front of the client's bytes to the strong
-    /// path, with its class.
-    divert: Option<crate::classify::Class>,
-    /// The routing point waits for the replies in flight before it decides on the statement at
-    /// the front of the client's bytes.
-    held: bool,
     relay: strong::RelayState,
-    /// Replies (each up to its ReadyForQuery) of pgmix's own statements not to pass on.
-    swallow: usize,
+    /// Where this session's cancel requests go while its statement is relayed.
+    cancel: crate::backend::cancel::Redirect,
 }
 
-/// Client messages the session looks at whole; everything else may stream through in pieces.
-fn client_inspects(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'S' | b'X' | b'H' | b'F')
-}
-
-/// ReadyForQuery, ErrorResponse, and ParameterStatus (for client_encoding).
+/// Backend messages the session looks at whole: ReadyForQuery, ErrorResponse, ParameterStatus
+/// (for client_encoding), and the replies pgmix may have to drop (ParseComplete, CloseComplete).
 fn backend_inspects(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E' | b'S')
+    matches!(tag, b'Z' | b'E' | b'S' | b'1' | b'3')
 }
 
 impl Session {
@@ -136,10 +116,12 @@ impl Session {
         ctx: SessionCtx,
         schema: Arc<crate::schema::live::LiveSchema>,
         login: strong::ClientLogin,
+        cancel: crate::backend::cancel::Redirect,
     ) -> (Self, BytesMut) {
         let max = ctx.cfg.max_message_bytes;
+        let cluster = ctx.strong.is_some();
         let mut router = Router::new(schema, ctx.metrics.clone(), backend.search_path.as_deref(), &login.role);
-        if ctx.strong.is_some() {
+        if cluster {
             router.track_parses();
         }
         // The start-up ParameterStatus messages (client_encoding among them) reached the client
@@ -151,27 +133,21 @@ impl Session {
                 router.set_parameter(name, value);
             }
         }
+        let metrics = ctx.metrics.clone();
         let session = Self {
             client,
             backend: backend.stream,
             ctx,
-            state: SessionState::default(),
-            router,
-            answers: Answers::default(),
+            core: Core::new(router, metrics, cluster),
             client_framer: Framer::new(max),
             backend_framer: Framer::new(max),
-            last_backend_tag: 0,
             backend_key: (backend.pid, backend.secret),
             client_terminated: false,
             client_unflushed: false,
             backend_deaf: false,
             login,
-            deferred_begin: None,
-            sticky: false,
-            divert: None,
-            held: false,
             relay: strong::RelayState::default(),
-            swallow: 0,
+            cancel,
         };
         (session, backend.leftover)
     }
@@ -179,7 +155,7 @@ impl Session {
     /// Runs the session until one side ends it. `pending` holds backend bytes already read.
     pub async fn run(mut self, bbuf: BytesMut) -> Result<SessionEnd, SessionError> {
         let result = self.pump(bbuf).await;
-        let running = self.state.awaiting_ready > 0;
+        let running = self.core.state.awaiting_ready > 0;
         if running && matches!(result, Ok(SessionEnd::ClientVanished) | Err(SessionError::Client(_))) {
             // Postgres only notices a closed socket when it next talks to it; a long query would
             // keep running (and its transaction open) after the client is gone. Cancel it, then
@@ -227,7 +203,7 @@ impl Session {
                 Ok(Event::ClientTerminated) => return Ok(SessionEnd::ClientTerminated),
                 Ok(Event::ClientVanished) => return Ok(SessionEnd::ClientVanished),
                 Ok(Event::BackendClosed) => {
-                    let e = (self.last_backend_tag != b'E').then(|| {
+                    let e = (self.core.last_backend_tag != b'E').then(|| {
                         ClientError::fatal(
                             code::CONNECTION_FAILURE,
                             "pgmix lost its connection to the local Postgres; reconnect to retry",
@@ -238,7 +214,7 @@ impl Session {
                 }
                 Err(SessionError::Backend(e)) => {
                     // After Postgres's own FATAL, a reset is just its exit: nothing to add.
-                    let ce = (self.last_backend_tag != b'E').then(|| {
+                    let ce = (self.core.last_backend_tag != b'E').then(|| {
                         let msg = format!("pgmix lost its connection to the local Postgres ({e}); reconnect to retry");
                         ClientError::fatal(code::CONNECTION_FAILURE, msg)
                     });
@@ -262,45 +238,38 @@ impl Session {
 
     /// Between transactions, with nothing outstanding: where a session may be closed.
     fn at_quiet_point(&self) -> bool {
-        self.state.is_quiet() && !self.backend_framer.mid_message() && self.deferred_begin.is_none()
+        self.core.at_rest() && !self.backend_framer.mid_message()
     }
 
-    /// Runs the transaction the routing point diverted (see `strong`), then goes back to
-    /// forwarding. Some: the session is over.
+    /// Runs the transaction the core diverted (see `strong`), then goes back to forwarding.
+    /// Some: the session is over.
     async fn strong_path(&mut self, up: &mut Flow, down: &mut Flow) -> Result<Option<SessionEnd>, SessionError> {
-        let (Some(class), Some(strong)) = (self.divert.take(), self.ctx.strong.clone()) else { return Ok(None) };
-        // What the backend said so far goes out first; what the client sent and was framed (a
-        // stand-in, say) goes in first.
-        self.client.write_all(&down.buf).await.map_err(SessionError::Client)?;
-        self.client.flush().await.map_err(SessionError::Client)?;
-        down.buf.clear();
-        down.ready = 0;
-        if up.ready > 0 {
-            self.backend.write_all(&up.buf[..up.ready]).await.map_err(SessionError::Backend)?;
-            up.buf.advance(up.ready);
-            up.ready = 0;
-        }
-        let mut pending = std::mem::take(&mut up.buf);
-        let after = strong::run(self, strong, &mut pending, class).await?;
-        up.buf = pending;
-        if class == crate::classify::Class::Ddl || self.state.ddl_pending {
-            // The catalog may have changed: let the node read it again.
-            self.state.ddl_pending = false;
-            self.router.ddl_done();
-        }
-        // The strong path read every reply it asked for, and set the transaction status.
-        self.state.awaiting_ready = 0;
-        self.state.unsynced = false;
-        match after {
-            strong::After::Resume => {
-                // The client may have sent more already.
-                self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
-                if self.divert.is_some() {
-                    return Box::pin(self.strong_path(up, down)).await;
-                }
-                Ok(None)
+        loop {
+            let Some(strong) = self.ctx.strong.clone() else { return Ok(None) };
+            // What the backend said so far goes out first; what the client sent and was framed (a
+            // stand-in, say) goes in first.
+            self.client.write_all(&down.buf[..down.ready]).await.map_err(SessionError::Client)?;
+            self.client.flush().await.map_err(SessionError::Client)?;
+            down.buf.advance(down.ready);
+            down.ready = 0;
+            if up.ready > 0 {
+                self.backend.write_all(&up.buf[..up.ready]).await.map_err(SessionError::Backend)?;
+                up.buf.advance(up.ready);
+                up.ready = 0;
             }
-            strong::After::End(end) => Ok(Some(end)),
+            let mut pending = std::mem::take(&mut up.buf);
+            let after = strong::run(self, strong, &mut pending).await;
+            up.buf = pending;
+            match after? {
+                strong::After::Resume => {
+                    // The client may have sent more already.
+                    self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
+                    if !self.core.diverted() {
+                        return Ok(None);
+                    }
+                }
+                strong::After::End(end) => return Ok(Some(end)),
+            }
         }
     }
 
@@ -332,10 +301,10 @@ impl Session {
                 }
                 break;
             }
-            if self.divert.is_some() {
+            if self.core.diverted() {
                 return Poll::Ready(Ok(Event::Strong));
             }
-            if self.held {
+            if self.core.holding() {
                 break;
             }
             // Full, and the backend is not taking bytes: its write readiness will wake us.
@@ -380,11 +349,10 @@ impl Session {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
                 Poll::Ready(Ok(_)) => {
                     self.frame_backend(down).map_err(SessionError::BackendProtocol)?;
-                    if self.held && self.state.is_quiet() && !self.backend_framer.mid_message() {
+                    if !self.backend_framer.mid_message() && self.core.hold_over() {
                         // What the held statement waited for has come: decide on it now.
-                        self.held = false;
                         self.frame_client(up, down).map_err(SessionError::ClientProtocol)?;
-                        if self.divert.is_some() && down.ready == 0 {
+                        if self.core.diverted() && down.ready == 0 {
                             return Poll::Ready(Ok(Event::Strong));
                         }
                         cx.waker().wake_by_ref();
@@ -398,18 +366,17 @@ impl Session {
         Poll::Pending
     }
 
-    /// Frames what the client sent and passes each statement through the routing point; what is
+    /// Frames what the client sent and asks the core about each message it looks at; what is
     /// framed becomes ready to send. A refused statement is replaced by its stand-in, or answered
     /// on the spot (see `answer`).
     fn frame_client(&mut self, up: &mut Flow, down: &mut Flow) -> Result<(), FrameError> {
-        let cluster = self.ctx.strong.is_some();
         loop {
-            if self.divert.is_some() || self.held {
+            if self.core.diverted() || self.core.holding() {
                 return Ok(());
             }
             let starts_message = !self.client_framer.mid_message();
-            let inspects = |t: u8| client_inspects(t) || (cluster && t == b'B');
-            match self.client_framer.step(&up.buf[up.ready..], inspects)? {
+            let core = &self.core;
+            match self.client_framer.step(&up.buf[up.ready..], |t| core.inspects(t))? {
                 Step::Message { tag, body, len } => {
                     if tag == b'X' {
                         // Passed on so the backend ends cleanly; nothing after it is read.
@@ -422,37 +389,21 @@ impl Session {
                     // backend's backpressure slows down.
                     let can_answer = !self.backend_framer.mid_message() && down.ready < READ_CHUNK;
                     let msg = &up.buf[up.ready..up.ready + len];
-                    let at = Point {
-                        state: &mut self.state,
-                        router: &mut self.router,
-                        answers: &mut self.answers,
-                        cluster: cluster.then_some(Cluster {
-                            deferred_begin: &mut self.deferred_begin,
-                            sticky: &mut self.sticky,
-                            swallow: &mut self.swallow,
-                        }),
-                    };
-                    match at.on_client_message(&self.ctx.metrics, tag, body, msg, can_answer) {
+                    match self.core.on_client(tag, body, msg, can_answer) {
                         Action::Forward => up.ready += len,
                         Action::Replace(with) => up.replace_next(len, &with),
                         Action::Answer(reply) => {
                             up.replace_next(len, &[]);
                             down.replace_next(0, &reply);
                         }
-                        Action::Divert(class) => {
-                            self.divert = Some(class);
-                            return Ok(());
-                        }
-                        Action::Hold => {
-                            self.held = true;
-                            return Ok(());
-                        }
+                        Action::Absorb => up.replace_next(len, &[]),
+                        Action::Divert | Action::Hold => return Ok(()),
                     }
                 }
                 Step::Pass(n) if n > 0 => {
                     // The start of a large message (a Bind with big parameters, say).
                     if starts_message {
-                        self.state.note_extended(up.buf[up.ready]);
+                        self.core.on_client_piece(up.buf[up.ready]);
                     }
                     up.ready += n;
                 }
@@ -461,53 +412,19 @@ impl Session {
         }
     }
 
-    /// Frames what the backend sent and notes each ReadyForQuery; all of it becomes ready to send,
-    /// except a stand-in's error, which is swapped for pgmix's own.
+    /// Frames what the backend sent and asks the core about each message it looks at; all of it
+    /// becomes ready to send, except replies the client must not see, and a stand-in's error,
+    /// which is swapped for pgmix's own.
     fn frame_backend(&mut self, down: &mut Flow) -> Result<(), FrameError> {
         loop {
             match self.backend_framer.step(&down.buf[down.ready..], backend_inspects)? {
-                Step::Message { tag, body, len } => {
-                    self.last_backend_tag = tag;
-                    let swallowed = self.swallow > 0;
-                    match tag {
-                        b'Z' => {
-                            self.swallow = self.swallow.saturating_sub(1);
-                            if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
-                                self.state.tx = tx;
-                            }
-                            self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
-                            // A Parse sent without a Sync yet may still have a stand-in on its way.
-                            if self.state.awaiting_ready == 0 && !self.state.unsynced {
-                                self.answers.settle();
-                            }
-                            // The DDL has committed or rolled back: let the node re-read the catalog.
-                            if self.state.ddl_pending && self.state.is_quiet() {
-                                self.state.ddl_pending = false;
-                                self.router.ddl_done();
-                            }
-                        }
-                        b'E' if self.answers.waiting() => {
-                            if let Some(own) = self.answers.substitute(body) {
-                                down.replace_next(len, &own);
-                                continue;
-                            }
-                        }
-                        b'S' => {
-                            if let Some((name, value)) = messages::parameter_status(body) {
-                                self.router.set_parameter(name, value);
-                            }
-                        }
-                        _ => {}
-                    }
-                    if swallowed {
-                        // The reply to pgmix's own statement (a BEGIN it deferred).
-                        down.replace_next_dropping(len);
-                        continue;
-                    }
-                    down.ready += len;
-                }
+                Step::Message { tag, body, len } => match self.core.on_backend(tag, body) {
+                    Reply::Pass => down.ready += len,
+                    Reply::Drop => down.replace_next_dropping(len),
+                    Reply::Replace(own) => down.replace_next(len, &own),
+                },
                 Step::Pass(n) if n > 0 => {
-                    self.last_backend_tag = 0;
+                    self.core.on_backend_piece();
                     down.ready += n;
                 }
                 _ => return Ok(()),
@@ -528,7 +445,9 @@ impl Session {
         let _ = self.client.write_all(&buf).await;
         let _ = self.client.flush().await;
         let _ = self.client.shutdown().await;
-        let _ = self.backend.write_all(&[b'X', 0, 0, 0, 4]).await;
+        let mut bye = BytesMut::new();
+        codec::terminate(&mut bye);
+        let _ = self.backend.write_all(&bye).await;
         // Closing a socket with unread bytes in it sends a reset, and a reset can make the
         // client's kernel drop the goodbye just sent. Read what the client still sends until it
         // closes (it does, on a FATAL), for a short while.

@@ -34,8 +34,8 @@
 //! What the rule cannot see is user code that runs without being named in the statement:
 //! column DEFAULTs, operators, casts and row-level security policies that call a function which
 //! changes the session's search_path. Postgres re-analyses a prepared statement when the
-//! search_path has changed since its Parse, so once Execute is routed by the class stored at
-//! Parse, that class must be strengthened the same way.
+//! search_path has changed since its Parse, so a Bind is routed by the class stored at Parse
+//! strengthened by the same rule, judged at the Bind (`bound_class`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::classify::{Class, SearchPathChange, SqlPrepared, strongest};
+use crate::classify::{Class, SearchPathChange, SqlPrepared, Words, strongest};
 use crate::metrics::Metrics;
 use crate::schema::Schema;
 use crate::schema::live::LiveSchema;
@@ -84,13 +84,26 @@ pub struct Router {
     /// a Bind is routed by its statement's class and the statement can be prepared on the
     /// leader too. None on a node of its own.
     parsed: Option<HashMap<Bytes, Parsed>>,
+    /// Parse messages remembered so far.
+    parses: u64,
 }
 
 /// A statement a Parse prepared.
 pub struct Parsed {
     pub class: Class,
+    pub words: Words,
     pub message: Bytes,
-    pub sql: Bytes,
+    /// Which Parse of the session it was: a name prepared again is another statement.
+    pub seq: u64,
+}
+
+/// What the router decided about one statement text.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub class: Class,
+    pub route: Route,
+    pub reason: Arc<str>,
+    pub words: Words,
 }
 
 impl Router {
@@ -110,6 +123,7 @@ impl Router {
             foreign_encoding: None,
             backslash_escapes: false,
             parsed: None,
+            parses: 0,
         }
     }
 
@@ -118,33 +132,38 @@ impl Router {
         self.parsed = Some(HashMap::new());
     }
 
-    /// Records a Parse message (whole, `msg`) of statement `name`; `class` None: classify it.
-    pub fn remember_parse(&mut self, name: &[u8], sql: &[u8], msg: &[u8]) {
-        let class = match &self.parsed {
-            Some(_) => self.schema.classify(&String::from_utf8_lossy(sql)).class,
-            None => return,
-        };
-        self.remember_parsed(name, sql, msg, class);
-    }
-
-    fn remember_parsed(&mut self, name: &[u8], sql: &[u8], msg: &[u8], class: Class) {
+    fn remember_parsed(&mut self, name: &[u8], msg: &[u8], class: Class, words: Words) {
         if let Some(map) = &mut self.parsed {
-            let p = Parsed { class, message: Bytes::copy_from_slice(msg), sql: Bytes::copy_from_slice(sql) };
+            self.parses += 1;
+            let p = Parsed { class, words, message: Bytes::copy_from_slice(msg), seq: self.parses };
             map.insert(Bytes::copy_from_slice(name), p);
         }
     }
 
-    /// The class of prepared statement `name`, when known.
-    pub fn parsed_class(&self, name: &[u8]) -> Option<Class> {
-        self.parsed.as_ref()?.get(name).map(|p| p.class)
+    /// The statement `name` prepared, when known.
+    pub fn parsed(&self, name: &[u8]) -> Option<&Parsed> {
+        self.parsed.as_ref()?.get(name)
     }
 
-    pub fn parsed_text(&self, name: &[u8]) -> Option<Bytes> {
-        self.parsed.as_ref()?.get(name).map(|p| p.sql.clone())
+    /// The class a Bind of statement `name` runs with: its class at Parse, made strong when the
+    /// session's search_path is not sure now. Postgres analyses a prepared statement again when
+    /// the search_path changed since its Parse, so its tables may be others than at Parse.
+    pub fn bound_class(&mut self, name: &[u8]) -> Option<Class> {
+        let class = self.parsed(name)?.class;
+        if self.path_is_sure() {
+            return Some(class);
+        }
+        Some(match class {
+            Class::WeakRead => Class::StrongRead,
+            Class::WeakWrite => Class::StrongWrite,
+            other => other,
+        })
     }
 
-    pub fn parsed_message(&self, name: &[u8]) -> Option<Bytes> {
-        self.parsed.as_ref()?.get(name).map(|p| p.message.clone())
+    /// The words of a text, for a text pgmix reads again (a strong unit's statements).
+    pub fn words(&self, raw: &[u8]) -> Words {
+        let (sql, _) = self.text(raw);
+        self.schema.classify(&sql).words
     }
 
     /// Whether the session's path is known and resolves like the schema file's.
@@ -212,7 +231,7 @@ impl Router {
 
     /// `at_rest`: a simple Query sent between transactions with nothing outstanding; None for a
     /// Parse (run later, perhaps never, perhaps many times).
-    fn decide(&mut self, raw: &[u8], at_rest: Option<bool>) -> (Class, Route, Arc<str>) {
+    fn decide(&mut self, raw: &[u8], at_rest: Option<bool>) -> Decision {
         let (sql, unreadable) = self.text(raw);
         let sql = sql.as_ref();
         let entry = self.schema.classify(sql);
@@ -268,19 +287,19 @@ impl Router {
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };
-        (class, route, reason)
+        Decision { class, route, reason, words: entry.words }
     }
 
     /// A simple-protocol Query (possibly several statements).
-    pub fn route_query(&mut self, sql: &[u8], at_rest: bool) -> (Class, Route, Arc<str>) {
+    pub fn route_query(&mut self, sql: &[u8], at_rest: bool) -> Decision {
         self.decide(sql, Some(at_rest))
     }
 
     /// An extended-protocol Parse (`msg`, whole) of statement `name`; the decision is kept
     /// with the prepared statement.
-    pub fn route_parse(&mut self, name: &[u8], sql: &[u8], msg: &[u8]) -> (Class, Route, Arc<str>) {
+    pub fn route_parse(&mut self, name: &[u8], sql: &[u8], msg: &[u8]) -> Decision {
         let decided = self.decide(sql, None);
-        self.remember_parsed(name, sql, msg, decided.0);
+        self.remember_parsed(name, msg, decided.class, decided.words);
         decided
     }
 

@@ -1,34 +1,43 @@
-//! The session's strong path: a transaction the routing point diverted here (its first strong
-//! statement, at a quiet point) runs message unit by message unit, on the leader.
+//! The strong driver: runs the transaction the core diverted, unit by unit (see `unit`), on the
+//! leader, then hands the session back to the forwarding driver.
 //!
-//! - A strong read outside a transaction block runs here, on the local Postgres, behind the read
-//!   barrier.
-//! - Anything else runs as a strong transaction (`crate::strong`): on this node's own backend
-//!   when this node leads, else relayed to the leader, until the transaction is over; then the
-//!   session goes back to its forwarding data path.
+//! - A strong read outside a transaction block, or inside one that began here, runs here on the
+//!   local Postgres, behind the read barrier.
+//! - A statement that cannot run in a transaction block and changes every node (CREATE
+//!   DATABASE, ...) goes on the log on its own (`Strong::run_standalone`).
+//! - Anything else is a strong transaction (`crate::strong`): on this node's own backend when this
+//!   node leads, else relayed to the leader, until the transaction is over.
+//!
+//! While a unit runs, the driver goes on reading the client: a client that goes away has its
+//! statement cancelled where it runs (here, or on the leader) and its relay session closed, so
+//! the leader's transaction is rolled back; a CancelRequest for a relayed statement is sent on to
+//! the leader (`CancelForward`).
 //!
 //! A transaction that began here with weak statements and then turns strong is not moved: its
 //! strong statement fails with 40001 and the session's next transactions go to the leader
-//! whole (the routing point does that; see `Session::sticky`). Replaying its weak part on the
-//! leader and comparing results would keep it, but a weak read that saw a row the leader has not
-//! got yet would fail the comparison anyway.
+//! whole (the core does that; see `Core::prefer_leader`).
 //!
 //! Crash meaning: see `crate::strong`; the client sees 40001 when nothing can have committed,
 //! 40003 when the commit was under way.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Session, SessionEnd, SessionError, TxStatus};
-use crate::classify::Class;
-use crate::protocol::messages;
+use super::state::TxStatus;
+use super::unit::Unit;
+use super::{READ_CHUNK, Session, SessionEnd, SessionError};
+use crate::backend::BackendStream;
+use crate::classify::{Class, TxWord};
+use crate::peer::PeerUp;
+use crate::protocol::{Step, codec, messages};
 use crate::strong::relay::{self, RelayLogin, Request, status};
 use crate::strong::tx::{Backend, Begin};
-use crate::strong::wire::{self, TxWord, read_message};
-use crate::strong::{Leader, Strong, StrongError};
+use crate::strong::{Leader, Strong, StrongError, wire};
 
 /// What the session does after the strong path.
 pub(super) enum After {
@@ -40,18 +49,12 @@ pub(super) enum After {
 #[derive(Default)]
 pub(super) struct RelayState {
     pub id: u64,
-    /// The leader it is on, and the statements prepared there.
+    /// The leader it is on, and the named statements prepared there (with the version of each
+    /// the client last prepared, see `Parsed::seq`).
     pub leader: Option<u32>,
-    pub prepared: HashSet<Bytes>,
-}
-
-/// One unit of client messages: up to a Sync, one Query, or one COPY message. The end of a COPY
-/// started by Execute runs up to the Sync after it: Postgres answers it only then.
-struct Unit {
-    bytes: BytesMut,
-    word: TxWord,
-    starts_tx: bool,
-    terminate: bool,
+    pub prepared: HashMap<Bytes, u64>,
+    /// The settings last sent with it.
+    pub settings: Option<String>,
 }
 
 /// Who the client logged in as, for relay sessions.
@@ -62,20 +65,59 @@ pub struct ClientLogin {
     pub database: String,
 }
 
-async fn read_unit(s: &mut Session, pending: &mut BytesMut) -> Result<Option<Unit>, SessionError> {
-    read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending, false).await
+/// How long a relayed call may take: as long as the statement takes (the client can cancel it).
+const FOREVER: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the diverted transaction; `buf` holds the client's unread bytes, the diverted message
+/// first. The core forwards again when this returns.
+pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut) -> Result<After, SessionError> {
+    let Some((class, begin)) = s.core.strong_start() else {
+        s.core.strong_done(s.core.state.tx, false);
+        return Ok(After::Resume);
+    };
+    let ddl = class == Class::Ddl;
+    let (after, tx) = match next_unit(s, buf).await? {
+        None => (After::End(SessionEnd::ClientVanished), TxStatus::Idle),
+        Some(u) if u.terminate => (After::End(SessionEnd::ClientTerminated), TxStatus::Idle),
+        Some(unit) => {
+            if class == Class::StrongRead && begin.is_none() && !unit.begins && !s.core.leader_first() {
+                read_here(s, &strong, unit, buf).await?
+            } else if begin.is_none() && unit.standalone.is_some() {
+                (standalone(s, &strong, &unit).await?, TxStatus::Idle)
+            } else {
+                let spec = match begin {
+                    Some(d) => Begin::Client(d.text),
+                    None if unit.begins => Begin::InUnit,
+                    None => Begin::Autocommit,
+                };
+                transaction(s, &strong, unit, spec, buf).await?
+            }
+        }
+    };
+    s.core.strong_done(tx, ddl);
+    Ok(after)
 }
 
-/// Whether a unit that started a COPY started it with Execute (not with a Query).
-fn extended(unit: &[u8]) -> bool {
-    unit.first() != Some(&b'Q')
-}
-
-/// The statement name of a Bind message body.
-pub(super) fn bind_statement(body: &[u8]) -> &[u8] {
-    let portal_end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-    let rest = body.get(portal_end + 1..).unwrap_or_default();
-    &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())]
+/// The next unit of the client's messages, read through the session's one framer; None when the
+/// client went away.
+async fn next_unit(s: &mut Session, buf: &mut BytesMut) -> Result<Option<Unit>, SessionError> {
+    loop {
+        let step = s.client_framer.step(buf, |_| true).map_err(SessionError::ClientProtocol)?;
+        match step {
+            Step::Message { tag, len, .. } => {
+                let msg = buf.split_to(len);
+                if let Some(unit) = s.core.strong_message(tag, &msg[5..], &msg) {
+                    return Ok(Some(unit));
+                }
+            }
+            Step::Pass(_) | Step::Incomplete => {
+                buf.reserve(READ_CHUNK);
+                if s.client.read_buf(buf).await.map_err(SessionError::Client)? == 0 {
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 async fn send(s: &mut Session, bytes: &[u8]) -> Result<(), SessionError> {
@@ -86,78 +128,104 @@ async fn send(s: &mut Session, bytes: &[u8]) -> Result<(), SessionError> {
 fn error_reply(e: &StrongError, status: u8) -> BytesMut {
     let mut b = BytesMut::new();
     e.to_client().encode(&mut b);
-    b.extend_from_slice(&wire::ready(status));
+    codec::ready(status, &mut b);
     b
 }
 
-/// Runs the diverted statement's transaction; `pending` holds the client's unread bytes, the
-/// diverted message first.
-pub(super) async fn run(
-    s: &mut Session,
-    strong: Arc<Strong>,
-    pending: &mut BytesMut,
-    class: Class,
-) -> Result<After, SessionError> {
-    let begin = s.deferred_begin.take();
-    let Some(unit) = read_unit(s, pending).await? else { return Ok(After::End(SessionEnd::ClientVanished)) };
-    if unit.terminate {
-        return Ok(After::End(SessionEnd::ClientTerminated));
-    }
-    if class == Class::StrongRead && begin.is_none() && !unit.starts_tx && !s.sticky {
-        // Here, behind the barrier: outside a transaction, or inside one that began here (each
-        // statement of a READ COMMITTED transaction reads a fresh snapshot).
-        let in_tx = s.state.tx != TxStatus::Idle;
-        let reply = match strong.barrier().await {
-            Ok(()) => {
-                let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-                let r = wire::exchange(&mut b.stream, &mut b.buf, &unit.bytes).await.map_err(SessionError::Backend)?;
-                if let Some(tx) = TxStatus::from_byte(r.status) {
-                    s.state.tx = tx;
+/// Runs `exec` while reading what the client sends meanwhile into `buf`; if the client goes
+/// away, `gone` runs once (it cancels `exec`'s statement) and `exec` is still awaited: what it
+/// was doing (a commit under way above all) is seen through. True: the client went away.
+async fn watched<T>(
+    client: &mut crate::frontend::ClientStream,
+    buf: &mut BytesMut,
+    exec: impl Future<Output = T>,
+    gone: impl FnOnce(),
+) -> (T, bool) {
+    tokio::pin!(exec);
+    let mut gone = Some(gone);
+    loop {
+        let reading = gone.is_some() && buf.len() < 4 * READ_CHUNK;
+        if reading {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            out = &mut exec => return (out, gone.is_none()),
+            r = client.read_buf(buf), if reading => {
+                if matches!(r, Ok(0) | Err(_)) && let Some(f) = gone.take() {
+                    f();
                 }
-                r.bytes
             }
-            Err(e) if in_tx => {
-                // The transaction fails as it would on Postgres's own error.
-                let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-                wire::exchange(&mut b.stream, &mut b.buf, &wire::query("SELECT 1/0"))
-                    .await
-                    .map_err(SessionError::Backend)?;
-                s.state.tx = TxStatus::Failed;
-                error_reply(&e, b'E')
-            }
-            Err(e) => error_reply(&e, b'I'),
-        };
-        send(s, &reply).await?;
-        return Ok(After::Resume);
-    }
-    // A strong transaction runs whole; it is over (or never began) when this returns.
-    s.state.tx = TxStatus::Idle;
-    if begin.is_none()
-        && unit.bytes.first() == Some(&b'Q')
-        && wire::is_standalone(messages::query_text(&unit.bytes[5..]))
-    {
-        return standalone(s, &strong, &unit).await;
-    }
-    let spec = match begin {
-        Some(text) => Begin::Client(text),
-        None if unit.starts_tx => Begin::InUnit,
-        None => Begin::Autocommit,
-    };
-    match strong.wait_for_leader().await {
-        Ok(Leader::Here) => local(s, &strong, unit, spec, pending).await,
-        Ok(Leader::Peer(id)) => relayed(s, &strong, id, unit, spec, pending).await,
-        Ok(Leader::Unknown) | Err(_) => {
-            not_started(s, &error_reply(&StrongError::NoQuorum(strong.timeout), b'I'), &spec).await?;
-            Ok(After::Resume)
         }
     }
+}
+
+/// A strong read here, behind the barrier: outside a transaction, or inside one that began here.
+async fn read_here(
+    s: &mut Session,
+    strong: &Strong,
+    unit: Unit,
+    buf: &mut BytesMut,
+) -> Result<(After, TxStatus), SessionError> {
+    let in_tx = s.core.state.tx != TxStatus::Idle;
+    let key = s.backend_key;
+    let addr = s.ctx.cfg.backend.addr.clone();
+    let Session { client, backend, .. } = s;
+    let (result, vanished) = watched(
+        client,
+        buf,
+        async {
+            match strong.barrier().await {
+                Ok(()) => {
+                    let mut b = Backend::new(&mut *backend, BytesMut::new(), String::new());
+                    let r = wire::exchange(&mut b.stream, &mut b.buf, &unit.bytes).await?;
+                    let tx = TxStatus::from_byte(r.status).unwrap_or(TxStatus::Idle);
+                    Ok::<_, std::io::Error>((r.bytes, tx))
+                }
+                Err(e) if in_tx => {
+                    // The transaction fails as it would on Postgres's own error.
+                    fail_local(backend).await?;
+                    Ok((error_reply(&e, b'E'), TxStatus::Failed))
+                }
+                Err(e) => Ok((error_reply(&e, b'I'), TxStatus::Idle)),
+            }
+        },
+        || cancel_local(addr, key),
+    )
+    .await;
+    let (reply, tx) = result.map_err(SessionError::Backend)?;
+    if vanished {
+        return Ok((After::End(SessionEnd::ClientVanished), TxStatus::Idle));
+    }
+    send(s, &reply).await?;
+    Ok((After::Resume, tx))
+}
+
+/// Puts the local backend into a failed transaction, as a client that was told its statement
+/// failed inside one believes it is (its ROLLBACK must find one).
+async fn fail_local(backend: &mut BackendStream) -> std::io::Result<()> {
+    let mut b = Backend::new(backend, BytesMut::new(), String::new());
+    let r = wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes("SELECT 1/0")).await?;
+    if r.status == b'I' {
+        // Not in a transaction (its BEGIN was pgmix's to answer): begin one that failed.
+        wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes("BEGIN; SELECT 1/0")).await?;
+    }
+    Ok(())
+}
+
+fn cancel_local(addr: crate::config::BackendAddr, (pid, secret): (i32, i32)) {
+    tokio::spawn(async move {
+        if let Err(e) = crate::backend::send_cancel(&addr, pid, secret).await {
+            tracing::debug!(error = %e, "could not cancel the statement of a vanished client");
+        }
+    });
 }
 
 /// CREATE DATABASE and the like: on the log, run by every node (see `Strong::run_standalone`).
 async fn standalone(s: &mut Session, strong: &Strong, unit: &Unit) -> Result<After, SessionError> {
     let sql = String::from_utf8_lossy(messages::query_text(&unit.bytes[5..])).trim().trim_end_matches(';').to_owned();
     let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-    let r = wire::exchange(&mut b.stream, &mut b.buf, &wire::query("SHOW search_path"))
+    let r = wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes("SHOW search_path"))
         .await
         .map_err(SessionError::Backend)?;
     let path = r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
@@ -167,10 +235,7 @@ async fn standalone(s: &mut Session, strong: &Strong, unit: &Unit) -> Result<Aft
         Ok(Leader::Peer(id)) => {
             let req = Request::Standalone { database, sql, role, search_path: path };
             let call = match strong.consensus.peers().get(id) {
-                Some(peer) => peer
-                    .call(relay::SERVICE, relay::encode(&req, &[]), std::time::Duration::from_secs(24 * 3600))
-                    .await
-                    .ok(),
+                Some(peer) => peer.call(relay::SERVICE, relay::encode(&req, &[]), FOREVER).await.ok(),
                 None => None,
             };
             match call {
@@ -184,61 +249,87 @@ async fn standalone(s: &mut Session, strong: &Strong, unit: &Unit) -> Result<Aft
     Ok(After::Resume)
 }
 
-/// The transaction could not start: the client gets `reply` (an error and ReadyForQuery). A
-/// client whose BEGIN pgmix answered believes it is in a transaction: it is put in a failed one
-/// here, so that its ROLLBACK finds one.
-async fn not_started(s: &mut Session, reply: &[u8], spec: &Begin) -> Result<(), SessionError> {
-    let mut out = BytesMut::from(&reply[..reply.len().saturating_sub(6)]);
-    if matches!(spec, Begin::Client(_)) {
-        let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-        wire::exchange(&mut b.stream, &mut b.buf, &wire::query("BEGIN; SELECT 1/0"))
-            .await
-            .map_err(SessionError::Backend)?;
-        s.state.tx = TxStatus::Failed;
-        out.extend_from_slice(&wire::ready(b'E'));
-    } else {
-        out.extend_from_slice(&wire::ready(b'I'));
-    }
-    send(s, &out).await
+/// Where a strong transaction runs.
+enum Place {
+    /// This node leads: on the session's own backend, whose transaction status is `status`.
+    Here { started: bool, status: u8 },
+    /// Relayed to the leader.
+    Relay { peer: Arc<PeerUp>, first: Option<(RelayLogin, Begin)> },
 }
 
-/// This node leads: the transaction runs on the session's own backend.
-async fn local(
+/// What one unit got where it ran.
+struct Ran {
+    bytes: BytesMut,
+    status: u8,
+}
+
+/// Why a relayed unit has no answer: the leader went away, before or after it got the unit.
+struct Lost {
+    why: String,
+    sent: bool,
+}
+
+/// A strong transaction, unit by unit, here or on the leader, until it is over.
+async fn transaction(
     s: &mut Session,
     strong: &Strong,
     mut unit: Unit,
     spec: Begin,
-    pending: &mut BytesMut,
-) -> Result<After, SessionError> {
-    let database = s.login.database.clone();
+    buf: &mut BytesMut,
+) -> Result<(After, TxStatus), SessionError> {
     let autocommit = matches!(spec, Begin::Autocommit);
-    let mut b = Backend::new(&mut s.backend, BytesMut::new(), database);
-    if let Err(e) = strong.start(&mut b, &spec).await.map_err(SessionError::Backend)? {
-        drop(b);
-        let mut reply = e;
-        reply.extend_from_slice(&wire::ready(b'I'));
-        not_started(s, &reply, &spec).await?;
-        return Ok(After::Resume);
-    }
+    let mut place = match strong.wait_for_leader().await {
+        Ok(Leader::Here) => Place::Here { started: false, status: b'I' },
+        Ok(Leader::Peer(id)) => match strong.consensus.peers().get(id).cloned() {
+            Some(peer) => {
+                if s.relay.leader != Some(id) {
+                    // A new leader (or the first): a new relay session there.
+                    s.relay = RelayState { id: strong.next_relay_id(), leader: Some(id), ..RelayState::default() };
+                }
+                let login = RelayLogin {
+                    role: s.login.role.clone(),
+                    password: s.login.password.clone(),
+                    database: s.login.database.clone(),
+                    settings: settings(s).await?,
+                };
+                Place::Relay { peer, first: Some((login, spec.clone())) }
+            }
+            None => return not_started(s, &error_reply(&StrongError::NoQuorum(strong.timeout), b'I'), &spec).await,
+        },
+        Ok(Leader::Unknown) | Err(_) => {
+            return not_started(s, &error_reply(&StrongError::NoQuorum(strong.timeout), b'I'), &spec).await;
+        }
+    };
     loop {
-        let r = strong.unit(&mut b, &unit.bytes, unit.word, autocommit).await.map_err(SessionError::Backend)?;
-        s.client.write_all(&r.bytes).await.map_err(SessionError::Client)?;
-        s.client.flush().await.map_err(SessionError::Client)?;
-        if r.ended {
-            return Ok(After::Resume);
+        let committing = autocommit || unit.word == TxWord::Commit;
+        let ran = match run_unit(s, strong, &mut place, &unit, &spec, autocommit, buf).await? {
+            Ok(r) => r,
+            Err(lost) => return lost_leader(s, &lost.why, lost.sent && committing).await,
+        };
+        if ran.status == status::NOT_STARTED {
+            return not_started(s, &ran.bytes, &spec).await;
+        }
+        send(s, &ran.bytes).await?;
+        if ran.status == status::ENDED {
+            return Ok((After::Resume, TxStatus::Idle));
+        }
+        if ran.status == status::COPY {
+            s.core.strong_copy(unit.extended());
         }
         loop {
-            let until_sync = r.copy && extended(&unit.bytes);
-            let Some(next) =
-                read_unit_split(&mut s.client, &mut s.router, s.ctx.cfg.max_message_bytes, pending, until_sync).await?
-            else {
-                return Ok(After::End(SessionEnd::ClientVanished));
+            let Some(next) = next_unit(s, buf).await? else {
+                close(s, &place).await;
+                return Ok((After::End(SessionEnd::ClientVanished), TxStatus::Idle));
             };
             if next.terminate {
-                return Ok(After::End(SessionEnd::ClientTerminated));
+                close(s, &place).await;
+                return Ok((After::End(SessionEnd::ClientTerminated), TxStatus::Idle));
             }
-            if r.copy && next.bytes.first() == Some(&b'd') {
-                strong.copy_data(&mut b, &next.bytes).await.map_err(SessionError::Backend)?;
+            if ran.status == status::COPY && next.is_copy_data() {
+                // COPY data goes on without waiting for replies.
+                if let Err(lost) = copy_data(s, strong, &place, next, buf).await? {
+                    return lost_leader(s, &lost.why, autocommit).await;
+                }
                 continue;
             }
             unit = next;
@@ -247,102 +338,234 @@ async fn local(
     }
 }
 
-/// Reads one unit, on split borrows (the backend may be borrowed by the transaction).
-async fn read_unit_split(
-    client: &mut crate::frontend::ClientStream,
-    router: &mut super::route::Router,
-    max: usize,
-    pending: &mut BytesMut,
-    copy_until_sync: bool,
-) -> Result<Option<Unit>, SessionError> {
-    let mut unit = Unit { bytes: BytesMut::new(), word: TxWord::Other, starts_tx: false, terminate: false };
-    loop {
-        let Some(msg) = read_message(client, pending, max).await.map_err(SessionError::Client)? else {
-            return Ok(None);
-        };
-        let body = &msg[5..];
-        match msg[0] {
-            b'X' => {
-                unit.terminate = true;
-                return Ok(Some(unit));
-            }
-            b'Q' => {
-                let text = messages::query_text(body);
-                unit.word = wire::tx_word(text);
-                unit.starts_tx = wire::starts_tx(text);
-                unit.bytes.extend_from_slice(&msg);
-                return Ok(Some(unit));
-            }
-            b'P' => {
-                let (name, sql) = messages::parse_message(body);
-                if wire::tx_word(sql) != TxWord::Other {
-                    unit.word = wire::tx_word(sql);
-                }
-                unit.starts_tx |= unit.bytes.is_empty() && wire::starts_tx(sql);
-                router.remember_parse(name, sql, &msg);
-            }
-            b'B' => {
-                if let Some(sql) = router.parsed_text(bind_statement(body)) {
-                    let w = wire::tx_word(&sql);
-                    if w != TxWord::Other {
-                        unit.word = w;
+/// Runs one unit where the transaction runs, watching the client meanwhile. The outer error is
+/// this node's own (its backend or the client); the inner one a relay call that got no answer.
+async fn run_unit(
+    s: &mut Session,
+    strong: &Strong,
+    place: &mut Place,
+    unit: &Unit,
+    spec: &Begin,
+    autocommit: bool,
+    buf: &mut BytesMut,
+) -> Result<Result<Ran, Lost>, SessionError> {
+    let ran = match place {
+        Place::Here { started, status: tx } => {
+            let key = s.backend_key;
+            let addr = s.ctx.cfg.backend.addr.clone();
+            let database = s.login.database.clone();
+            let Session { client, backend, .. } = s;
+            let exec = async {
+                let mut b = Backend::new(&mut *backend, BytesMut::new(), database);
+                b.status = *tx;
+                if !*started {
+                    *started = true;
+                    if let Err(mut e) = strong.start(&mut b, spec).await? {
+                        codec::ready(b'I', &mut e);
+                        return Ok(Ran { bytes: e, status: status::NOT_STARTED });
                     }
-                    unit.starts_tx |= unit.bytes.is_empty() && wire::starts_tx(&sql);
+                }
+                let r = strong.unit(&mut b, &unit.bytes, unit.word, autocommit).await;
+                *tx = b.status;
+                let r = r?;
+                let status = if r.copy {
+                    status::COPY
+                } else if r.ended {
+                    status::ENDED
+                } else {
+                    status::IN_TRANSACTION
+                };
+                Ok::<_, std::io::Error>(Ran { bytes: r.bytes, status })
+            };
+            let (r, vanished) = watched(client, buf, exec, || cancel_local(addr, key)).await;
+            let r = r.map_err(SessionError::Backend)?;
+            if vanished {
+                return Err(SessionError::Client(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok::<_, Lost>(r)
+        }
+        Place::Relay { peer, first } => {
+            let (bytes, injected) = with_statements(s, &unit.bytes);
+            let (login, begin) = match first.take() {
+                Some((l, b)) => (Some(l), Some(b)),
+                None => (None, None),
+            };
+            let req = Request::Unit { session: s.relay.id, login, begin, word: unit.word, autocommit };
+            let payload = relay::encode(&req, &bytes);
+            let session = s.relay.id;
+            let cancel_peer = peer.clone();
+            // A CancelRequest for this session goes to the leader while the unit runs there.
+            let forward_peer = peer.clone();
+            s.cancel.set(Some(Arc::new(move || {
+                let peer = forward_peer.clone();
+                Box::pin(async move {
+                    let req = Request::Cancel { session };
+                    let _ = peer.call(relay::SERVICE, relay::encode(&req, &[]), Duration::from_secs(5)).await;
+                })
+            })));
+            let call = peer.call(relay::SERVICE, payload, FOREVER);
+            let (answer, vanished) = watched(&mut s.client, buf, call, move || {
+                tokio::spawn(async move {
+                    let req = Request::Close { session };
+                    let _ = cancel_peer.call(relay::SERVICE, relay::encode(&req, &[]), Duration::from_secs(5)).await;
+                });
+            })
+            .await;
+            s.cancel.set(None);
+            if vanished {
+                s.relay.leader = None;
+                return Err(SessionError::Client(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            match answer {
+                Ok(a) if !a.is_empty() => {
+                    let reply = drop_injected(&a[1..], injected);
+                    Ok(Ran { bytes: BytesMut::from(reply), status: a[0] })
+                }
+                Ok(_) => Err(Lost { why: "an empty answer".to_owned(), sent: true }),
+                // Never sent: nothing happened there.
+                Err(e @ crate::peer::CallError::Down(_)) => Err(Lost { why: e.to_string(), sent: false }),
+                Err(e) => Err(Lost { why: e.to_string(), sent: true }),
+            }
+        }
+    };
+    Ok(ran)
+}
+
+/// COPY data of a relayed (or local) COPY, sent on in chunks.
+async fn copy_data(
+    s: &mut Session,
+    strong: &Strong,
+    place: &Place,
+    first: Unit,
+    buf: &mut BytesMut,
+) -> Result<Result<(), Lost>, SessionError> {
+    match place {
+        Place::Here { .. } => {
+            let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
+            strong.copy_data(&mut b, &first.bytes).await.map_err(SessionError::Backend)?;
+            Ok(Ok(()))
+        }
+        Place::Relay { peer, .. } => {
+            let mut chunk = first.bytes;
+            while chunk.len() < 256 * 1024 && buf.first() == Some(&b'd') {
+                match next_unit(s, buf).await? {
+                    Some(more) if !more.terminate && more.is_copy_data() => chunk.extend_from_slice(&more.bytes),
+                    _ => break,
                 }
             }
-            _ => {}
-        }
-        unit.bytes.extend_from_slice(&msg);
-        let copy_end = matches!(msg[0], b'c' | b'f') && !copy_until_sync;
-        if matches!(msg[0], b'S' | b'd') || copy_end {
-            return Ok(Some(unit));
+            let req = Request::CopyData { session: s.relay.id };
+            match peer.call(relay::SERVICE, relay::encode(&req, &chunk), FOREVER).await {
+                Ok(_) => Ok(Ok(())),
+                Err(e) => Ok(Err(Lost { why: e.to_string(), sent: true })),
+            }
         }
     }
 }
 
-/// The settings this session made (SET, or start-up options), as SQL for the relay session.
+async fn close(s: &mut Session, place: &Place) {
+    if let Place::Relay { peer, .. } = place {
+        let req = Request::Close { session: s.relay.id };
+        let _ = peer.call(relay::SERVICE, relay::encode(&req, &[]), Duration::from_secs(2)).await;
+        s.relay.leader = None;
+    }
+}
+
+/// The transaction could not start: the client gets `reply` (an error and ReadyForQuery). A
+/// client whose BEGIN pgmix answered believes it is in a transaction: it is put in a failed one
+/// here, so that its ROLLBACK finds one.
+async fn not_started(s: &mut Session, reply: &[u8], spec: &Begin) -> Result<(After, TxStatus), SessionError> {
+    let mut out = BytesMut::from(&reply[..reply.len().saturating_sub(6)]);
+    let tx = if matches!(spec, Begin::Client(_)) {
+        fail_local(&mut s.backend).await.map_err(SessionError::Backend)?;
+        codec::ready(b'E', &mut out);
+        TxStatus::Failed
+    } else {
+        codec::ready(b'I', &mut out);
+        TxStatus::Idle
+    };
+    send(s, &out).await?;
+    Ok((After::Resume, tx))
+}
+
+/// The leader went away mid-transaction.
+async fn lost_leader(s: &mut Session, why: &str, committing: bool) -> Result<(After, TxStatus), SessionError> {
+    s.relay.leader = None;
+    let e = if committing { StrongError::Unknown(why.to_owned()) } else { StrongError::LeaderLost(why.to_owned()) };
+    send(s, &error_reply(&e, b'I')).await?;
+    Ok((After::Resume, TxStatus::Idle))
+}
+
+/// The settings this session made (SET, SET ROLE, or start-up options), as SQL for the relay
+/// session: read again only when statements ran here since they were last read.
 async fn settings(s: &mut Session) -> Result<String, SessionError> {
-    const SQL: &str = "SELECT string_agg(format('SET %s = %L', name, setting), '; ' ORDER BY name) FROM pg_settings \
-        WHERE source IN ('session', 'client') AND name NOT IN ('pgmix.strong', 'session_authorization', 'role', \
-        'transaction_isolation', 'transaction_read_only', 'transaction_deferrable', 'client_encoding')";
+    if let Some(known) = &s.relay.settings
+        && !s.core.take_ran_locally()
+    {
+        return Ok(known.clone());
+    }
+    // set_config takes a value as SHOW prints it (a search_path of several schemas stays a
+    // list); the session's authorization goes before its role, which it resets.
+    const SQL: &str = "SELECT 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL' || coalesce('; ' || string_agg(\
+        format('SELECT set_config(%L, %L, false)', name, setting), '; ' \
+        ORDER BY name = 'role', name), '') FROM pg_settings \
+        WHERE source IN ('session', 'client') AND name NOT IN ('pgmix.strong', 'session_authorization', \
+        'transaction_isolation', 'transaction_read_only', 'transaction_deferrable', 'client_encoding') \
+        AND NOT (name = 'role' AND setting = 'none')";
     let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-    let r = wire::exchange(&mut b.stream, &mut b.buf, &wire::query(SQL)).await.map_err(SessionError::Backend)?;
-    Ok(r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default())
+    let r = wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes(SQL)).await.map_err(SessionError::Backend)?;
+    let sql = r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    s.relay.settings = Some(sql.clone());
+    Ok(sql)
 }
 
 /// Prepends a Close and a Parse for each statement the unit binds that the relay session does
-/// not have; returns the unit and how many replies to drop from the front of the answer.
+/// not have as the client last prepared it (the unnamed statement never lasts there past a unit:
+/// pgmix's own statements on the relay session replace it), and a Close before each named Parse
+/// of a name the relay session has; returns the unit and how many replies to drop from the front
+/// of the answer.
 fn with_statements(s: &mut Session, unit: &[u8]) -> (BytesMut, usize) {
-    let leader = s.relay.leader;
     let mut pre = BytesMut::new();
     let mut injected = 0;
     let mut parsed_here: HashSet<Bytes> = HashSet::new();
     for (tag, body) in messages::iter(unit) {
         match tag {
             b'P' => {
-                let (name, _) = messages::parse_message(body);
-                parsed_here.insert(Bytes::copy_from_slice(name));
+                let name = Bytes::copy_from_slice(messages::parse_message(body).0);
+                if !name.is_empty() && s.relay.prepared.contains_key(&name) && !parsed_here.contains(&name) {
+                    codec::close_statement(&name, &mut pre);
+                    injected += 1;
+                }
+                if let Some(seq) = s.core.router.parsed(&name).map(|p| p.seq)
+                    && !name.is_empty()
+                {
+                    s.relay.prepared.insert(name.clone(), seq);
+                }
+                parsed_here.insert(name);
             }
             b'B' => {
-                let name = Bytes::copy_from_slice(bind_statement(body));
-                if parsed_here.contains(&name) || (leader.is_some() && s.relay.prepared.contains(&name)) {
+                let name = Bytes::copy_from_slice(messages::bind_statement(body));
+                let Some((seq, parse)) = s.core.router.parsed(&name).map(|p| (p.seq, p.message.clone())) else {
+                    continue;
+                };
+                let there = !name.is_empty() && s.relay.prepared.get(&name) == Some(&seq);
+                if parsed_here.contains(&name) || there {
                     continue;
                 }
-                if let Some(parse) = s.router.parsed_message(&name) {
-                    pre.put_u8(b'C');
-                    pre.put_i32(4 + 1 + name.len() as i32 + 1);
-                    pre.put_u8(b'S');
-                    pre.put_slice(&name);
-                    pre.put_u8(0);
-                    pre.extend_from_slice(&parse);
-                    injected += 2;
-                    parsed_here.insert(name);
+                if !name.is_empty() {
+                    codec::close_statement(&name, &mut pre);
+                    injected += 1;
+                    s.relay.prepared.insert(name.clone(), seq);
                 }
+                pre.extend_from_slice(&parse);
+                injected += 1;
+                parsed_here.insert(name);
+            }
+            b'C' if messages::target(body).0 == b'S' => {
+                s.relay.prepared.remove(messages::target(body).1);
             }
             _ => {}
         }
     }
-    s.relay.prepared.extend(parsed_here);
     pre.extend_from_slice(unit);
     (pre, injected)
 }
@@ -357,110 +580,4 @@ fn drop_injected(reply: &[u8], n: usize) -> &[u8] {
         }
     }
     &reply[at..]
-}
-
-/// Another node leads: the transaction is relayed to it.
-async fn relayed(
-    s: &mut Session,
-    strong: &Strong,
-    leader: u32,
-    mut unit: Unit,
-    spec: Begin,
-    pending: &mut BytesMut,
-) -> Result<After, SessionError> {
-    let Some(peer) = strong.consensus.peers().get(leader).cloned() else {
-        not_started(s, &error_reply(&StrongError::NoQuorum(strong.timeout), b'I'), &spec).await?;
-        return Ok(After::Resume);
-    };
-    if s.relay.leader != Some(leader) {
-        // A new leader (or the first): a new relay session there.
-        s.relay.id = strong.next_relay_id();
-        s.relay.leader = Some(leader);
-        s.relay.prepared.clear();
-    }
-    let autocommit = matches!(spec, Begin::Autocommit);
-    let login = RelayLogin {
-        role: s.login.role.clone(),
-        password: s.login.password.clone(),
-        database: s.login.database.clone(),
-        settings: settings(s).await?,
-    };
-    let mut first = Some((login, spec.clone()));
-    let forever = std::time::Duration::from_secs(24 * 3600);
-    loop {
-        let (bytes, injected) = with_statements(s, &unit.bytes);
-        let committing = autocommit || unit.word == TxWord::Commit;
-        let (login, begin) = match first.take() {
-            Some((l, b)) => (Some(l), Some(b)),
-            None => (None, None),
-        };
-        let req = Request::Unit { session: s.relay.id, login, begin, word: relay::word_byte(unit.word), autocommit };
-        let answer = match peer.call(relay::SERVICE, relay::encode(&req, &bytes), forever).await {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) => return lost(s, "an empty answer", committing).await,
-            // Never sent: nothing happened there.
-            Err(e @ crate::peer::CallError::Down(_)) => return lost(s, &e.to_string(), false).await,
-            Err(e) => return lost(s, &e.to_string(), committing).await,
-        };
-        let reply = drop_injected(&answer[1..], injected);
-        match answer[0] {
-            status::NOT_STARTED => {
-                let mut r = BytesMut::from(reply);
-                r.extend_from_slice(&wire::ready(b'I'));
-                not_started(s, &r, &spec).await?;
-                return Ok(After::Resume);
-            }
-            st => {
-                send(s, reply).await?;
-                if st == status::ENDED {
-                    return Ok(After::Resume);
-                }
-                let copying = st == status::COPY;
-                let until_sync = copying && extended(&unit.bytes);
-                loop {
-                    let max = s.ctx.cfg.max_message_bytes;
-                    let Some(next) = read_unit_split(&mut s.client, &mut s.router, max, pending, until_sync).await?
-                    else {
-                        close(&peer, s.relay.id).await;
-                        s.relay.leader = None;
-                        return Ok(After::End(SessionEnd::ClientVanished));
-                    };
-                    if next.terminate {
-                        close(&peer, s.relay.id).await;
-                        return Ok(After::End(SessionEnd::ClientTerminated));
-                    }
-                    if copying && next.bytes.first() == Some(&b'd') {
-                        // COPY data goes on in chunks, without waiting for replies.
-                        let mut chunk = next.bytes;
-                        while chunk.len() < 256 * 1024 && pending.first() == Some(&b'd') {
-                            match read_unit(s, pending).await? {
-                                Some(more) if !more.terminate => chunk.extend_from_slice(&more.bytes),
-                                _ => break,
-                            }
-                        }
-                        let req = Request::CopyData { session: s.relay.id };
-                        if let Err(e) = peer.call(relay::SERVICE, relay::encode(&req, &chunk), forever).await {
-                            return lost(s, &e.to_string(), autocommit).await;
-                        }
-                        continue;
-                    }
-                    unit = next;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// The leader went away mid-transaction.
-async fn lost(s: &mut Session, why: &str, committing: bool) -> Result<After, SessionError> {
-    s.relay.leader = None;
-    let e = if committing { StrongError::Unknown(why.to_owned()) } else { StrongError::LeaderLost(why.to_owned()) };
-    send(s, &error_reply(&e, b'I')).await?;
-    Ok(After::Resume)
-}
-
-async fn close(peer: &crate::peer::PeerUp, session: u64) {
-    let req = Request::Close { session };
-    let _ = peer.call(relay::SERVICE, relay::encode(&req, &[]), std::time::Duration::from_secs(2)).await;
 }

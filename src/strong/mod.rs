@@ -35,6 +35,7 @@ use thiserror::Error;
 
 use crate::config::BackendConfig;
 use crate::consensus::{Command, Consensus, apply};
+use crate::protocol::codec;
 use crate::sqlstate::{ClientError, code};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -170,17 +171,11 @@ impl Strong {
             }
         };
         match result {
-            Ok(None) => {
-                let tag = wire::standalone_tag(sql);
-                out.extend_from_slice(b"C");
-                out.extend_from_slice(&((4 + tag.len() + 1) as i32).to_be_bytes());
-                out.extend_from_slice(tag.as_bytes());
-                out.extend_from_slice(&[0]);
-            }
-            Ok(Some((sqlstate, message))) => wire::error_response(&sqlstate, &message, &mut out),
+            Ok(None) => codec::command_complete(crate::classify::words::standalone_tag(sql), &mut out),
+            Ok(Some((sqlstate, message))) => codec::error_response(&sqlstate, &message, &mut out),
             Err(e) => e.to_client().encode(&mut out),
         }
-        out.extend_from_slice(&wire::ready(b'I'));
+        codec::ready(b'I', &mut out);
         out
     }
 

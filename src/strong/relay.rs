@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Strong;
 use super::tx::{Backend, Begin};
-use super::wire::TxWord;
 use crate::backend::{self, BackendStream, Login};
+use crate::classify::TxWord;
 use crate::sqlstate::{ClientError, code};
 
 /// The peer-link service number of relayed transactions.
@@ -44,27 +44,15 @@ pub struct RelayLogin {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     /// A unit of client messages (after the header); `begin` on the first of a transaction.
-    Unit {
-        session: u64,
-        login: Option<RelayLogin>,
-        begin: Option<Begin>,
-        word: u8,
-        autocommit: bool,
-    },
+    Unit { session: u64, login: Option<RelayLogin>, begin: Option<Begin>, word: TxWord, autocommit: bool },
     /// COPY data: written on, no reply.
-    CopyData {
-        session: u64,
-    },
-    Close {
-        session: u64,
-    },
+    CopyData { session: u64 },
+    /// The follower's client went away: cancel what runs and drop the session.
+    Close { session: u64 },
+    /// The follower's client sent a CancelRequest: cancel what runs.
+    Cancel { session: u64 },
     /// A statement that cannot run in a transaction block, for the log (`Strong::run_standalone`).
-    Standalone {
-        database: String,
-        sql: String,
-        role: String,
-        search_path: String,
-    },
+    Standalone { database: String, sql: String, role: String, search_path: String },
 }
 
 /// What the answer's first byte says.
@@ -74,24 +62,6 @@ pub mod status {
     pub const COPY: u8 = 2;
     /// The transaction could not start: the bytes are the error for the client.
     pub const NOT_STARTED: u8 = 3;
-}
-
-pub fn word_byte(w: TxWord) -> u8 {
-    match w {
-        TxWord::Commit => 1,
-        TxWord::Rollback => 2,
-        TxWord::Begin => 3,
-        TxWord::Other => 0,
-    }
-}
-
-fn byte_word(b: u8) -> TxWord {
-    match b {
-        1 => TxWord::Commit,
-        2 => TxWord::Rollback,
-        3 => TxWord::Begin,
-        _ => TxWord::Other,
-    }
 }
 
 /// `[header length][header JSON][raw bytes]`.
@@ -119,29 +89,36 @@ struct Session {
 }
 
 /// A relay session's place: empty until it is opened, and again once it is closed.
-type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
+#[derive(Default)]
+struct Slot {
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// The backend key of its connection, to cancel what runs there without waiting for it.
+    key: Mutex<Option<(i32, i32)>>,
+    /// Its follower closed it (the client went away) while a unit ran: dropped after the unit.
+    closed: std::sync::atomic::AtomicBool,
+}
 
 /// The leader's relay sessions, by (follower, session id).
 #[derive(Default)]
 pub struct Relays {
-    sessions: Mutex<HashMap<(u32, u64), Slot>>,
+    sessions: Mutex<HashMap<(u32, u64), Arc<Slot>>>,
 }
 
 impl Relays {
-    fn slot(&self, key: (u32, u64)) -> Slot {
+    fn slot(&self, key: (u32, u64)) -> Arc<Slot> {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key).or_default().clone()
     }
 
-    fn remove(&self, key: (u32, u64)) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    fn remove(&self, key: (u32, u64)) -> Option<Arc<Slot>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&key)
     }
 
     /// Closes sessions idle too long (their follower or its client is gone, as a rule).
     fn reap(&self) {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for slot in map.values() {
-            if let Ok(mut s) = slot.try_lock() {
+            if let Ok(mut s) = slot.session.try_lock() {
                 let stale = s.as_ref().is_some_and(|s| {
                     let idle = s.last.elapsed();
                     idle > IDLE || (s.backend.status != b'I' && idle > IDLE_IN_TRANSACTION)
@@ -150,6 +127,18 @@ impl Relays {
                     *s = None;
                 }
             }
+        }
+    }
+}
+
+impl Slot {
+    /// Cancels the statement running in this relay session, if one is.
+    async fn cancel(&self, strong: &Strong) {
+        let key = *self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pid, secret)) = key
+            && let Err(e) = crate::backend::send_cancel(&strong.backend.addr, pid, secret).await
+        {
+            tracing::debug!(error = %e, "could not cancel a relayed statement");
         }
     }
 }
@@ -195,13 +184,28 @@ async fn handle(strong: &Strong, from: u32, payload: &[u8]) -> Result<Bytes, Str
         Request::Standalone { database, sql, role, search_path } => {
             Ok(answer(status::ENDED, &strong.run_standalone(&database, &sql, &role, &search_path).await))
         }
+        Request::Cancel { session } => {
+            let slot = strong.relays.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&(from, session)).cloned();
+            if let Some(slot) = slot {
+                slot.cancel(strong).await;
+            }
+            Ok(Bytes::new())
+        }
         Request::Close { session } => {
-            strong.relays.remove((from, session));
+            // Its client went away: a unit still running is cancelled, and the session (with its
+            // connection, so Postgres rolls back what was open) goes once the unit is done.
+            if let Some(slot) = strong.relays.remove((from, session)) {
+                slot.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+                match slot.session.try_lock() {
+                    Ok(mut s) => *s = None,
+                    Err(_) => slot.cancel(strong).await,
+                }
+            }
             Ok(Bytes::new())
         }
         Request::CopyData { session } => {
             let slot = strong.relays.slot((from, session));
-            let mut s = slot.lock().await;
+            let mut s = slot.session.lock().await;
             let Some(s) = s.as_mut() else { return Err("no such relay session".to_owned()) };
             s.last = Instant::now();
             strong.copy_data(&mut s.backend, raw).await.map_err(|e| e.to_string())?;
@@ -209,75 +213,104 @@ async fn handle(strong: &Strong, from: u32, payload: &[u8]) -> Result<Bytes, Str
         }
         Request::Unit { session, login, begin, word, autocommit } => {
             let slot = strong.relays.slot((from, session));
-            let mut guard = slot.lock().await;
-            if let Some(login) = &login {
-                if guard.is_none() {
-                    match open(strong, login).await {
-                        Ok(s) => *guard = Some(s),
-                        Err(e) => return Ok(refusal(e)),
-                    }
-                }
-                if let Some(s) = guard.as_mut()
-                    && s.settings != login.settings
-                {
-                    // The follower session's own settings; one it may not set here is left out.
-                    let r = s.backend_run(&login.settings).await.map_err(|e| e.to_string())?;
-                    if r {
-                        s.settings = login.settings.clone();
-                    }
-                }
+            let mut guard = slot.session.lock().await;
+            let reply = unit(strong, &slot, &mut guard, login, begin, word, autocommit, raw).await;
+            if slot.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                *guard = None;
             }
-            let Some(s) = guard.as_mut() else {
-                return Ok(refusal(ClientError::error(
-                    code::SERIALIZATION_FAILURE,
-                    "the leader no longer has this transaction (it was idle too long, or the leader restarted); it was rolled back, so it is safe to retry",
-                )));
-            };
-            s.last = Instant::now();
-            if let Some(begin) = &begin {
-                s.autocommit = matches!(begin, Begin::Autocommit);
-                match strong.start(&mut s.backend, begin).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Ok(answer(status::NOT_STARTED, &e)),
-                    Err(e) => {
-                        *guard = None;
-                        return Err(e.to_string());
-                    }
+            reply
+        }
+    }
+}
+
+/// Runs one relayed unit in its relay session (opened with `login` first).
+#[allow(clippy::too_many_arguments)]
+async fn unit(
+    strong: &Strong,
+    slot: &Slot,
+    guard: &mut Option<Session>,
+    login: Option<RelayLogin>,
+    begin: Option<Begin>,
+    word: TxWord,
+    autocommit: bool,
+    raw: &[u8],
+) -> Result<Bytes, String> {
+    if let Some(login) = &login {
+        if guard.is_none() {
+            match open(strong, login).await {
+                Ok((s, key)) => {
+                    *slot.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+                    *guard = Some(s);
                 }
+                Err(e) => return Ok(refusal(e)),
             }
-            match strong.unit(&mut s.backend, raw, byte_word(word), autocommit && s.autocommit).await {
-                Ok(r) => {
-                    let st = if r.copy {
-                        status::COPY
-                    } else if r.ended {
-                        status::ENDED
-                    } else {
-                        status::IN_TRANSACTION
-                    };
-                    Ok(answer(st, &r.bytes))
-                }
+        }
+        if let Some(s) = guard.as_mut()
+            && s.settings != login.settings
+        {
+            // The follower session's own settings (its role among them): a transaction never
+            // runs here with other settings than it would have there.
+            match s.apply_settings(&login.settings).await {
+                Ok(None) => {}
+                Ok(Some(e)) => return Ok(answer(status::NOT_STARTED, &e)),
                 Err(e) => {
                     *guard = None;
-                    Err(format!("the leader lost its connection to Postgres: {e}"))
+                    return Err(e.to_string());
                 }
             }
+        }
+    }
+    let Some(s) = guard.as_mut() else {
+        return Ok(refusal(ClientError::error(
+            code::SERIALIZATION_FAILURE,
+            "the leader no longer has this transaction (it was idle too long, or the leader restarted); it was rolled back, so it is safe to retry",
+        )));
+    };
+    s.last = Instant::now();
+    if let Some(begin) = &begin {
+        s.autocommit = matches!(begin, Begin::Autocommit);
+        match strong.start(&mut s.backend, begin).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ok(answer(status::NOT_STARTED, &e)),
+            Err(e) => {
+                *guard = None;
+                return Err(e.to_string());
+            }
+        }
+    }
+    match strong.unit(&mut s.backend, raw, word, autocommit && s.autocommit).await {
+        Ok(r) => {
+            let st = if r.copy {
+                status::COPY
+            } else if r.ended {
+                status::ENDED
+            } else {
+                status::IN_TRANSACTION
+            };
+            Ok(answer(st, &r.bytes))
+        }
+        Err(e) => {
+            *guard = None;
+            Err(format!("the leader lost its connection to Postgres: {e}"))
         }
     }
 }
 
 impl Session {
-    /// Runs `sql`, true when it succeeded.
-    async fn backend_run(&mut self, sql: &str) -> std::io::Result<bool> {
-        let r =
-            super::wire::exchange(&mut self.backend.stream, &mut self.backend.buf, &super::wire::query(sql)).await?;
+    /// Makes the relay session's settings these (SQL from the follower); Some: the error they
+    /// got here, for the client.
+    async fn apply_settings(&mut self, sql: &str) -> std::io::Result<Option<BytesMut>> {
+        let q = crate::protocol::codec::query_bytes(sql);
+        let r = super::wire::exchange(&mut self.backend.stream, &mut self.backend.buf, &q).await?;
         if r.error.is_some() {
-            tracing::debug!("a relayed session setting was refused on the leader");
+            return Ok(Some(BytesMut::from(r.without_ready())));
         }
-        Ok(r.error.is_none())
+        self.settings = sql.to_owned();
+        Ok(None)
     }
 }
 
-async fn open(strong: &Strong, login: &RelayLogin) -> Result<Session, ClientError> {
+async fn open(strong: &Strong, login: &RelayLogin) -> Result<(Session, (i32, i32)), ClientError> {
     let l = Login { role: &login.role, password: login.password.as_deref() };
     let conn = backend::connect(&strong.backend, l, &login.database, &[]).await.map_err(|e| match e {
         crate::backend::BackendError::Refused { code: c, message, .. } if c == "53300" => ClientError::error(
@@ -289,14 +322,11 @@ async fn open(strong: &Strong, login: &RelayLogin) -> Result<Session, ClientErro
             format!("the leader could not open a connection for this transaction: {other}"),
         ),
     })?;
-    let mut s = Session {
+    let s = Session {
         backend: Backend::new(conn.stream, conn.leftover, login.database.clone()),
         autocommit: false,
         settings: String::new(),
         last: Instant::now(),
     };
-    if !login.settings.is_empty() && s.backend_run(&login.settings).await.unwrap_or(false) {
-        s.settings = login.settings.clone();
-    }
-    Ok(s)
+    Ok((s, (conn.pid, conn.secret)))
 }

@@ -10,9 +10,11 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::wire::{self, Reply, TxWord, exchange, query, ready};
+use super::wire::{self, Reply, exchange};
 use super::{Strong, StrongError};
+use crate::classify::TxWord;
 use crate::consensus::apply;
+use crate::protocol::codec::{query_bytes as query, ready_bytes as ready};
 
 /// A backend connection the strong path drives.
 pub struct Backend<S> {
@@ -176,7 +178,7 @@ impl Strong {
         let mut out = BytesMut::new();
         let mut rest = statements.into_iter();
         while let Some(sql) = rest.next() {
-            if wire::tx_word(sql.as_bytes()) == TxWord::Commit && b.status == b'T' {
+            if crate::classify::words::words(&sql).word == TxWord::Commit && b.status == b'T' {
                 let c = self.commit_unit(b, &query(&sql)).await?;
                 out.extend_from_slice(&c.bytes[..c.bytes.len() - 6]);
                 let after: Vec<String> = rest.collect();

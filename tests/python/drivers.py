@@ -1,0 +1,120 @@
+"""Drivers as applications use them, through one pgmix node: asyncpg, pg8000 and psycopg 3
+(pipeline mode, executemany, COPY in a transaction), with parameterized statements inside and
+outside transactions. The table `accounts (id int primary key, balance bigint)` with ids 1..10
+must exist; what the script does to it keeps the total.
+
+Usage: python drivers.py HOST PORT USER PASSWORD DATABASE
+Exits non-zero with a traceback on any failure; prints 'drivers: ok' at the end.
+"""
+import asyncio
+import sys
+
+import asyncpg
+import pg8000.native
+import psycopg
+
+host, port, user, password, database = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+conninfo = f"host={host} port={port} user={user} password={password} dbname={database} sslmode=disable"
+
+
+def total_psycopg() -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute("SELECT sum(balance) FROM accounts").fetchone()[0]
+
+
+async def check_asyncpg() -> None:
+    conn = await asyncpg.connect(host=host, port=port, user=user, password=password, database=database, ssl=False)
+    try:
+        # Prepared first (Parse, Describe, Sync), then bound and executed: autocommit.
+        await conn.execute("UPDATE accounts SET balance = balance - $1 WHERE id = $2", 1, 1)
+        await conn.execute("UPDATE accounts SET balance = balance + $1 WHERE id = $2", 1, 2)
+        got = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", 2)
+        assert got is not None
+        # The same statements in a transaction, several times (asyncpg caches its statements).
+        for i in range(5):
+            async with conn.transaction():
+                await conn.execute("UPDATE accounts SET balance = balance - $1 WHERE id = $2", 1, 3)
+                await conn.execute("UPDATE accounts SET balance = balance + $1 WHERE id = $2", 1, 4)
+                assert await conn.fetchval("SELECT count(*) FROM accounts WHERE id = ANY($1::int[])", [3, 4]) == 2
+        # A failed transaction is rolled back whole.
+        try:
+            async with conn.transaction():
+                await conn.execute("UPDATE accounts SET balance = balance + 1000 WHERE id = $1", 5)
+                await conn.execute("SELECT 1/0")
+        except asyncpg.exceptions.DivisionByZeroError:
+            pass
+        # executemany: one prepared statement, many Bind/Execute.
+        await conn.executemany("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [(1, 6), (-1, 7)])
+        # A prepared statement object, reused.
+        stmt = await conn.prepare("SELECT balance FROM accounts WHERE id = $1")
+        assert [await stmt.fetchval(i) for i in (1, 2)] == [await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", i) for i in (1, 2)]
+    finally:
+        await conn.close()
+
+
+def check_pg8000() -> None:
+    conn = pg8000.native.Connection(user, host=host, port=port, password=password, database=database)
+    try:
+        conn.run("START TRANSACTION")
+        conn.run("UPDATE accounts SET balance = balance - :a WHERE id = :i", a=2, i=8)
+        conn.run("UPDATE accounts SET balance = balance + :a WHERE id = :i", a=2, i=9)
+        conn.run("COMMIT")
+        assert conn.run("SELECT count(*) FROM accounts WHERE id = :i", i=8) == [[1]]
+        conn.run("BEGIN")
+        conn.run("UPDATE accounts SET balance = balance + 100 WHERE id = :i", i=10)
+        conn.run("ROLLBACK")
+        # Unnamed statements, executed again and again.
+        for i in range(1, 11):
+            assert len(conn.run("SELECT balance FROM accounts WHERE id = :i", i=i)) == 1
+        # A named prepared statement.
+        ps = conn.prepare("SELECT balance FROM accounts WHERE id = :i")
+        assert len(ps.run(i=1)) == 1
+        ps.close()
+    finally:
+        conn.close()
+
+
+def check_psycopg() -> None:
+    with psycopg.connect(conninfo) as conn:
+        # executemany sends BEGIN by the extended protocol, in a pipeline.
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE accounts SET balance = balance + %s WHERE id = %s", [(1, 1), (-1, 2), (1, 3), (-1, 4)]
+            )
+        conn.commit()
+        # Pipeline mode inside a transaction.
+        with conn.pipeline():
+            conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (3, 5))
+            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (3, 6))
+            cur = conn.execute("SELECT balance FROM accounts WHERE id = %s", (6,))
+        assert cur.fetchone() is not None
+        conn.commit()
+        # COPY in a transaction, into a table of its own.
+        conn.execute("CREATE TABLE IF NOT EXISTS driver_copy (id int PRIMARY KEY, v text)")
+        conn.commit()
+        conn.execute("DELETE FROM driver_copy")
+        with conn.cursor() as cur:
+            with cur.copy("COPY driver_copy (id, v) FROM STDIN") as copy:
+                for i in range(100):
+                    copy.write_row((i, f"row {i}"))
+            assert conn.execute("SELECT count(*) FROM driver_copy").fetchone()[0] == 100
+        conn.commit()
+        with conn.cursor() as cur:
+            got = []
+            with cur.copy("COPY (SELECT id FROM driver_copy ORDER BY id) TO STDOUT") as copy:
+                for row in copy.rows():
+                    got.append(int(row[0]))
+            assert got == list(range(100))
+        conn.commit()
+
+
+before = total_psycopg()
+asyncio.run(asyncio.wait_for(check_asyncpg(), 60))
+print("asyncpg: ok", flush=True)
+check_pg8000()
+print("pg8000: ok", flush=True)
+check_psycopg()
+print("psycopg: ok", flush=True)
+after = total_psycopg()
+assert before == after, (before, after)
+print("drivers: ok")

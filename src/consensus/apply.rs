@@ -404,9 +404,10 @@ impl Applier {
     pub async fn run_standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> super::Outcome {
         // CREATE and DROP DATABASE run from the node's own database; DROP needs no connection
         // of pgmix's left in the database it drops.
-        let upper = sql.trim_start().to_ascii_uppercase();
-        let on_db = if upper.contains("DATABASE") { self.backend.database.clone() } else { database.to_owned() };
-        if upper.starts_with("DROP") && upper.contains("DATABASE") {
+        let kind = crate::classify::words::words(sql).standalone;
+        let outside = kind.is_some_and(|k| k.runs_outside());
+        let on_db = if outside { self.backend.database.clone() } else { database.to_owned() };
+        if kind == Some(crate::classify::Standalone::DropDatabase) {
             self.dbs.lock().await.clear();
         }
         let setup = format!(

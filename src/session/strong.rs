@@ -167,7 +167,8 @@ async fn read_here(
     unit: Unit,
     buf: &mut BytesMut,
 ) -> Result<(After, TxStatus), SessionError> {
-    let in_tx = s.core.state.tx != TxStatus::Idle;
+    let was = s.core.state.tx;
+    let in_tx = was != TxStatus::Idle;
     let key = s.backend_key;
     let addr = s.ctx.cfg.backend.addr.clone();
     let Session { client, backend, .. } = s;
@@ -179,7 +180,8 @@ async fn read_here(
                 Ok(()) => {
                     let mut b = Backend::new(&mut *backend, BytesMut::new(), String::new());
                     let r = wire::exchange(&mut b.stream, &mut b.buf, &unit.bytes).await?;
-                    let tx = TxStatus::from_byte(r.status).unwrap_or(TxStatus::Idle);
+                    // A unit that ended at a Flush leaves the transaction as it was.
+                    let tx = TxStatus::from_byte(r.status).unwrap_or(was);
                     Ok::<_, std::io::Error>((r.bytes, tx))
                 }
                 Err(e) if in_tx => {

@@ -74,7 +74,8 @@ impl Units {
         }
         self.unit.bytes.extend_from_slice(msg);
         let done = match tag {
-            b'Q' | b'S' | b'd' => true,
+            // A Flush asks for the answers so far: the client may wait for them.
+            b'Q' | b'S' | b'd' | b'H' => true,
             b'c' | b'f' => !self.copy_until_sync,
             _ => false,
         };

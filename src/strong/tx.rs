@@ -124,8 +124,12 @@ impl Strong {
             return self.each_statement(b, statements, autocommit).await;
         }
         let r = b.exchange(unit).await?;
-        if r.status == 0 {
+        if r.copy {
             return Ok(UnitReply { bytes: r.bytes, ended: false, copy: true });
+        }
+        if r.flushed {
+            // The client wants its answers before it sends the rest (and its Sync).
+            return Ok(UnitReply { bytes: r.bytes, ended: false, copy: false });
         }
         if !autocommit {
             return Ok(UnitReply { ended: r.status == b'I', bytes: r.bytes, copy: false });

@@ -9,6 +9,7 @@ mod clients;
 mod cluster;
 mod configs;
 mod consensus;
+mod drivers;
 mod durability;
 mod harness;
 mod linearizable;

@@ -18,7 +18,7 @@ mod walk;
 pub mod words;
 
 pub use split::statement_texts;
-pub use words::{Standalone, TxWord, Words};
+pub use words::{Global, Standalone, TxWord, Words};
 
 #[cfg(test)]
 mod cases;

@@ -173,6 +173,11 @@ fn push(out: &mut Vec<Stmt>, tokens: Vec<TokenWithSpan>) {
         ("LISTEN", _) | ("UNLISTEN", _) | ("NOTIFY", _) | ("DISCARD", _) | ("RESET", _) | ("SHOW", _) | ("LOAD", _) => {
             known(Kind::Utility, Class::Local, "session or utility statement; runs on the local Postgres")
         }
+        ("ALTER", "SYSTEM") => known(
+            Kind::Utility,
+            Class::Local,
+            "ALTER SYSTEM changes the configuration of this node's own Postgres only",
+        ),
         ("CREATE", "TEMP") | ("CREATE", "TEMPORARY") | ("CREATE", "LOCAL") => {
             known(Kind::Ddl, Class::Local, "temporary objects live only in this session")
         }

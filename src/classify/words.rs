@@ -39,6 +39,20 @@ impl Standalone {
     }
 }
 
+/// A statement about objects shared by all databases of a Postgres (roles, databases,
+/// tablespaces), for which Postgres fires no event trigger: the strong path carries what it did
+/// itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Global {
+    /// CREATE / ALTER / DROP ROLE (USER, GROUP), GRANT and REVOKE of role membership: the roles'
+    /// state before and after is compared, and the change travels.
+    Roles,
+    /// ALTER DATABASE, COMMENT ON ROLE or DATABASE, REASSIGN OWNED: the statement travels.
+    Statement,
+    /// CREATE / ALTER / DROP TABLESPACE: a tablespace is a directory of one node; refused.
+    Tablespace,
+}
+
 /// The leading words of one statement, upper-cased; quoted identifiers and literals are "".
 fn leading(tokens: &[TokenWithSpan], n: usize) -> Vec<String> {
     tokens
@@ -85,6 +99,28 @@ pub(crate) fn standalone_of(tokens: &[TokenWithSpan]) -> Option<Standalone> {
     }
 }
 
+/// Whether one statement's tokens are about shared objects (see `Global`).
+pub(crate) fn global_of(tokens: &[TokenWithSpan]) -> Option<Global> {
+    let w = leading(tokens, 4);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["CREATE" | "ALTER" | "DROP", "USER", "MAPPING", ..] => None,
+        ["CREATE" | "ALTER" | "DROP", "ROLE" | "USER" | "GROUP", ..] => Some(Global::Roles),
+        ["GRANT" | "REVOKE", ..] => {
+            // GRANT ... ON ... is about objects (an event trigger sees it); without ON, about roles.
+            let on = tokens.iter().any(
+                |t| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("ON")),
+            );
+            (!on).then_some(Global::Roles)
+        }
+        ["ALTER", "DATABASE", ..] | ["REASSIGN", "OWNED", ..] => Some(Global::Statement),
+        ["COMMENT" | "SECURITY", "ON", "ROLE" | "DATABASE", ..] => Some(Global::Statement),
+        ["SECURITY", "LABEL", ..] if w.contains(&"ROLE") || w.contains(&"DATABASE") => Some(Global::Statement),
+        ["CREATE" | "ALTER" | "DROP", "TABLESPACE", ..] => Some(Global::Tablespace),
+        _ => None,
+    }
+}
+
 /// The statements of a text, each as its tokens (without the semicolons between them).
 fn split(tokens: &[TokenWithSpan]) -> Vec<&[TokenWithSpan]> {
     tokens
@@ -101,19 +137,21 @@ pub struct Words {
     /// Its first statement is BEGIN or START TRANSACTION.
     pub begins: bool,
     pub standalone: Option<Standalone>,
+    /// A single statement about shared objects.
+    pub global: Option<Global>,
 }
 
 impl Words {
-    pub const OTHER: Words = Words { word: TxWord::Other, begins: false, standalone: None };
+    pub const OTHER: Words = Words { word: TxWord::Other, begins: false, standalone: None, global: None };
 
     pub(crate) fn of(tokens: &[TokenWithSpan]) -> Self {
         let statements = split(tokens);
         let Some(first) = statements.first() else { return Self::OTHER };
         let begins = tx_word_of(first) == TxWord::Begin;
         if statements.len() > 1 {
-            return Self { word: TxWord::Other, begins, standalone: None };
+            return Self { begins, ..Self::OTHER };
         }
-        Self { word: tx_word_of(first), begins, standalone: standalone_of(first) }
+        Self { word: tx_word_of(first), begins, standalone: standalone_of(first), global: global_of(first) }
     }
 }
 
@@ -194,5 +232,23 @@ mod tests {
         assert_eq!(standalone_tag("create unique index concurrently i on t (a)"), "CREATE INDEX");
         assert_eq!(standalone_tag("DROP DATABASE shop"), "DROP DATABASE");
         assert_eq!(standalone_tag("reindex index concurrently i"), "REINDEX");
+    }
+
+    #[test]
+    fn statements_about_shared_objects_are_recognised() {
+        let g = |sql: &str| words(sql).global;
+        assert_eq!(g("CREATE ROLE app LOGIN PASSWORD 'x'"), Some(Global::Roles));
+        assert_eq!(g("alter user app with password 'y'"), Some(Global::Roles));
+        assert_eq!(g("DROP ROLE IF EXISTS app"), Some(Global::Roles));
+        assert_eq!(g("GRANT admins TO app WITH ADMIN OPTION"), Some(Global::Roles));
+        assert_eq!(g("REVOKE admins FROM app"), Some(Global::Roles));
+        assert_eq!(g("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app"), None);
+        assert_eq!(g("CREATE USER MAPPING FOR app SERVER s"), None);
+        assert_eq!(g("ALTER DATABASE shop SET work_mem = '8MB'"), Some(Global::Statement));
+        assert_eq!(g("COMMENT ON ROLE app IS 'the app'"), Some(Global::Statement));
+        assert_eq!(g("COMMENT ON TABLE t IS 'x'"), None);
+        assert_eq!(g("REASSIGN OWNED BY a TO b"), Some(Global::Statement));
+        assert_eq!(g("CREATE TABLESPACE fast LOCATION '/ssd'"), Some(Global::Tablespace));
+        assert_eq!(g("CREATE ROLE a; CREATE ROLE b"), None);
     }
 }

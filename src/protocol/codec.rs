@@ -158,6 +158,46 @@ pub fn parse(name: &[u8], sql: &[u8], buf: &mut BytesMut) {
     });
 }
 
+/// A Bind of the unnamed portal to `statement`, with text parameters (None: NULL) and text
+/// results.
+pub fn bind(statement: &[u8], params: &[Option<&[u8]>], buf: &mut BytesMut) {
+    message(buf, b'B', |b| {
+        b.put_u8(0);
+        cstr(b, statement);
+        b.put_i16(0);
+        b.put_i16(params.len() as i16);
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i16(0);
+    });
+}
+
+/// An Execute of the unnamed portal, all rows.
+pub fn execute(buf: &mut BytesMut) {
+    message(buf, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+}
+
+/// One statement with text parameters, by the extended protocol (so the values are never part
+/// of a query text anyone can see), up to its Sync.
+pub fn query_with(sql: &str, params: &[Option<&[u8]>]) -> BytesMut {
+    let mut b = BytesMut::new();
+    parse(b"", sql.as_bytes(), &mut b);
+    bind(b"", params, &mut b);
+    execute(&mut b);
+    sync(&mut b);
+    b
+}
+
 /// A Close of prepared statement `name`.
 pub fn close_statement(name: &[u8], buf: &mut BytesMut) {
     message(buf, b'C', |b| {
@@ -189,6 +229,9 @@ mod tests {
         b.clear();
         parse(b"s1", b"select $1", &mut b);
         assert_eq!(&b[..], b"P\0\0\0\x13s1\0select $1\0\0\0");
+        b.clear();
+        bind(b"s", &[Some(b"x"), None], &mut b);
+        assert_eq!(&b[..], b"B\0\0\0\x16\0s\0\0\0\0\x02\0\0\0\x01x\xff\xff\xff\xff\0\0");
         b.clear();
         close_statement(b"s\xe9", &mut b);
         assert_eq!(&b[..], b"C\0\0\0\x08Ss\xe9\0");

@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "0004_strong.sql", include_str!("../../migrations/0004_strong.sql")),
     (5, "0005_strong_chunks.sql", include_str!("../../migrations/0005_strong_chunks.sql")),
     (6, "0006_snapshots.sql", include_str!("../../migrations/0006_snapshots.sql")),
+    (7, "0007_roles_and_privileges.sql", include_str!("../../migrations/0007_roles_and_privileges.sql")),
 ];
 
 /// The newest version this pgmix knows.

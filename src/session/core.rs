@@ -189,6 +189,7 @@ impl Core {
         let text = messages::query_text(body);
         let at_rest = self.at_rest();
         let d = self.router.route_query(text, at_rest);
+        let d = self.per_node(d);
         if self.cluster && can_answer {
             let waits = self.waits_for_quiet();
             match (&mut self.mode, d.words.word) {
@@ -248,6 +249,7 @@ impl Core {
         Metrics::inc(&self.metrics.parses_total);
         let (name, sql) = messages::parse_message(body);
         let d = self.router.route_parse(name, sql, msg);
+        let d = self.per_node(d);
         if self.cluster && d.words.word == TxWord::Begin && matches!(self.mode, Mode::Forwarding) {
             if self.state.is_quiet() {
                 self.mode = Mode::Deferred(Deferred::extended(msg, sql));
@@ -350,6 +352,16 @@ impl Core {
         }
         self.state.note_extended(tag);
         self.release(msg)
+    }
+
+    /// In a cluster, a statement about a tablespace is refused: a tablespace is a directory of one
+    /// node's, which no other node has.
+    fn per_node(&self, d: Decision) -> Decision {
+        if !self.cluster || d.words.global != Some(crate::classify::Global::Tablespace) {
+            return d;
+        }
+        let reason = "tablespaces are directories of one node's Postgres, which pgmix cannot create on the others";
+        Decision { class: Class::Refused, route: Route::Refuse, reason: Arc::from(reason), ..d }
     }
 
     /// Whether a statement that must start at a quiet point waits for the replies in flight:

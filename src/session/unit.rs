@@ -91,7 +91,7 @@ mod tests {
     use super::*;
 
     fn w(word: TxWord, begins: bool) -> Option<Words> {
-        Some(Words { word, begins, standalone: None })
+        Some(Words { word, begins, ..Words::OTHER })
     }
 
     #[test]

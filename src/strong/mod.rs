@@ -87,6 +87,8 @@ pub struct Strong {
     /// Transactions relayed here by followers.
     pub relays: relay::Relays,
     pub failpoints: Arc<failpoint::FailPoints>,
+    /// Each database's secret (`pgmix.secret`): client sessions run pgmix's functions with it.
+    secrets: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Strong {
@@ -108,6 +110,7 @@ impl Strong {
             relay_ids: AtomicU64::new(start as u64),
             relays: relay::Relays::default(),
             failpoints,
+            secrets: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         });
         relay::serve(&me);
         me
@@ -177,6 +180,23 @@ impl Strong {
         }
         codec::ready(b'I', &mut out);
         out
+    }
+
+    /// The secret of `database`, read once from its `pgmix.secret` on pgmix's own connection.
+    pub async fn secret(&self, database: &str) -> std::io::Result<String> {
+        let mut secrets = self.secrets.lock().await;
+        if let Some(s) = secrets.get(database) {
+            return Ok(s.clone());
+        }
+        let read = async {
+            let c = self.backend.connect(database, "").await?;
+            let row = c.query_one("SELECT token FROM pgmix.secret", &[]).await?;
+            Ok::<String, tokio_postgres::Error>(row.get(0))
+        };
+        let token =
+            read.await.map_err(|e| std::io::Error::other(format!("cannot read pgmix's secret of {database}: {e}")))?;
+        secrets.insert(database.to_owned(), token.clone());
+        Ok(token)
     }
 
     /// A new id for a relay session on the leader.

@@ -123,7 +123,7 @@ impl Strong {
         if let Some(statements) = several(unit) {
             return self.each_statement(b, statements, autocommit).await;
         }
-        let r = b.exchange(unit).await?;
+        let r = self.statement(b, unit).await?;
         if r.copy {
             return Ok(UnitReply { bytes: r.bytes, ended: false, copy: true });
         }
@@ -141,6 +141,58 @@ impl Strong {
         self.end_single(b, &mut out, simple).await?;
         out.extend_from_slice(&ready(b'I'));
         Ok(UnitReply { bytes: out, ended: true, copy: false })
+    }
+
+    /// Runs one unit of a statement on the backend. A statement about roles or other shared
+    /// objects, for which Postgres fires no event trigger, also notes what it did in the
+    /// transaction's effects (see `migrations/0007`); if that fails, so does the statement.
+    async fn statement<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        b: &mut Backend<S>,
+        unit: &[u8],
+    ) -> std::io::Result<Reply> {
+        use crate::classify::Global;
+        use crate::protocol::codec::query_with;
+        let Some((global, sql)) = global_statement(unit) else { return b.exchange(unit).await };
+        let secret = self.secret(&b.database).await?;
+        let before = match global {
+            Global::Roles => {
+                let r =
+                    b.exchange(&query_with("SELECT pgmix_session.roles_state($1)", &[Some(secret.as_bytes())])).await?;
+                if r.error.is_some() {
+                    return Ok(r);
+                }
+                r.first_value
+            }
+            _ => None,
+        };
+        let r = b.exchange(unit).await?;
+        if r.error.is_some() || r.flushed || r.copy {
+            return Ok(r);
+        }
+        let note = match global {
+            Global::Roles => {
+                let before = before.unwrap_or_default();
+                query_with("SELECT pgmix_session.note_roles($1::jsonb, $2)", &[Some(&before), Some(secret.as_bytes())])
+            }
+            _ => query_with(
+                "SELECT pgmix_session.note_statement($1, current_setting('search_path'), $2)",
+                &[Some(sql.as_bytes()), Some(secret.as_bytes())],
+            ),
+        };
+        let n = b.exchange(&note).await?;
+        if n.error.is_none() {
+            return Ok(r);
+        }
+        // The statement did its work here, but it cannot travel: it fails.
+        let mut bytes = BytesMut::from(r.without_ready());
+        drop_last_complete(&mut bytes);
+        for (tag, body) in crate::protocol::messages::iter(&n.bytes).filter(|(tag, _)| matches!(tag, b'E' | b'Z')) {
+            bytes.extend_from_slice(&[tag]);
+            bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            bytes.extend_from_slice(body);
+        }
+        Ok(Reply { bytes, status: n.status, error: n.error, ..Reply::default() })
     }
 
     /// Ends the transaction pgmix began for a single statement: commits it, or rolls back a
@@ -194,7 +246,7 @@ impl Strong {
                 out.extend_from_slice(&ready(b.status));
                 return Ok(UnitReply { ended: b.status == b'I', bytes: out, copy: false });
             }
-            let r = b.run(&sql).await?;
+            let r = self.statement(b, &query(&sql)).await?;
             out.extend_from_slice(r.without_ready());
             if r.error.is_some() {
                 break;
@@ -233,8 +285,13 @@ impl Strong {
         b: &mut Backend<S>,
     ) -> std::io::Result<Result<(), BytesMut>> {
         let started = std::time::Instant::now();
-        let take = format!("SELECT pgmix.take_effects({})", self.chunk_bytes);
-        let r = b.run(&take).await?;
+        let secret = self.secret(&b.database).await?;
+        let chunk = self.chunk_bytes.to_string();
+        let take = crate::protocol::codec::query_with(
+            "SELECT pgmix_session.take_effects($1::bigint, $2)",
+            &[Some(chunk.as_bytes()), Some(secret.as_bytes())],
+        );
+        let r = b.exchange(&take).await?;
         if r.error.is_some() {
             b.run("ROLLBACK").await?;
             return Ok(Err(BytesMut::from(r.without_ready())));
@@ -269,7 +326,7 @@ impl Strong {
             }
             chunks += 1;
             self.failpoints.hit(super::failpoint::AFTER_CHUNK).await?;
-            let r = b.run(&take).await?;
+            let r = b.exchange(&take).await?;
             if r.error.is_some() {
                 b.run("ROLLBACK").await?;
                 self.abandon(&gid, &b.database).await;
@@ -322,6 +379,19 @@ impl Strong {
     ) -> std::io::Result<()> {
         b.stream.write_all(data).await
     }
+}
+
+/// The statement of a unit (a Query of one statement, or the statement a Parse in it prepares)
+/// when it is about shared objects.
+fn global_statement(unit: &[u8]) -> Option<(crate::classify::Global, String)> {
+    let text = crate::protocol::messages::iter(unit).find_map(|(tag, body)| match tag {
+        b'Q' => Some(crate::protocol::messages::query_text(body)),
+        b'P' => Some(crate::protocol::messages::parse_message(body).1),
+        _ => None,
+    })?;
+    let text = String::from_utf8_lossy(text).into_owned();
+    let global = crate::classify::words::words(&text).global?;
+    Some((global, text))
 }
 
 /// Whether `take_effects` left effects for another chunk.

@@ -7,6 +7,7 @@ mod cancel;
 mod classify;
 mod clients;
 mod cluster;
+mod cluster_roles;
 mod configs;
 mod consensus;
 mod drivers;

@@ -121,6 +121,46 @@ pub(crate) fn global_of(tokens: &[TokenWithSpan]) -> Option<Global> {
     }
 }
 
+/// What a single statement does to the session's custom (dotted, placeholder) settings, which
+/// Postgres lists nowhere: `SET [SESSION] a.b ...` (Some(name)), `RESET a.b`, or `RESET ALL` /
+/// `DISCARD ALL` (Reset(None)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomSetting {
+    Set(String),
+    Reset(Option<String>),
+}
+
+pub fn custom_setting(sql: &str) -> Option<CustomSetting> {
+    let tokens = super::split::tokenize(sql).ok()?;
+    let statements = split(&tokens);
+    let [one] = statements.as_slice() else { return None };
+    let sig: Vec<&Token> = one.iter().map(|t| &t.token).filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    let word = |t: &Token| match t {
+        Token::Word(w) => Some((w.value.clone(), w.quote_style.is_some())),
+        _ => None,
+    };
+    let upper = |i: usize| sig.get(i).and_then(|t| word(t)).filter(|(_, q)| !q).map(|(w, _)| w.to_ascii_uppercase());
+    // A dotted name: word . word (either part may be quoted).
+    let dotted = |i: usize| -> Option<String> {
+        let (a, _) = word(sig.get(i)?)?;
+        if *sig.get(i + 1)? != &Token::Period {
+            return None;
+        }
+        let (b, _) = word(sig.get(i + 2)?)?;
+        Some(format!("{a}.{b}").to_ascii_lowercase())
+    };
+    match upper(0).as_deref() {
+        Some("SET") => {
+            let at = if upper(1).as_deref() == Some("SESSION") { 2 } else { 1 };
+            dotted(at).map(CustomSetting::Set)
+        }
+        Some("RESET") if upper(1).as_deref() == Some("ALL") => Some(CustomSetting::Reset(None)),
+        Some("DISCARD") if upper(1).as_deref() == Some("ALL") => Some(CustomSetting::Reset(None)),
+        Some("RESET") => dotted(1).map(|n| CustomSetting::Reset(Some(n))),
+        _ => None,
+    }
+}
+
 /// The statements of a text, each as its tokens (without the semicolons between them).
 fn split(tokens: &[TokenWithSpan]) -> Vec<&[TokenWithSpan]> {
     tokens
@@ -232,6 +272,17 @@ mod tests {
         assert_eq!(standalone_tag("create unique index concurrently i on t (a)"), "CREATE INDEX");
         assert_eq!(standalone_tag("DROP DATABASE shop"), "DROP DATABASE");
         assert_eq!(standalone_tag("reindex index concurrently i"), "REINDEX");
+    }
+
+    #[test]
+    fn custom_settings_are_followed() {
+        assert_eq!(custom_setting("SET app.tenant = 'x'"), Some(CustomSetting::Set("app.tenant".into())));
+        assert_eq!(custom_setting("set session App.Flag to on"), Some(CustomSetting::Set("app.flag".into())));
+        assert_eq!(custom_setting("SET LOCAL app.tenant = 'x'"), None);
+        assert_eq!(custom_setting("SET work_mem = '1MB'"), None);
+        assert_eq!(custom_setting("RESET app.tenant"), Some(CustomSetting::Reset(Some("app.tenant".into()))));
+        assert_eq!(custom_setting("RESET ALL"), Some(CustomSetting::Reset(None)));
+        assert_eq!(custom_setting("discard all"), Some(CustomSetting::Reset(None)));
     }
 
     #[test]

@@ -57,6 +57,8 @@ struct Ddl {
 /// One line of a snapshot file.
 #[derive(Debug, Serialize, Deserialize)]
 enum Line {
+    /// The roles (`pgmix.roles_state`), first: the DDL and grants that follow may name them.
+    Roles(Box<RawValue>),
     /// What follows is this database's.
     Database(String),
     Ddl(Ddl),
@@ -145,6 +147,11 @@ async fn put(w: &mut BufWriter<tokio::fs::File>, line: &Line) -> Result<(), Snap
 /// Writes the frozen state to `path`.
 pub async fn write(frozen: Frozen, path: &Path) -> Result<(), SnapshotError> {
     let mut w = BufWriter::new(tokio::fs::File::create(path).await?);
+    if let Some((_, main, _)) = frozen.0.first() {
+        let roles: String = main.query_one("SELECT pgmix.roles_state()::text", &[]).await?.get(0);
+        let roles = RawValue::from_string(roles).map_err(|e| SnapshotError::Format(0, e))?;
+        put(&mut w, &Line::Roles(roles)).await?;
+    }
     for (name, c, locked) in frozen.0 {
         put(&mut w, &Line::Database(name)).await?;
         let ddl = c
@@ -259,6 +266,17 @@ pub async fn install(
     while let Some(text) = lines.next_line().await? {
         number += 1;
         let line: Line = serde_json::from_str(&text).map_err(|e| SnapshotError::Format(number, e))?;
+        if let Line::Roles(state) = &line {
+            // Created or brought up to date; a role only this node has is left alone.
+            let main = backend.connect(&backend.database, "").await?;
+            main.execute(
+                "SELECT pgmix.apply_roles(jsonb_build_object('roles', \
+                 (SELECT coalesce(jsonb_agg(value), '[]') FROM jsonb_each($1::text::jsonb))))",
+                &[&state.get()],
+            )
+            .await?;
+            continue;
+        }
         if let Line::Database(name) = line {
             if let Some(d) = db.take() {
                 let done = d.name.clone();
@@ -274,14 +292,14 @@ pub async fn install(
         }
         let Some(d) = db.as_mut() else { continue };
         match line {
-            Line::Database(_) => {}
+            Line::Database(_) | Line::Roles(_) => {}
             Line::Ddl(ddl) => {
                 if !d.journal.insert((ddl.idx, ddl.n)) {
                     continue;
                 }
                 if !ddl.standalone {
                     replay(d, &ddl).await?;
-                } else if ddl.sql.to_ascii_uppercase().contains("DATABASE") {
+                } else if crate::classify::words::words(&ddl.sql).standalone.is_some_and(|k| k.runs_outside()) {
                     applier.standalone(ddl.idx as u64, &ddl.database, &ddl.sql, &ddl.who, &ddl.path).await?;
                 } else {
                     later.push(ddl);

@@ -86,6 +86,9 @@ pub struct Router {
     parsed: Option<HashMap<Bytes, Parsed>>,
     /// Parse messages remembered so far.
     parses: u64,
+    /// Custom (dotted) settings the session set, which Postgres lists nowhere: a relay session
+    /// on the leader is given them too.
+    custom: std::collections::BTreeSet<String>,
 }
 
 /// A statement a Parse prepared.
@@ -124,6 +127,7 @@ impl Router {
             backslash_escapes: false,
             parsed: None,
             parses: 0,
+            custom: std::collections::BTreeSet::new(),
         }
     }
 
@@ -143,6 +147,11 @@ impl Router {
     /// The statement `name` prepared, when known.
     pub fn parsed(&self, name: &[u8]) -> Option<&Parsed> {
         self.parsed.as_ref()?.get(name)
+    }
+
+    /// The custom settings the session set (see `custom`).
+    pub fn custom_settings(&self) -> Vec<String> {
+        self.custom.iter().cloned().collect()
     }
 
     /// The class a Bind of statement `name` runs with: its class at Parse, made strong when the
@@ -286,6 +295,19 @@ impl Router {
         }
         self.metrics.count_class(class);
         tracing::debug!(class = class.as_str(), %reason, sql, "classified");
+        if class == Class::Local && at_rest.is_some() {
+            use crate::classify::words::{CustomSetting, custom_setting};
+            match custom_setting(sql) {
+                Some(CustomSetting::Set(name)) => {
+                    self.custom.insert(name);
+                }
+                Some(CustomSetting::Reset(None)) => self.custom.clear(),
+                Some(CustomSetting::Reset(Some(name))) => {
+                    self.custom.remove(&name);
+                }
+                None => {}
+            }
+        }
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };
         Decision { class, route, reason, words: entry.words }
     }

@@ -506,16 +506,31 @@ async fn settings(s: &mut Session) -> Result<String, SessionError> {
         return Ok(known.clone());
     }
     // set_config takes a value as SHOW prints it (a search_path of several schemas stays a
-    // list); the session's authorization goes before its role, which it resets.
-    const SQL: &str = "SELECT 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL' || coalesce('; ' || string_agg(\
-        format('SELECT set_config(%L, %L, false)', name, setting), '; ' \
-        ORDER BY name = 'role', name), '') FROM pg_settings \
-        WHERE source IN ('session', 'client') AND name NOT IN ('pgmix.strong', 'session_authorization', \
-        'transaction_isolation', 'transaction_read_only', 'transaction_deferrable', 'client_encoding') \
-        AND NOT (name = 'role' AND setting = 'none')";
+    // list). pg_settings shows neither the session's authorization nor its role: they go first
+    // and last (SET SESSION AUTHORIZATION resets the role).
+    const SQL: &str = "SELECT 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL' \
+        || CASE WHEN session_user::text <> $1 THEN format('; SET SESSION AUTHORIZATION %I', session_user) ELSE '' END \
+        || coalesce((SELECT '; ' || string_agg(format('SELECT set_config(%L, %L, false)', name, setting), '; ' ORDER BY name) \
+           FROM pg_settings WHERE source IN ('session', 'client') AND name NOT IN ('pgmix.strong', 'client_encoding', \
+           'transaction_isolation', 'transaction_read_only', 'transaction_deferrable')), '') \
+        || coalesce((SELECT '; ' || string_agg(format('SELECT set_config(%L, %L, false)', n, current_setting(n, true)), '; ' \
+           ORDER BY n) FROM unnest($2::text[]) n WHERE current_setting(n, true) IS NOT NULL), '') \
+        || CASE WHEN current_setting('role') <> 'none' THEN format('; SET ROLE %I', current_setting('role')) ELSE '' END";
     let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
-    let r = wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes(SQL)).await.map_err(SessionError::Backend)?;
+    let custom = format!(
+        "{{{}}}",
+        s.core
+            .router
+            .custom_settings()
+            .iter()
+            .map(|n| format!("\"{}\"", n.replace('"', "")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let query = codec::query_with(SQL, &[Some(s.login.role.as_bytes()), Some(custom.as_bytes())]);
+    let r = wire::exchange(&mut b.stream, &mut b.buf, &query).await.map_err(SessionError::Backend)?;
     let sql = r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    tracing::debug!(settings = %sql, "the session's settings, for its relay session");
     s.relay.settings = Some(sql.clone());
     Ok(sql)
 }

@@ -182,3 +182,74 @@ async fn a_role_cannot_become_more_than_it_is_on_another_node() {
     assert_eq!(supers, vec![vec!["false".to_owned()]; 3], "alice stays ordinary on every node's Postgres");
     assert_eq!(c.each("SELECT count(*)::text FROM pg_class WHERE relname = 't1'").await, vec![vec!["0".to_owned()]; 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_transaction_keeps_the_session_s_role_settings_and_statements() {
+    let setup = format!(
+        "{ACCOUNTS}\nCREATE SCHEMA app; CREATE TABLE app.docs (id int PRIMARY KEY, tenant text NOT NULL);\n\
+         INSERT INTO app.docs VALUES (1, 'tenant_42'), (2, 'tenant_7');\n\
+         ALTER TABLE app.docs ENABLE ROW LEVEL SECURITY;\n\
+         CREATE POLICY own ON app.docs USING (tenant = current_user);"
+    );
+    let c = Cluster::start(3, STRONG, &setup).await;
+    let f = follower(&c).await;
+    c.client(leader(&c).await)
+        .await
+        .batch_execute(
+            "CREATE ROLE tenant_42 NOLOGIN; CREATE ROLE app_admin LOGIN PASSWORD 'adm' IN ROLE tenant_42 NOINHERIT",
+        )
+        .await
+        .unwrap();
+    c.client(leader(&c).await)
+        .await
+        .batch_execute("GRANT USAGE ON SCHEMA app TO tenant_42; GRANT SELECT ON app.docs TO tenant_42")
+        .await
+        .unwrap();
+    wait_until("app_admin logs in on the follower", || logs_in(&c, f, "app_admin", "adm")).await;
+    let mut cfg = c.nodes[f - 1].config();
+    cfg.user("app_admin").password("adm");
+    let (s, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // A lowered role holds on the leader too: its grants and its row-level security.
+    s.batch_execute("SET ROLE tenant_42").await.unwrap();
+    s.batch_execute("SET search_path = app, public").await.unwrap();
+    let on_leader = |sql: &'static str| {
+        let s = &s;
+        async move {
+            let rows = s.simple_query(sql).await.unwrap();
+            rows.iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let got = on_leader("BEGIN; SELECT current_user || ':' || count(*) FROM docs; COMMIT").await;
+    assert_eq!(got, ["tenant_42:1"], "the relayed transaction ran as the session's role, with its path");
+    // A setting made here is made there, and one reset here is reset there too.
+    s.batch_execute("SET app.flag = 'on'").await.unwrap();
+    let got = on_leader("BEGIN; SELECT coalesce(current_setting('app.flag', true), '') FROM docs; COMMIT").await;
+    assert_eq!(got, ["on"]);
+    s.batch_execute("RESET app.flag").await.unwrap();
+    let got = on_leader("BEGIN; SELECT coalesce(current_setting('app.flag', true), '') FROM docs; COMMIT").await;
+    assert_eq!(got, [""]);
+    s.batch_execute("RESET ROLE").await.unwrap();
+    let e = s.simple_query("BEGIN; SELECT count(*) FROM docs; COMMIT").await.unwrap_err();
+    // Without its role, app_admin (NOINHERIT) has no use of schema `app` on the leader either.
+    assert_eq!(sqlstate(&e), "42P01", "{e}");
+    s.batch_execute("ROLLBACK").await.unwrap();
+    s.batch_execute("SET ROLE tenant_42").await.unwrap();
+    s.batch_execute("GRANT SELECT ON accounts TO tenant_42").await.unwrap_err();
+    s.batch_execute("RESET ROLE").await.unwrap();
+    c.client(leader(&c).await).await.batch_execute("GRANT SELECT, UPDATE ON accounts TO app_admin").await.unwrap();
+    // A statement name prepared again means the new statement on the leader too.
+    let first = s.prepare("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE").await.unwrap();
+    let b: i64 = s.query_one(&first, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(b, 100);
+    drop(first);
+    s.batch_execute("DISCARD ALL").await.unwrap();
+    let second = s.prepare("SELECT id::bigint FROM accounts WHERE id = $1 FOR UPDATE").await.unwrap();
+    let id: i64 = s.query_one(&second, &[&3i32]).await.unwrap().get(0);
+    assert_eq!(id, 3);
+}

@@ -46,6 +46,9 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
         .await
         .unwrap();
     writer.batch_execute("CREATE DATABASE made_while_away_db").await.unwrap();
+    // A role, and a grant to it, while the node is away: the snapshot carries both.
+    writer.batch_execute("CREATE ROLE away_reader LOGIN PASSWORD 'away'").await.unwrap();
+    writer.batch_execute("GRANT SELECT ON accounts TO away_reader").await.unwrap();
     for sql in [
         // A unique strong value moves from one row to another.
         "DELETE FROM people WHERE id = 2",
@@ -85,6 +88,13 @@ async fn a_node_too_far_behind_comes_back_from_a_snapshot() {
         .converged("a partly strong table", "SELECT string_agg(id || email || nick, ',' ORDER BY id) FROM people")
         .await;
     assert_eq!(people, ["1b@xa,3c@xc2,4d@xd"]);
+    let reader = c
+        .converged(
+            "a role made while away",
+            "SELECT rolcanlogin || ' ' || left(rolpassword, 6) || ' ' || has_table_privilege('away_reader', 'accounts', 'SELECT')              FROM pg_authid WHERE rolname = 'away_reader'",
+        )
+        .await;
+    assert_eq!(reader, ["true SCRAM- true"]);
     let dbs = c.each("SELECT count(*)::text FROM pg_database WHERE datname = 'made_while_away_db'").await;
     assert!(dbs.iter().all(|n| n == &["1"]), "CREATE DATABASE from the snapshot's journal: {dbs:?}");
     let snapshots = c.nodes[down - 1]

@@ -308,3 +308,16 @@ END
 $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgmix FROM PUBLIC;
+
+-- Committed entries this node could not apply (a statement that fails here only): the node went
+-- on with the log, so the others keep their majority, and serves no strong read from its own
+-- Postgres until it has been repaired from a snapshot (see `consensus::apply`). Kept in the
+-- node's own database.
+CREATE TABLE pgmix.unapplied (
+    idx bigint PRIMARY KEY,
+    database text NOT NULL,
+    what text NOT NULL,
+    sqlstate text NOT NULL,
+    message text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);

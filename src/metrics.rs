@@ -58,6 +58,8 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// Committed entries this node could not apply (it reads no strong data until repaired).
+    pub unapplied: u64,
 }
 
 impl Metrics {
@@ -174,6 +176,12 @@ impl Metrics {
             );
             counter("raft_commit_index", "The last committed Raft log index.", "gauge", r.commit_index);
             counter("raft_applied_index", "The last Raft log index applied on this node.", "gauge", r.applied_index);
+            counter(
+                "strong_unapplied_entries",
+                "Committed entries this node could not apply; while not 0 its strong reads go to the leader.",
+                "gauge",
+                r.unapplied,
+            );
         }
         if self.peers.get().is_some() {
             counter(

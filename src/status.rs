@@ -32,6 +32,8 @@ pub struct NodeStatus {
     pub parked: u64,
     /// (leads, term, leader id or 0, commit index, applied index), in a cluster.
     pub raft: Option<(bool, u64, u64, u64, u64)>,
+    /// Committed entries this node could not apply.
+    pub unapplied: u64,
 }
 
 /// A peer as one node sees it: its link, and how far behind its change log this node is.
@@ -57,6 +59,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
         peers: Vec::new(),
         parked: 0,
         raft: None,
+        unapplied: 0,
     };
     let mut seen = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -103,6 +106,7 @@ pub fn parse(text: &str) -> Option<NodeStatus> {
             "pgmix_raft_leader" => st.raft.get_or_insert_default().2 = value,
             "pgmix_raft_commit_index" => st.raft.get_or_insert_default().3 = value,
             "pgmix_raft_applied_index" => st.raft.get_or_insert_default().4 = value,
+            "pgmix_strong_unapplied_entries" => st.unapplied = value,
             _ => {}
         }
     }
@@ -145,6 +149,13 @@ impl std::fmt::Display for NodeStatus {
             let role = if leads { "leader" } else { "follower" };
             let leader = if leader == 0 { "none".to_owned() } else { leader.to_string() };
             write!(f, " raft: {role} term={term} leader={leader} commit={commit} applied={applied}")?;
+        }
+        if self.unapplied > 0 {
+            write!(
+                f,
+                " UNAPPLIED={} (committed entries this node could not apply: its strong reads go to the leader until it is repaired)",
+                self.unapplied
+            )?;
         }
         if !self.peers.is_empty() {
             let peers: Vec<String> = self

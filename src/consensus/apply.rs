@@ -81,6 +81,44 @@ pub struct Applier {
     failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
     /// Per database, the term up to which abandoned chunks were dropped (see `sweep`).
     swept: std::sync::Mutex<HashMap<String, u64>>,
+    pub unapplied: std::sync::Arc<Unapplied>,
+}
+
+impl ApplyError {
+    /// An error the entry itself causes here, which applying it again would meet again (a
+    /// statement Postgres refuses), as opposed to a Postgres that went away or a lock wait cut
+    /// short.
+    pub fn deterministic(&self) -> Option<(String, String)> {
+        match self {
+            Self::Postgres(e) => {
+                let db = e.as_db_error()?;
+                let code = db.code().code();
+                let transient =
+                    ["08", "40", "53", "57", "58", "XX"].iter().any(|c| code.starts_with(c)) || code == "55P03";
+                (!transient).then(|| (code.to_owned(), db.message().to_owned()))
+            }
+            Self::MissingChunks { .. } => Some(("XX000".to_owned(), self.to_string())),
+            Self::Stopped(_) => None,
+        }
+    }
+}
+
+/// The committed entries this node could not apply, shared with the node (status, metrics and
+/// the strong path read it) and kept across restarts in `pgmix.unapplied`.
+#[derive(Debug, Default)]
+pub struct Unapplied {
+    inner: std::sync::Mutex<(u64, Option<String>)>,
+}
+
+impl Unapplied {
+    /// How many, and what the last one was.
+    pub fn get(&self) -> (u64, Option<String>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, n: u64, last: Option<String>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = (n, last);
+    }
 }
 
 impl Applier {
@@ -90,8 +128,10 @@ impl Applier {
         cluster: String,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
         failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
+        unapplied: std::sync::Arc<Unapplied>,
     ) -> Self {
         Self {
+            unapplied,
             failpoints,
             ddl_applied,
             backend,
@@ -120,6 +160,57 @@ impl Applier {
             dbs.remove(database);
         }
         result
+    }
+
+    /// Reads what `pgmix.unapplied` holds (at start-up).
+    pub async fn load_unapplied(&self) -> Result<(), tokio_postgres::Error> {
+        let main = self.backend.database.clone();
+        let row = self
+            .with_db(&main, async |c| {
+                c.query_one(
+                    "SELECT count(*), (SELECT format('entry %s (%s in %s): %s', idx, what, database, message) \
+                     FROM pgmix.unapplied ORDER BY idx DESC LIMIT 1) FROM pgmix.unapplied",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        self.unapplied.set(row.get::<_, i64>(0) as u64, row.get(1));
+        Ok(())
+    }
+
+    /// A committed entry that fails here whatever is tried: it is recorded (in the node's own
+    /// database), logged once, and passed over, so this node goes on acknowledging the log. Its
+    /// strong data is from then on not the cluster's, so it reads none of it until repaired.
+    pub async fn pass_over(
+        &self,
+        index: u64,
+        database: &str,
+        what: &str,
+        (code, message): (String, String),
+    ) -> Result<(), tokio_postgres::Error> {
+        tracing::error!(
+            index,
+            %database,
+            what,
+            %code,
+            %message,
+            "a committed entry cannot be applied on this node: passed over; this node serves no strong read until it is repaired from a snapshot"
+        );
+        let main = self.backend.database.clone();
+        let idx = index as i64;
+        self.with_db(&main, async |c| {
+            c.execute(
+                "INSERT INTO pgmix.unapplied (idx, database, what, sqlstate, message) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+                &[&idx, &database, &what, &code, &message],
+            )
+            .await
+        })
+        .await?;
+        let (n, _) = self.unapplied.get();
+        self.unapplied.set(n + 1, Some(format!("entry {index} ({what} in {database}): {message}")));
+        Ok(())
     }
 
     /// Rolls back this cluster's prepared transactions of terms below `term` (see the module

@@ -101,6 +101,8 @@ pub struct Consensus {
     failpoints: Arc<crate::strong::failpoint::FailPoints>,
     /// Read barriers in flight, sharing rounds.
     rounds: barrier::Rounds,
+    /// Committed entries this node could not apply (see `apply::Applier::pass_over`).
+    unapplied: Arc<apply::Unapplied>,
 }
 
 impl Consensus {
@@ -114,7 +116,8 @@ impl Consensus {
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
         failpoints: Arc<crate::strong::failpoint::FailPoints>,
     ) -> Result<Arc<Self>, ConsensusError> {
-        let raft = open(&cluster, backend, &peers, &ddl_applied, &failpoints).await?;
+        let unapplied = Arc::new(apply::Unapplied::default());
+        let raft = open(&cluster, backend, &peers, &ddl_applied, &failpoints, &unapplied).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
@@ -123,6 +126,7 @@ impl Consensus {
             ddl_applied,
             failpoints,
             rounds: barrier::Rounds::default(),
+            unapplied,
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -178,6 +182,12 @@ impl Consensus {
         applied.is_some_and(|a| a.leader_id.term == term)
     }
 
+    /// How many committed entries this node could not apply, and the last of them: while there
+    /// are any, its own strong data is not the cluster's.
+    pub fn unapplied(&self) -> (u64, Option<String>) {
+        self.unapplied.get()
+    }
+
     /// The leader as this node knows it, and the current term.
     pub fn leader(&self) -> (Option<u32>, u64) {
         let m = self.raft().metrics().borrow().clone();
@@ -192,6 +202,7 @@ async fn open(
     peers: &Arc<Peers>,
     ddl_applied: &tokio::sync::mpsc::UnboundedSender<String>,
     failpoints: &Arc<crate::strong::failpoint::FailPoints>,
+    unapplied: &Arc<apply::Unapplied>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: the log and the vote commit synchronously,
     // whatever the server or role says. The state machine need not (see `apply`): what it
@@ -223,7 +234,9 @@ async fn open(
         cluster.id.clone(),
         ddl_applied.clone(),
         failpoints.clone(),
+        unapplied.clone(),
     );
+    applier.load_unapplied().await?;
     let sm = store::StateMachine::new(
         connect("SET synchronous_commit = off").await?,
         Arc::new(applier),
@@ -277,7 +290,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied, &me.failpoints).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied, &me.failpoints, &me.unapplied).await {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;
@@ -308,6 +321,7 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
             leader: m.current_leader,
             commit_index: committed.map_or(0, |c| c.index),
             applied_index: m.last_applied.map_or(0, |a| a.index),
+            unapplied: me.unapplied.get().0,
         });
         tokio::select! {
             _ = stop.cancelled() => break,

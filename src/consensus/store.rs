@@ -420,41 +420,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(|e| sm_err(e.into()))?;
             let mut outcome = None;
-            match e.payload {
-                EntryPayload::Blank => {}
+            let index = e.log_id.index;
+            let (database, what, result) = match e.payload {
+                EntryPayload::Blank => (String::new(), "", Ok(())),
                 EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
-                    match self.applier.standalone(e.log_id.index, &database, &sql, &role, &search_path).await {
-                        Ok(o) => outcome = o,
-                        Err(err) => {
-                            self.store(&a, None).await?;
-                            return Err(sm_err(err));
-                        }
-                    }
+                    let r = self.applier.standalone(index, &database, &sql, &role, &search_path).await;
+                    (database, "a standalone statement", r.map(|o| outcome = o))
                 }
                 EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks }) => {
                     let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks };
-                    match self.applier.commit(e.log_id, &commit, effects.get()).await {
-                        Ok(o) => outcome = o,
-                        Err(err) => {
-                            // What was applied before this entry stays applied.
-                            self.store(&a, None).await?;
-                            return Err(sm_err(err));
-                        }
-                    }
+                    let r = self.applier.commit(e.log_id, &commit, effects.get()).await;
+                    (database, "a strong transaction", r.map(|o| outcome = o))
                 }
                 EntryPayload::Normal(super::Command::Abandon { gid, database }) => {
-                    if let Err(err) = self.applier.abandon(e.log_id, &gid, &database).await {
-                        self.store(&a, None).await?;
-                        return Err(sm_err(err));
-                    }
+                    let r = self.applier.abandon(e.log_id, &gid, &database).await;
+                    (database, "an abandoned transaction", r)
                 }
                 EntryPayload::Normal(super::Command::Chunk { gid, database, effects }) => {
-                    if let Err(err) = self.applier.stage(e.log_id, &gid, &database, effects.get()).await {
+                    let r = self.applier.stage(e.log_id, &gid, &database, effects.get()).await;
+                    (database, "a chunk of a large transaction", r)
+                }
+                EntryPayload::Membership(m) => {
+                    a.membership = StoredMembership::new(Some(e.log_id), m);
+                    (String::new(), "", Ok(()))
+                }
+            };
+            if let Err(err) = result {
+                match err.deterministic() {
+                    // One node failing an entry the others applied must not stop the cluster.
+                    Some(why) => {
+                        self.applier.pass_over(index, &database, what, why).await.map_err(|e| sm_err(e.into()))?
+                    }
+                    None => {
+                        // What was applied before this entry stays applied; this one is tried
+                        // again once Postgres answers.
                         self.store(&a, None).await?;
                         return Err(sm_err(err));
                     }
                 }
-                EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
             a.applied = Some(e.log_id);
             out.push(outcome);

@@ -80,11 +80,22 @@ pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut
         None => (After::End(SessionEnd::ClientVanished), TxStatus::Idle),
         Some(u) if u.terminate => (After::End(SessionEnd::ClientTerminated), TxStatus::Idle),
         Some(unit) => {
-            if class == Class::StrongRead && begin.is_none() && !unit.begins && !s.core.leader_first() {
+            let unapplied = strong.consensus.unapplied().0 > 0;
+            let here = class == Class::StrongRead && begin.is_none() && !unit.begins && !s.core.leader_first();
+            if here && unapplied && s.core.state.tx != TxStatus::Idle {
+                // Its own strong data is not the cluster's (see `Unapplied`): the transaction
+                // that began here cannot read it.
+                s.core.prefer_leader();
+                fail_local(&mut s.backend).await.map_err(SessionError::Backend)?;
+                let e = StrongError::Unapplied(strong.consensus.unapplied().1.unwrap_or_default());
+                send(s, &error_reply(&e, b'E')).await?;
+                (After::Resume, TxStatus::Failed)
+            } else if here && !unapplied {
                 read_here(s, &strong, unit, buf).await?
             } else if begin.is_none() && unit.standalone.is_some() {
                 (standalone(s, &strong, &unit).await?, TxStatus::Idle)
             } else {
+                // A strong read of a node that could not apply an entry runs on the leader.
                 let spec = match begin {
                     Some(d) => Begin::Client(d.text),
                     None if unit.begins => Begin::InUnit,

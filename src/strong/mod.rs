@@ -54,6 +54,10 @@ pub enum StrongError {
         "the transaction was prepared but its commit could not be confirmed ({0}); it may or may not have committed"
     )]
     Unknown(String),
+    #[error(
+        "this node could not apply a committed strong transaction ({0}), so its own strong data is not current; the transaction was rolled back"
+    )]
+    Unapplied(String),
 }
 
 impl StrongError {
@@ -61,6 +65,9 @@ impl StrongError {
         match self {
             Self::Unknown(_) => ClientError::error(code::STATEMENT_COMPLETION_UNKNOWN, self.to_string())
                 .with_hint("Check whether the transaction's writes are there before you retry it."),
+            Self::Unapplied(_) => ClientError::error(code::SERIALIZATION_FAILURE, self.to_string()).with_hint(
+                "Retry the transaction: pgmix runs this session's transactions on the leader from now on. `pgmix status` shows the node; docs/CONSISTENCY.md (\"A node that cannot apply an entry\") says how to repair it.",
+            ),
             _ => ClientError::error(code::SERIALIZATION_FAILURE, self.to_string())
                 .with_hint("Retry the transaction; pgmix sends it to the current leader."),
         }

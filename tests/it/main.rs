@@ -26,5 +26,6 @@ mod snapshot;
 mod stream;
 mod strong;
 mod strong_chunks;
+mod unapplied;
 pub mod up;
 mod weak;

@@ -191,11 +191,104 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_compares_the_replies_whatever_their_notices() {
+        let mut r = Replay::new(Some("BEGIN".into()));
+        assert!(r.sent(&msg(b'Q', b"SET LOCAL work_mem = '8MB'\0")));
+        assert!(r.whole());
+        assert!(r.sent(&msg(b'P', b"\0SHOW work_mem\0\0\0")));
+        assert!(!r.whole());
+        assert!(r.sent(&msg(b'S', b"")));
+        assert_eq!(r.units.len(), 2);
+        let here =
+            [msg(b'C', b"SET\0"), msg(b'Z', b"T"), msg(b'1', b""), msg(b'D', b"\0\x01\0\0\0\x038MB"), msg(b'Z', b"T")];
+        for m in &here {
+            r.reply(m[0], &m[5..]);
+        }
+        let there = [here[0].clone(), msg(b'N', b"SNOTICE\0Mhi\0\0"), here[1].clone(), here[2..].concat()].concat();
+        assert_eq!(r.digest(), Replay::digest_of(&[&there]));
+        let other = [here[..3].concat(), msg(b'D', b"\0\x01\0\0\0\x034MB"), here[4].clone()].concat();
+        assert_ne!(r.digest(), Replay::digest_of(&[&other]));
+    }
+
+    #[test]
     fn a_simple_begin_is_its_command_complete() {
         let q = msg(b'Q', b"start transaction isolation level serializable\0");
         let mut d = Deferred::query(&q, b"start transaction isolation level serializable");
         let out = d.answer(true);
         assert_eq!(tags(&out), b"CZ");
         assert!(String::from_utf8_lossy(&out).contains("START TRANSACTION"));
+    }
+}
+
+/// A transaction that began here with statements that do not decide where it runs (SET LOCAL,
+/// SAVEPOINT, SHOW, ...): what ran, recorded, so that if a strong statement comes it can run
+/// again on the leader, and the replies compared with those the client got.
+#[derive(Debug)]
+pub struct Replay {
+    /// The BEGIN's text when pgmix answered it (the leader begins with it); None when the
+    /// BEGIN's own messages are the start of `units`.
+    pub begin: Option<String>,
+    /// The client's units that ran here, in order, each up to its Sync (or a Query).
+    pub units: Vec<BytesMut>,
+    /// The unit being sent.
+    current: BytesMut,
+    /// The replies the client got to them, hashed (without notices, parameter statuses and
+    /// notifications, which may differ between nodes).
+    hash: std::collections::hash_map::DefaultHasher,
+    bytes: usize,
+}
+
+/// Past this many bytes of recorded units a transaction is decided: it runs here.
+pub const REPLAY_LIMIT: usize = 1 << 20;
+
+impl Replay {
+    pub fn new(begin: Option<String>) -> Self {
+        Self { begin, units: Vec::new(), current: BytesMut::new(), hash: Default::default(), bytes: 0 }
+    }
+
+    /// A client message that ran here; false when the record grew too large to keep.
+    pub fn sent(&mut self, msg: &[u8]) -> bool {
+        self.bytes += msg.len();
+        self.current.extend_from_slice(msg);
+        if matches!(msg.first(), Some(b'S' | b'Q')) {
+            self.units.push(std::mem::take(&mut self.current));
+        }
+        self.bytes <= REPLAY_LIMIT
+    }
+
+    /// Whether every unit that ran is complete (ended at its Sync or was a Query).
+    pub fn whole(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// A reply message the client got.
+    pub fn reply(&mut self, tag: u8, body: &[u8]) {
+        use std::hash::Hasher;
+        if !matches!(tag, b'N' | b'S' | b'A') {
+            self.hash.write_u8(tag);
+            self.hash.write(body);
+        }
+    }
+
+    /// A piece of a reply message too large to look at whole.
+    pub fn piece(&mut self, bytes: &[u8]) {
+        use std::hash::Hasher;
+        self.hash.write(bytes);
+    }
+
+    pub fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        self.hash.finish()
+    }
+
+    /// The digest the same replies, got elsewhere whole, have.
+    pub fn digest_of(replies: &[&[u8]]) -> u64 {
+        let mut r = Replay::new(None);
+        for reply in replies {
+            for (tag, body) in messages::iter(reply) {
+                r.reply(tag, body);
+            }
+        }
+        r.digest()
     }
 }

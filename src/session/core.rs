@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::answer::Answers;
-use super::begin::Deferred;
+use super::begin::{Deferred, Replay};
 use super::route::{Decision, Route, Router};
 use super::state::{SessionState, TxStatus};
 use super::unit::{Unit, Units};
@@ -36,6 +36,11 @@ pub enum Mode {
     /// In a cluster, the client's BEGIN is held: the transaction's first statement that reads or
     /// writes data decides where it runs.
     Deferred(Deferred),
+    /// The transaction began here with statements that do not decide where it runs (SET LOCAL,
+    /// SAVEPOINT, SHOW, ...), recorded: a strong statement moves it to the strong path, where
+    /// they run again first and must give the same replies. `holding`: a strong statement
+    /// waits, unread, for the replies in flight.
+    Undecided { replay: Replay, holding: bool },
     /// The transaction runs on the strong path (on the leader, here or relayed): the client's
     /// messages are gathered into units that the strong driver runs.
     Strong(StrongTx),
@@ -48,6 +53,8 @@ pub struct StrongTx {
     pub class: Option<Class>,
     /// Its BEGIN, when pgmix held and answered it (the strong path begins with its text).
     pub begin: Option<Deferred>,
+    /// What ran here before it turned strong, to run again there.
+    pub replay: Option<Replay>,
     pub units: Units,
 }
 
@@ -142,15 +149,23 @@ impl Core {
 
     /// The held statement may be decided now (its replies in flight are in).
     pub fn hold_over(&mut self) -> bool {
-        if matches!(self.mode, Mode::Holding) && self.state.is_quiet() {
+        let settled = self.state.awaiting_ready == 0 && !self.state.unsynced;
+        if matches!(self.mode, Mode::Holding) && settled {
             self.mode = Mode::Forwarding;
+            return true;
+        }
+        if let Mode::Undecided { holding, .. } = &mut self.mode
+            && *holding
+            && settled
+        {
+            *holding = false;
             return true;
         }
         false
     }
 
     pub fn holding(&self) -> bool {
-        matches!(self.mode, Mode::Holding)
+        matches!(self.mode, Mode::Holding | Mode::Undecided { holding: true, .. })
     }
 
     pub fn diverted(&self) -> bool {
@@ -240,7 +255,7 @@ impl Core {
             self.groups_sent += 1;
             return replaced(a, &stand_in);
         }
-        let a = self.release(msg);
+        let a = self.release_as(msg, undecides(&d));
         self.groups_sent += 1;
         a
     }
@@ -277,7 +292,7 @@ impl Core {
             let stand_in = self.answers.stand_in_parse(&name, refusal(&d.reason));
             return replaced(self.release(&stand_in), &stand_in);
         }
-        self.release(msg)
+        self.release_as(msg, undecides(&d))
     }
 
     fn on_bind(&mut self, body: &[u8], msg: &[u8]) -> Action {
@@ -300,18 +315,20 @@ impl Core {
                 return Action::Hold;
             }
         }
+        let mut undecided = false;
         if let Some(class) = self.router.bound_class(name) {
-            let d =
-                Decision { class, route: Route::Local, reason: Arc::from(""), words: crate::classify::Words::OTHER };
+            let words = self.router.parsed(name).map_or(crate::classify::Words::OTHER, |p| p.words);
+            let d = Decision { class, route: Route::Local, reason: Arc::from(""), words };
             if let Some(a) = self.route(&d, |answers, e| answers.stand_in_parse(b"", e)) {
                 if matches!(a, Action::Replace(_)) {
                     self.state.unsynced = true;
                 }
                 return a;
             }
+            undecided = undecides(&d);
         }
         self.state.note_extended(b'B');
-        self.release(msg)
+        self.release_as(msg, undecided)
     }
 
     fn on_sync(&mut self, msg: &[u8], can_answer: bool) -> Action {
@@ -327,7 +344,8 @@ impl Core {
         }
         self.state.awaiting_ready += 1;
         self.state.unsynced = false;
-        let a = self.release(msg);
+        let undecided = matches!(self.mode, Mode::Undecided { .. });
+        let a = self.release_as(msg, undecided);
         self.groups_sent += 1;
         a
     }
@@ -351,7 +369,8 @@ impl Core {
             self.unsent.remove(messages::target(body).1);
         }
         self.state.note_extended(tag);
-        self.release(msg)
+        let undecided = matches!(self.mode, Mode::Undecided { .. });
+        self.release_as(msg, undecided)
     }
 
     /// In a cluster, a statement about a tablespace is refused: a tablespace is a directory of one
@@ -364,11 +383,11 @@ impl Core {
         Decision { class: Class::Refused, route: Route::Refuse, reason: Arc::from(reason), ..d }
     }
 
-    /// Whether a statement that must start at a quiet point waits for the replies in flight:
-    /// between transactions, with every message in flight synced (a pipeline without its Sync
-    /// would never be answered).
+    /// Whether a statement that must start at a quiet point waits for the replies in flight
+    /// (the transaction status they bring decides): only when every message in flight is synced
+    /// (a pipeline without its Sync would never be answered).
     fn waits_for_quiet(&self) -> bool {
-        self.state.tx == TxStatus::Idle && !self.state.unsynced
+        self.state.awaiting_ready > 0 && !self.state.unsynced
     }
 
     /// Where a statement of this decision goes; None: on, to the local Postgres. `stand_in`
@@ -378,14 +397,29 @@ impl Core {
             return None;
         }
         let class = d.class;
-        let strong = matches!(class, Class::StrongWrite | Class::Ddl | Class::StrongRead)
-            || (self.leader_first && matches!(class, Class::WeakRead | Class::WeakWrite));
+        // A session whose transaction could not move runs its next ones on the leader from
+        // their first statement, whatever it is.
+        let leader_first = self.leader_first
+            && (matches!(class, Class::WeakRead | Class::WeakWrite)
+                || (class == Class::Local && matches!(self.mode, Mode::Deferred(_)) && d.words.word == TxWord::Other));
+        let strong = matches!(class, Class::StrongWrite | Class::Ddl | Class::StrongRead) || leader_first;
         if !strong {
             return None;
         }
         if matches!(self.mode, Mode::Deferred(_)) || self.state.is_quiet() {
             self.divert(class);
             return Some(Action::Divert);
+        }
+        if let Mode::Undecided { replay, holding } = &mut self.mode {
+            let settled = self.state.awaiting_ready == 0 && !self.state.unsynced;
+            if settled && replay.whole() {
+                self.divert(class);
+                return Some(Action::Divert);
+            }
+            if !self.state.unsynced {
+                *holding = true;
+                return Some(Action::Hold);
+            }
         }
         // A strong read inside a transaction that began here runs here, behind the barrier.
         if class == Class::StrongRead
@@ -404,6 +438,9 @@ impl Core {
         // A transaction that began here turned strong: it fails, and the next ones go to the
         // strong path from their start.
         self.leader_first = true;
+        if matches!(self.mode, Mode::Undecided { .. }) {
+            self.mode = Mode::Forwarding;
+        }
         let e = ClientError::error(
             code::SERIALIZATION_FAILURE,
             "this transaction began with weak statements on this node and then touched strong data, which runs on the leader; it was not committed",
@@ -413,11 +450,15 @@ impl Core {
     }
 
     fn divert(&mut self, class: Class) {
+        let mut tx = StrongTx { class: Some(class), begin: None, replay: None, units: Units::default() };
         let begin = match std::mem::replace(&mut self.mode, Mode::Forwarding) {
             Mode::Deferred(d) => Some(d),
+            Mode::Undecided { replay, .. } => {
+                tx.replay = Some(replay);
+                None
+            }
             _ => None,
         };
-        let mut tx = StrongTx { class: Some(class), begin: None, units: Units::default() };
         match begin {
             // Not answered: its messages go first in the transaction's first unit.
             Some(d) if !d.answered => {
@@ -437,9 +478,40 @@ impl Core {
     /// replies dropped when pgmix answered it already), and by the Parse of any statement it
     /// binds that the local backend lacks.
     fn release(&mut self, msg: &[u8]) -> Action {
+        self.release_as(msg, false)
+    }
+
+    /// `release`, for a message of a statement that does not decide where the transaction runs
+    /// (`undecided`), or of one in flight since such a statement: the transaction stays
+    /// undecided, and the message is recorded.
+    fn release_as(&mut self, msg: &[u8], undecided: bool) -> Action {
         self.ran_locally = true;
+        if let Mode::Undecided { replay, .. } = &mut self.mode {
+            if undecided && replay.sent(msg) {
+                return self.release_plain(msg);
+            }
+            self.mode = Mode::Forwarding;
+            return self.release_plain(msg);
+        }
+        if undecided && let Mode::Deferred(def) = &self.mode {
+            // The BEGIN goes here after all, with this statement; both are recorded.
+            let mut replay = Replay::new(def.answered.then(|| def.text.clone()));
+            if !def.answered {
+                replay.sent(&def.held);
+            }
+            replay.sent(msg);
+            let a = self.release_plain(msg);
+            self.mode = Mode::Undecided { replay, holding: false };
+            return a;
+        }
+        self.release_plain(msg)
+    }
+
+    fn release_plain(&mut self, msg: &[u8]) -> Action {
         let mut out = BytesMut::new();
-        if let Mode::Deferred(def) = std::mem::replace(&mut self.mode, Mode::Forwarding) {
+        if matches!(self.mode, Mode::Deferred(_))
+            && let Mode::Deferred(def) = std::mem::replace(&mut self.mode, Mode::Forwarding)
+        {
             for name in def.prepared_names() {
                 self.unsent.remove(name);
             }
@@ -555,12 +627,21 @@ impl Core {
             }
             _ => {}
         }
-        if swallowed { Reply::Drop } else { Reply::Pass }
+        if swallowed {
+            return Reply::Drop;
+        }
+        if let Mode::Undecided { replay, .. } = &mut self.mode {
+            replay.reply(tag, body);
+        }
+        Reply::Pass
     }
 
     /// A piece of a backend message too large to be looked at whole.
-    pub fn on_backend_piece(&mut self) {
+    pub fn on_backend_piece(&mut self, bytes: &[u8]) {
         self.last_backend_tag = 0;
+        if let Mode::Undecided { replay, .. } = &mut self.mode {
+            replay.piece(bytes);
+        }
     }
 
     /// The start of a client message too large to be looked at whole (a Bind with big
@@ -573,9 +654,9 @@ impl Core {
 
     /// The transaction the core diverted, for the strong driver: its class and the BEGIN it
     /// begins with, if pgmix answered one.
-    pub fn strong_start(&mut self) -> Option<(Class, Option<Deferred>)> {
+    pub fn strong_start(&mut self) -> Option<(Class, Option<Deferred>, Option<Replay>)> {
         match &mut self.mode {
-            Mode::Strong(tx) => Some((tx.class.take()?, tx.begin.take())),
+            Mode::Strong(tx) => Some((tx.class.take()?, tx.begin.take(), tx.replay.take())),
             _ => None,
         }
     }
@@ -629,6 +710,12 @@ impl Core {
     pub fn leader_first(&self) -> bool {
         self.leader_first
     }
+}
+
+/// Whether a statement that runs here leaves its transaction undecided: it reads and writes no
+/// data (SET LOCAL, SAVEPOINT, SHOW, ...) and does not end the transaction.
+fn undecides(d: &Decision) -> bool {
+    d.class == Class::Local && d.words.word == TxWord::Other && d.route == Route::Local
 }
 
 /// `a` with `stand_in` as what goes to the backend, after whatever `release` put first.

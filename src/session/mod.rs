@@ -424,7 +424,7 @@ impl Session {
                     Reply::Replace(own) => down.replace_next(len, &own),
                 },
                 Step::Pass(n) if n > 0 => {
-                    self.core.on_backend_piece();
+                    self.core.on_backend_piece(&down.buf[down.ready..down.ready + n]);
                     down.ready += n;
                 }
                 _ => return Ok(()),

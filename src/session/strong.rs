@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::begin::Replay;
 use super::state::TxStatus;
 use super::unit::Unit;
 use super::{READ_CHUNK, Session, SessionEnd, SessionError};
@@ -35,6 +36,7 @@ use crate::backend::BackendStream;
 use crate::classify::{Class, TxWord};
 use crate::peer::PeerUp;
 use crate::protocol::{Step, codec, messages};
+use crate::sqlstate::ClientError;
 use crate::strong::relay::{self, RelayLogin, Request, status};
 use crate::strong::tx::{Backend, Begin};
 use crate::strong::{Leader, Strong, StrongError, wire};
@@ -71,7 +73,7 @@ const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// Runs the diverted transaction; `buf` holds the client's unread bytes, the diverted message
 /// first. The core forwards again when this returns.
 pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut) -> Result<After, SessionError> {
-    let Some((class, begin)) = s.core.strong_start() else {
+    let Some((class, begin, replay)) = s.core.strong_start() else {
         s.core.strong_done(s.core.state.tx, false);
         return Ok(After::Resume);
     };
@@ -90,6 +92,15 @@ pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut
                 let e = StrongError::Unapplied(strong.consensus.unapplied().1.unwrap_or_default());
                 send(s, &error_reply(&e, b'E')).await?;
                 (After::Resume, TxStatus::Failed)
+            } else if let Some(replay) = replay {
+                // Began here with statements that did not decide: they run again on the leader
+                // first. The local transaction goes.
+                let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
+                wire::exchange(&mut b.stream, &mut b.buf, &codec::query_bytes("ROLLBACK"))
+                    .await
+                    .map_err(SessionError::Backend)?;
+                let spec = replay.begin.clone().map_or(Begin::InUnit, Begin::Client);
+                transaction(s, &strong, unit, spec, Some(replay), buf).await?
             } else if here && !unapplied {
                 read_here(s, &strong, unit, buf).await?
             } else if begin.is_none() && unit.standalone.is_some() {
@@ -101,7 +112,7 @@ pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut
                     None if unit.begins => Begin::InUnit,
                     None => Begin::Autocommit,
                 };
-                transaction(s, &strong, unit, spec, buf).await?
+                transaction(s, &strong, unit, spec, None, buf).await?
             }
         }
     };
@@ -288,6 +299,7 @@ async fn transaction(
     strong: &Strong,
     mut unit: Unit,
     spec: Begin,
+    replay: Option<Replay>,
     buf: &mut BytesMut,
 ) -> Result<(After, TxStatus), SessionError> {
     let autocommit = matches!(spec, Begin::Autocommit);
@@ -313,6 +325,11 @@ async fn transaction(
             return not_started(s, &error_reply(&StrongError::NoQuorum(strong.timeout), b'I'), &spec).await;
         }
     };
+    if let Some(replay) = replay
+        && let Some(done) = replayed(s, strong, &mut place, &spec, replay, buf).await?
+    {
+        return Ok(done);
+    }
     loop {
         let committing = autocommit || unit.word == TxWord::Commit;
         let ran = match run_unit(s, strong, &mut place, &unit, &spec, autocommit, buf).await? {
@@ -349,6 +366,47 @@ async fn transaction(
             break;
         }
     }
+}
+
+/// Runs what a transaction that began here ran before it turned strong where it runs now, and
+/// compares the replies with those the client got. Some: they differ (a SHOW of a setting that
+/// differs between the nodes, say) or it could not run there; the client's statement then fails
+/// with 40001, and the session's next transactions go to the leader from their start.
+async fn replayed(
+    s: &mut Session,
+    strong: &Strong,
+    place: &mut Place,
+    spec: &Begin,
+    replay: Replay,
+    buf: &mut BytesMut,
+) -> Result<Option<(After, TxStatus)>, SessionError> {
+    let mut replies = Vec::new();
+    for bytes in &replay.units {
+        let unit = Unit { bytes: bytes.clone(), ..Unit::default() };
+        match run_unit(s, strong, place, &unit, spec, false, buf).await? {
+            Ok(ran) if ran.status == status::NOT_STARTED => return not_started(s, &ran.bytes, spec).await.map(Some),
+            Ok(ran) => replies.push(ran.bytes),
+            Err(lost) => return lost_leader(s, &lost.why, false).await.map(Some),
+        }
+    }
+    let refs: Vec<&[u8]> = replies.iter().map(|r| &r[..]).collect();
+    if Replay::digest_of(&refs) == replay.digest() {
+        return Ok(None);
+    }
+    let rollback = Unit { bytes: codec::query_bytes("ROLLBACK"), word: TxWord::Rollback, ..Unit::default() };
+    let _ = run_unit(s, strong, place, &rollback, spec, false, buf).await?;
+    s.core.prefer_leader();
+    fail_local(&mut s.backend).await.map_err(SessionError::Backend)?;
+    let e = ClientError::error(
+        crate::sqlstate::code::SERIALIZATION_FAILURE,
+        "this transaction began on this node and then touched strong data, which runs on the leader, where what it had run so far gave other results; it was not committed",
+    )
+    .with_hint("Retry the transaction: pgmix now runs this session's transactions on the leader from their start.");
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
+    codec::ready(b'E', &mut out);
+    send(s, &out).await?;
+    Ok(Some((After::Resume, TxStatus::Failed)))
 }
 
 /// Runs one unit where the transaction runs, watching the client meanwhile. The outer error is

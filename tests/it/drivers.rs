@@ -152,3 +152,46 @@ async fn pgbench_in_every_query_mode_through_every_node_at_once_fails_no_transac
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_do_not_decide_where_a_transaction_runs_go_with_it_to_the_leader() {
+    let c = Cluster::start(3, STRONG, ACCOUNTS).await;
+    let f = follower(&c).await;
+    let mut client = c.client(f).await;
+    // Simple-protocol BEGIN, then SET LOCAL, SAVEPOINT and SHOW by the extended protocol: they
+    // ran here, and run again on the leader when the UPDATE comes.
+    for i in 0..3i64 {
+        let tx = client.transaction().await.unwrap();
+        tx.execute("SET LOCAL statement_timeout = '17s'", &[]).await.unwrap();
+        tx.batch_execute("SAVEPOINT before_update").await.unwrap();
+        let shown: String = tx.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+        assert_eq!(shown, "17s");
+        tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 1", &[]).await.unwrap();
+        // The leader's transaction has what ran before the UPDATE.
+        let there: String = tx
+            .query_one("SELECT current_setting('statement_timeout') FROM accounts WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(there, "17s");
+        tx.batch_execute("ROLLBACK TO SAVEPOINT before_update").await.unwrap();
+        tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 2", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let b: i64 = client.query_one("SELECT balance FROM accounts WHERE id = 2", &[]).await.unwrap().get(0);
+        assert_eq!(b, 99 - i);
+    }
+    // What ran here gives another reply on the leader (each node has its own port): 40001, and
+    // the retry runs on the leader from its start.
+    let tx = client.transaction().await.unwrap();
+    let here: String = tx.query_one("SHOW port", &[]).await.unwrap().get(0);
+    let e = tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3", &[]).await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "40001", "{e}");
+    drop(tx);
+    let tx = client.transaction().await.unwrap();
+    let there: String = tx.query_one("SHOW port", &[]).await.unwrap().get(0);
+    assert_ne!(here, there, "the retry ran on the leader from its start");
+    tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let all = c.converged("the transactions", "SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts").await;
+    assert!(all[0].starts_with("100,97,99,"), "{all:?}");
+}

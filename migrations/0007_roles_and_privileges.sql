@@ -321,3 +321,38 @@ CREATE TABLE pgmix.unapplied (
     message text NOT NULL,
     at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The leader holds a strong transaction open (not prepared) until its entry commits, then
+-- commits it in its own session with the database's applied marker moved to the entry, so the
+-- entry is applied here exactly once (see `consensus::apply::Held`). Its DDL is journaled (for
+-- snapshots), and its staged chunks, if any, dropped.
+CREATE FUNCTION pgmix_session.committed(i bigint, g text, ddl jsonb, token text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    PERFORM pgmix.check_secret(token);
+    UPDATE pgmix.strong_applied SET idx = i WHERE idx < i;
+    IF ddl IS NOT NULL THEN
+        PERFORM pgmix.journal_ddl(i, ddl);
+    END IF;
+    PERFORM pgmix.journal_staged(g);
+END
+$$;
+
+-- pgmix forces deferred constraints before it takes a transaction's effects (a constraint that
+-- fails at COMMIT, after the entry is on the log, would commit everywhere but here); its own
+-- check is passed over then, in its own COMMIT, which it marks with the database's secret.
+CREATE OR REPLACE FUNCTION pgmix.strong_untaken() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
+BEGIN
+    IF current_setting('pgmix.committing', true) = (SELECT token FROM pgmix.secret) THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgmix.strong_effects WHERE seq = NEW.seq) THEN
+        RAISE EXCEPTION 'this transaction wrote strong data, which commits only through pgmix''s own COMMIT'
+            USING ERRCODE = '0A000',
+                  HINT = 'Send COMMIT as a statement of its own (not inside a multi-statement query).';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pgmix.strong_untaken() FROM PUBLIC;

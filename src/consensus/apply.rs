@@ -82,6 +82,7 @@ pub struct Applier {
     /// Per database, the term up to which abandoned chunks were dropped (see `sweep`).
     swept: std::sync::Mutex<HashMap<String, u64>>,
     pub unapplied: std::sync::Arc<Unapplied>,
+    held: std::sync::Arc<Held>,
 }
 
 impl ApplyError {
@@ -100,6 +101,41 @@ impl ApplyError {
             Self::MissingChunks { .. } => Some(("XX000".to_owned(), self.to_string())),
             Self::Stopped(_) => None,
         }
+    }
+}
+
+/// What the state machine hands a held transaction's session when its entry applies: the
+/// entry's index (the session commits with the database's applied marker moved to it), and
+/// where to say whether it committed.
+pub struct Handoff {
+    pub index: u64,
+    pub done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Transactions the leader holds open, not prepared, until their entries commit (all but
+/// SERIALIZABLE ones, see `crate::strong`): by gid, where the state machine hands each its
+/// entry. Whoever takes a gid out first decides: the state machine (the session then commits it
+/// here) or the session giving up (it rolls back; if the entry commits after all, it is applied
+/// from the log like on any other node).
+#[derive(Default)]
+pub struct Held(std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Handoff>>>);
+
+impl Held {
+    /// The session of `gid` waits for its entry.
+    pub fn hold(&self, gid: &str) -> tokio::sync::oneshot::Receiver<Handoff> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(gid.to_owned(), tx);
+        rx
+    }
+
+    /// The session gives up waiting; true when the state machine had not taken it (and now
+    /// never will).
+    pub fn release(&self, gid: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(gid).is_some()
+    }
+
+    fn take(&self, gid: &str) -> Option<tokio::sync::oneshot::Sender<Handoff>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(gid)
     }
 }
 
@@ -129,9 +165,11 @@ impl Applier {
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
         failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
         unapplied: std::sync::Arc<Unapplied>,
+        held: std::sync::Arc<Held>,
     ) -> Self {
         Self {
             unapplied,
+            held,
             failpoints,
             ddl_applied,
             backend,
@@ -264,7 +302,7 @@ impl Applier {
         entry: &CommitEntry<'_>,
         effects: &str,
     ) -> Result<super::Outcome, ApplyError> {
-        let CommitEntry { origin, gid, database, chunks } = *entry;
+        let CommitEntry { origin, gid, database, chunks, .. } = *entry;
         if chunks > 0 && gid_term(gid, &self.cluster) != Some(at.leader_id.term) {
             // Its chunks were logged in the gid's term; in a later term they may be gone.
             if origin == self.node_id {
@@ -283,7 +321,12 @@ impl Applier {
             )));
         }
         let sweep = self.sweep(database, at.leader_id.term);
-        if origin != self.node_id || !self.commit_prepared(at.index, entry, effects, &sweep).await? {
+        if entry.held && origin == self.node_id {
+            if !self.hand_off(at.index, gid, database, &sweep).await? {
+                // Its session is gone (it gave up, or this node restarted): as on any other node.
+                self.apply_effects(at.index, entry, effects, &sweep).await?;
+            }
+        } else if origin != self.node_id || !self.commit_prepared(at.index, entry, effects, &sweep).await? {
             self.apply_effects(at.index, entry, effects, &sweep).await?;
         }
         // A chunked transaction's DDL may sit in any chunk.
@@ -291,6 +334,27 @@ impl Applier {
             let _ = self.ddl_applied.send(database.to_owned());
         }
         Ok(None)
+    }
+
+    /// On the node that holds `gid` open: hands its session the entry, which it commits with the
+    /// database's marker. False when no session holds it any more, or it could not commit (then
+    /// it rolled back first, and the entry is applied from its effects).
+    async fn hand_off(&self, index: u64, gid: &str, database: &str, sweep: &str) -> Result<bool, ApplyError> {
+        use crate::strong::failpoint::BEFORE_COMMIT_PREPARED;
+        if let Err(e) = self.failpoints.hit(BEFORE_COMMIT_PREPARED).await {
+            warn!(%gid, "{e}");
+            return Err(ApplyError::Stopped(e));
+        }
+        let Some(session) = self.held.take(gid) else { return Ok(false) };
+        let (done, committed) = tokio::sync::oneshot::channel();
+        if session.send(Handoff { index, done }).is_err() || committed.await != Ok(true) {
+            warn!(%gid, "a held strong transaction did not commit in its session: applying its effects");
+            return Ok(false);
+        }
+        if !sweep.is_empty() {
+            self.with_db(database, async |c| c.batch_execute(sweep).await).await?;
+        }
+        Ok(true)
     }
 
     /// On the node that prepared `gid`: COMMIT PREPARED. False when it must be applied from its
@@ -460,6 +524,8 @@ pub struct CommitEntry<'a> {
     /// logged in a later term (its leader lost and won again) abandons the transaction, so a
     /// node may drop any chunk once an entry of a later term applies.
     pub chunks: u32,
+    /// Held open by its origin, not prepared (see `Held`).
+    pub held: bool,
 }
 
 impl Applier {

@@ -50,6 +50,10 @@ pub enum Command {
         effects: Box<serde_json::value::RawValue>,
         #[serde(default)]
         chunks: u32,
+        /// The leader holds the transaction open (not prepared): it commits when this entry
+        /// applies there, handed off to its session (`apply::Held`).
+        #[serde(default)]
+        held: bool,
     },
     /// Effects of the large transaction `gid`, logged before it is prepared: every node stages
     /// them until the transaction's `Commit` entry applies them (or a later term drops them).
@@ -103,6 +107,8 @@ pub struct Consensus {
     rounds: barrier::Rounds,
     /// Committed entries this node could not apply (see `apply::Applier::pass_over`).
     unapplied: Arc<apply::Unapplied>,
+    /// Transactions this node holds open until their entries commit.
+    held: Arc<apply::Held>,
 }
 
 impl Consensus {
@@ -117,7 +123,8 @@ impl Consensus {
         failpoints: Arc<crate::strong::failpoint::FailPoints>,
     ) -> Result<Arc<Self>, ConsensusError> {
         let unapplied = Arc::new(apply::Unapplied::default());
-        let raft = open(&cluster, backend, &peers, &ddl_applied, &failpoints, &unapplied).await?;
+        let held = Arc::new(apply::Held::default());
+        let raft = open(&cluster, backend, &peers, &ddl_applied, &failpoints, &unapplied, &held).await?;
         let me = Arc::new(Self {
             cluster,
             backend: backend.clone(),
@@ -127,6 +134,7 @@ impl Consensus {
             failpoints,
             rounds: barrier::Rounds::default(),
             unapplied,
+            held,
         });
         let weak = Arc::downgrade(&me);
         peers.serve(
@@ -182,6 +190,11 @@ impl Consensus {
         applied.is_some_and(|a| a.leader_id.term == term)
     }
 
+    /// The transactions this node holds open until their entries commit (see `apply::Held`).
+    pub fn held(&self) -> &Arc<apply::Held> {
+        &self.held
+    }
+
     /// How many committed entries this node could not apply, and the last of them: while there
     /// are any, its own strong data is not the cluster's.
     pub fn unapplied(&self) -> (u64, Option<String>) {
@@ -203,6 +216,7 @@ async fn open(
     ddl_applied: &tokio::sync::mpsc::UnboundedSender<String>,
     failpoints: &Arc<crate::strong::failpoint::FailPoints>,
     unapplied: &Arc<apply::Unapplied>,
+    held: &Arc<apply::Held>,
 ) -> Result<Raft<TypeConfig>, ConsensusError> {
     // Raft acknowledges only what is durable: the log and the vote commit synchronously,
     // whatever the server or role says. The state machine need not (see `apply`): what it
@@ -235,6 +249,7 @@ async fn open(
         ddl_applied.clone(),
         failpoints.clone(),
         unapplied.clone(),
+        held.clone(),
     );
     applier.load_unapplied().await?;
     let sm = store::StateMachine::new(
@@ -290,7 +305,9 @@ async fn report(me: Arc<Consensus>, metrics: MetricsHandle, stop: CancellationTo
         if let Err(e) = &m.running_state {
             warn!(error = %e, "consensus stopped on this node; opening it again");
             let _ = raft.shutdown().await;
-            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied, &me.failpoints, &me.unapplied).await {
+            match open(&me.cluster, &me.backend, &me.peers, &me.ddl_applied, &me.failpoints, &me.unapplied, &me.held)
+                .await
+            {
                 Ok(fresh) => {
                     if let Ok(mut r) = me.raft.write() {
                         *r = fresh;

@@ -427,8 +427,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let r = self.applier.standalone(index, &database, &sql, &role, &search_path).await;
                     (database, "a standalone statement", r.map(|o| outcome = o))
                 }
-                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks }) => {
-                    let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks };
+                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks, held }) => {
+                    let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks, held };
                     let r = self.applier.commit(e.log_id, &commit, effects.get()).await;
                     (database, "a strong transaction", r.map(|o| outcome = o))
                 }

@@ -190,10 +190,18 @@ pub fn execute(buf: &mut BytesMut) {
 /// One statement with text parameters, by the extended protocol (so the values are never part
 /// of a query text anyone can see), up to its Sync.
 pub fn query_with(sql: &str, params: &[Option<&[u8]>]) -> BytesMut {
+    statements_with(&[(sql, params)])
+}
+
+/// Statements with text parameters, one after the other before one Sync (one transaction; an
+/// error skips the rest).
+pub fn statements_with(statements: &[(&str, &[Option<&[u8]>])]) -> BytesMut {
     let mut b = BytesMut::new();
-    parse(b"", sql.as_bytes(), &mut b);
-    bind(b"", params, &mut b);
-    execute(&mut b);
+    for (sql, params) in statements {
+        parse(b"", sql.as_bytes(), &mut b);
+        bind(b"", params, &mut b);
+        execute(&mut b);
+    }
     sync(&mut b);
     b
 }

@@ -153,6 +153,27 @@ pub fn error_field(body: &[u8], wanted: u8) -> Option<String> {
     None
 }
 
+/// The columns of a DataRow body (None: NULL); empty when it is malformed.
+pub fn columns(body: &[u8]) -> Vec<Option<&[u8]>> {
+    let mut out = Vec::new();
+    let Some(n) = body.get(0..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+            return Vec::new();
+        };
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let Some(v) = body.get(at..at + len as usize) else { return Vec::new() };
+        out.push(Some(v));
+        at += len as usize;
+    }
+    out
+}
+
 /// The first column of a DataRow body; None when the row has none or it is NULL.
 pub fn first_column(body: &[u8]) -> Option<&[u8]> {
     let n = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);

@@ -11,10 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 /// A large transaction's first chunk of effects logged, before the rest.
 pub const AFTER_CHUNK: &str = "after_chunk";
-/// After PREPARE TRANSACTION, before the entry goes on the log.
+/// After PREPARE TRANSACTION (or, for a held transaction, once its effects are taken), before
+/// the entry goes on the log.
 pub const AFTER_PREPARE: &str = "after_prepare";
-/// On the leader, the entry committed, before its COMMIT PREPARED.
+/// On the leader, the entry committed, before its COMMIT PREPARED (or its hand-off).
 pub const BEFORE_COMMIT_PREPARED: &str = "before_commit_prepared";
+/// On the leader, a held transaction's entry handed to its session, before its COMMIT.
+pub const BEFORE_HELD_COMMIT: &str = "before_held_commit";
 /// Committed and applied, before the client is answered.
 pub const BEFORE_ANSWER: &str = "before_answer";
 

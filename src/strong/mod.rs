@@ -21,6 +21,7 @@
 //! back in the same way. The client is told 40001 when nothing can have committed and 40003 when
 //! it cannot know.
 
+mod commit;
 pub mod failpoint;
 pub mod relay;
 pub mod tx;
@@ -257,9 +258,17 @@ impl Strong {
         tracing::info!(%gid, %error, "could not log the end of a failed large transaction; its chunks go at the next term");
     }
 
-    /// Step 3: puts the prepared transaction `gid` on the log, after its `chunks` chunks, and
-    /// waits until it is committed and applied here (where it is `COMMIT PREPARED`).
-    pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<(), StrongError> {
+    /// Step 3: puts the transaction `gid` (prepared, or held open when `held`) on the log, after
+    /// its `chunks` chunks. The write is spawned: it goes on when a wait for it gives up, and its
+    /// outcome is then the log's. Returns it, and how long to wait for it.
+    pub fn append(
+        &self,
+        gid: &str,
+        database: &str,
+        effects: String,
+        chunks: u32,
+        held: bool,
+    ) -> Result<(tokio::task::JoinHandle<Write>, Duration), StrongError> {
         let raft = self.consensus.raft();
         let wait = self.entry_wait(effects.len());
         let effects = serde_json::value::RawValue::from_string(effects)
@@ -270,20 +279,40 @@ impl Strong {
             database: database.to_owned(),
             effects,
             chunks,
+            held,
         };
-        // The write goes on when the wait below gives up; its outcome is then the log's.
-        let write = tokio::spawn(async move { raft.client_write(cmd).await });
-        match tokio::time::timeout(wait, write).await {
+        Ok((tokio::spawn(async move { raft.client_write(cmd).await }), wait))
+    }
+
+    /// What the client is told of an appended entry's write that finished (Ok: it committed,
+    /// and applied here).
+    pub async fn outcome(&self, write: Result<Write, tokio::task::JoinError>) -> Result<(), StrongError> {
+        match write {
             // Abandoned when applied (see `apply::CommitEntry`): rolled back everywhere.
-            Ok(Ok(Ok(r))) if r.data.is_some() => Err(StrongError::TermChanged),
-            Ok(Ok(Ok(_))) => match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
+            Ok(Ok(r)) if r.data.is_some() => Err(StrongError::TermChanged),
+            Ok(Ok(_)) => match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
                 Ok(()) => Ok(()),
                 Err(e) => Err(StrongError::Unknown(e.to_string())),
             },
-            Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(StrongError::NotLeader),
-            Ok(Ok(Err(e))) => Err(StrongError::Unknown(e.to_string())),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StrongError::NotLeader),
             Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
+            Err(e) => Err(StrongError::Unknown(e.to_string())),
+        }
+    }
+
+    /// Step 3 for a prepared transaction: appends it and waits until it is committed and applied
+    /// here (where it is `COMMIT PREPARED`).
+    pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<(), StrongError> {
+        let (write, wait) = self.append(gid, database, effects, chunks, false)?;
+        match tokio::time::timeout(wait, write).await {
+            Ok(w) => self.outcome(w).await,
             Err(_) => Err(StrongError::Unknown(format!("no majority confirmed it within {wait:?}"))),
         }
     }
 }
+
+/// The result of a log write.
+pub type Write = Result<
+    openraft::raft::ClientWriteResponse<crate::consensus::TypeConfig>,
+    RaftError<crate::consensus::NodeId, ClientWriteError<crate::consensus::NodeId, openraft::BasicNode>>,
+>;

@@ -13,7 +13,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::wire::{self, Reply, exchange};
 use super::{Strong, StrongError};
 use crate::classify::TxWord;
-use crate::consensus::apply;
 use crate::protocol::codec::{query_bytes as query, ready_bytes as ready};
 
 /// A backend connection the strong path drives.
@@ -31,7 +30,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Backend<S> {
         Self { stream, buf, database, status: b'I' }
     }
 
-    async fn exchange(&mut self, unit: &[u8]) -> std::io::Result<Reply> {
+    pub(super) async fn exchange(&mut self, unit: &[u8]) -> std::io::Result<Reply> {
         let r = exchange(&mut self.stream, &mut self.buf, unit).await?;
         if r.status != 0 {
             self.status = r.status;
@@ -39,7 +38,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Backend<S> {
         Ok(r)
     }
 
-    async fn run(&mut self, sql: &str) -> std::io::Result<Reply> {
+    pub(super) async fn run(&mut self, sql: &str) -> std::io::Result<Reply> {
         self.exchange(&query(sql)).await
     }
 }
@@ -76,7 +75,7 @@ fn several(unit: &[u8]) -> Option<Vec<String>> {
     crate::classify::statement_texts(text)
 }
 
-fn error_bytes(e: &StrongError) -> BytesMut {
+pub(super) fn error_bytes(e: &StrongError) -> BytesMut {
     let mut b = BytesMut::new();
     e.to_client().encode(&mut b);
     b
@@ -278,99 +277,6 @@ impl Strong {
         }
     }
 
-    /// Commits the open transaction (steps 1 to 4 of the module `strong`), leaving the backend
-    /// idle. Err: the error messages for the client.
-    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        b: &mut Backend<S>,
-    ) -> std::io::Result<Result<(), BytesMut>> {
-        let started = std::time::Instant::now();
-        let secret = self.secret(&b.database).await?;
-        let chunk = self.chunk_bytes.to_string();
-        let take = crate::protocol::codec::query_with(
-            "SELECT pgmix_session.take_effects($1::bigint, $2)",
-            &[Some(chunk.as_bytes()), Some(secret.as_bytes())],
-        );
-        let r = b.exchange(&take).await?;
-        if r.error.is_some() {
-            b.run("ROLLBACK").await?;
-            return Ok(Err(BytesMut::from(r.without_ready())));
-        }
-        let Some(effects) = r.first_value else {
-            // Nothing strong changed: an ordinary commit, once a majority confirms that this
-            // node still leads, so what it read was current.
-            if let Err(e) = self.barrier().await {
-                b.run("ROLLBACK").await?;
-                return Ok(Err(error_bytes(&e)));
-            }
-            let r = b.run("COMMIT").await?;
-            if r.error.is_some() {
-                return Ok(Err(BytesMut::from(r.without_ready())));
-            }
-            return Ok(Ok(()));
-        };
-        let mut effects = String::from_utf8_lossy(&effects).into_owned();
-        let Some(gid) = self.next_gid() else {
-            b.run("ROLLBACK").await?;
-            return Ok(Err(error_bytes(&StrongError::NotLeader)));
-        };
-        // A large transaction: all but its last chunk go on the log first (see `apply`).
-        let mut chunks = 0u32;
-        while has_more(&effects) {
-            if let Err(e) = self.chunk(&gid, &b.database, effects).await {
-                b.run("ROLLBACK").await?;
-                if chunks > 0 {
-                    self.abandon(&gid, &b.database).await;
-                }
-                return Ok(Err(error_bytes(&e)));
-            }
-            chunks += 1;
-            self.failpoints.hit(super::failpoint::AFTER_CHUNK).await?;
-            let r = b.exchange(&take).await?;
-            if r.error.is_some() {
-                b.run("ROLLBACK").await?;
-                self.abandon(&gid, &b.database).await;
-                return Ok(Err(BytesMut::from(r.without_ready())));
-            }
-            effects = r.first_value.map_or_else(
-                || r#"{"effects": [], "sequences": {}}"#.to_owned(),
-                |v| String::from_utf8_lossy(&v).into_owned(),
-            );
-        }
-        if chunks > 0 && self.consensus.leading_term() != apply::gid_term(&gid, self.consensus.cluster_id()) {
-            // Its Commit would be logged in another term than its chunks, and abandoned.
-            b.run("ROLLBACK").await?;
-            return Ok(Err(error_bytes(&StrongError::TermChanged)));
-        }
-        let taken = started.elapsed();
-        let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
-        if r.error.is_some() {
-            // A failed PREPARE (a deferred constraint, say) rolls the transaction back.
-            if chunks > 0 {
-                self.abandon(&gid, &b.database).await;
-            }
-            return Ok(Err(BytesMut::from(r.without_ready())));
-        }
-        let prepared = started.elapsed();
-        self.failpoints.hit(super::failpoint::AFTER_PREPARE).await?;
-        match self.commit(&gid, &b.database, effects, chunks).await {
-            Ok(()) => {
-                tracing::debug!(%gid, ?taken, ?prepared, committed = ?started.elapsed(), "strong commit");
-                Ok(Ok(()))
-            }
-            Err(e) => {
-                if e == StrongError::NotLeader {
-                    let r = b.run(&format!("ROLLBACK PREPARED '{gid}'")).await?;
-                    if r.error.is_some() {
-                        tracing::warn!(%gid, "could not roll back a transaction the log refused; it is resolved later");
-                    }
-                }
-                tracing::info!(%gid, error = %e, "strong commit failed");
-                Ok(Err(error_bytes(&e)))
-            }
-        }
-    }
-
     /// Sends COPY data on (no reply comes until the COPY ends).
     pub async fn copy_data<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
@@ -392,16 +298,6 @@ fn global_statement(unit: &[u8]) -> Option<(crate::classify::Global, String)> {
     let text = String::from_utf8_lossy(text).into_owned();
     let global = crate::classify::words::words(&text).global?;
     Some((global, text))
-}
-
-/// Whether `take_effects` left effects for another chunk.
-fn has_more(taken: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Taken {
-        #[serde(default)]
-        more: bool,
-    }
-    serde_json::from_str::<Taken>(taken).is_ok_and(|t| t.more)
 }
 
 /// Removes the last message of `out` when it is a CommandComplete.

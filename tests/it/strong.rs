@@ -373,10 +373,12 @@ async fn strong_registers_are_linearizable_across_a_leader_restart() {
 /// nothing stays prepared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_at_each_step_of_the_commit_leaves_no_half_commit() {
-    use pgmix::strong::failpoint::{AFTER_PREPARE, BEFORE_ANSWER, BEFORE_COMMIT_PREPARED};
+    use pgmix::strong::failpoint::{AFTER_PREPARE, BEFORE_ANSWER, BEFORE_COMMIT_PREPARED, BEFORE_HELD_COMMIT};
     let mut c = Cluster::start(3, SCHEMA, SETUP).await;
     for (step, (point, committed)) in
-        [(AFTER_PREPARE, false), (BEFORE_COMMIT_PREPARED, true), (BEFORE_ANSWER, true)].into_iter().enumerate()
+        [(AFTER_PREPARE, false), (BEFORE_COMMIT_PREPARED, true), (BEFORE_HELD_COMMIT, true), (BEFORE_ANSWER, true)]
+            .into_iter()
+            .enumerate()
     {
         c.wait_linked().await;
         let l = leader(&c).await;
@@ -538,4 +540,44 @@ async fn a_new_leader_never_reissues_a_sequence_value_and_a_vanished_client_leav
     assert_eq!(what, ["kept"]);
     let prepared = c.each("SELECT count(*)::text FROM pg_prepared_xacts").await;
     assert!(prepared.iter().all(|p| p == &["0".to_owned()]), "{prepared:?}");
+}
+
+/// A strong transaction is held open until its entry commits (it may hold temporary objects,
+/// which PREPARE TRANSACTION refuses); a SERIALIZABLE one is prepared first. Both commit on
+/// every node, and a deferred constraint that fails is checked before anything is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_serializable_and_temporary_object_transactions_commit_on_every_node() {
+    let c = Cluster::start(3, SCHEMA, SETUP).await;
+    let l = leader(&c).await;
+    let f = if l == 1 { 2 } else { 1 };
+    let client = c.client(f).await;
+    client
+        .batch_execute(
+            "BEGIN; CREATE TEMP TABLE scratch (id int); INSERT INTO scratch VALUES (1); \
+             CREATE TABLE made_with_temp (id int PRIMARY KEY); \
+             INSERT INTO accounts SELECT 200 + id, 0 FROM scratch; COMMIT",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; UPDATE accounts SET balance = balance + 7 WHERE id = 3; COMMIT",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE d (id int, CONSTRAINT d_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+        .await
+        .unwrap();
+    let e = client.batch_execute("BEGIN; INSERT INTO d VALUES (1), (1); COMMIT").await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "23505", "{e:?}");
+    wait_until("d is on every node", || async {
+        c.each("SELECT (to_regclass('d') IS NOT NULL)::text").await.iter().all(|r| r == &["true"])
+    })
+    .await;
+    let state = "SELECT (SELECT balance FROM accounts WHERE id = 201) || ' ' || (SELECT balance FROM accounts WHERE id = 3) \
+                 || ' ' || (to_regclass('made_with_temp') IS NOT NULL) || ' ' || (SELECT count(*) FROM d)";
+    assert_eq!(c.converged("the transactions", state).await, ["0 107 true 0"]);
+    let prepared = c.each("SELECT count(*)::text FROM pg_prepared_xacts").await;
+    assert!(prepared.iter().all(|p| p == &["0"]), "{prepared:?}");
 }

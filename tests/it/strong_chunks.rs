@@ -53,9 +53,9 @@ async fn a_large_strong_copy_commits_in_chunks_and_an_abandoned_one_leaves_nothi
     }
     wait_until("no chunk stays staged", || async { c.each(STAGED).await.iter().all(|n| n == &["0"]) }).await;
 
-    // A large COPY that fails at PREPARE (a deferred unique key, broken by its last row) after
-    // its chunks were logged: the client's COMMIT gets the error, and every node drops the chunks
-    // at once.
+    // A large COPY that breaks a deferred unique key with its last row: the client's COMMIT gets
+    // the error (pgmix checks deferred constraints before it logs anything), and no node keeps
+    // a chunk of it.
     client
         .batch_execute(
             "CREATE TABLE late (id int, body text, CONSTRAINT late_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",

@@ -153,6 +153,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
                 cluster.strong_chunk_bytes,
                 cfg.backend.clone(),
                 failpoints.clone(),
+                schema.clone(),
             )
         });
         let (open_tx, mut open_rx) = tokio::sync::mpsc::unbounded_channel::<String>();

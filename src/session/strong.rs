@@ -255,15 +255,19 @@ async fn standalone(s: &mut Session, strong: &Strong, unit: &Unit) -> Result<Aft
     let path = r.first_value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
     let (role, database) = (s.login.role.clone(), s.login.database.clone());
     let reply = match strong.wait_for_leader().await {
-        Ok(Leader::Here) => strong.run_standalone(&database, &sql, &role, &path).await,
+        Ok(Leader::Here) => strong.run_standalone(&database, &sql, &role, &path).await.0,
         Ok(Leader::Peer(id)) => {
             let req = Request::Standalone { database, sql, role, search_path: path };
             let call = match strong.consensus.peers().get(id) {
                 Some(peer) => peer.call(relay::SERVICE, relay::encode(&req, &[]), FOREVER).await.ok(),
                 None => None,
             };
-            match call {
-                Some(a) if !a.is_empty() => BytesMut::from(&a[1..]),
+            match call.as_deref().and_then(relay::parse_answer) {
+                Some((_, index, reply)) => {
+                    // A database created through this node is here for the client's next connection.
+                    strong.applied(index).await;
+                    BytesMut::from(reply)
+                }
                 _ => error_reply(&StrongError::Unknown("the leader did not answer".to_owned()), b'I'),
             }
         }
@@ -487,12 +491,13 @@ async fn run_unit(
                 s.relay.leader = None;
                 return Err(SessionError::Client(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            match answer {
-                Ok(a) if !a.is_empty() => {
-                    let reply = drop_injected(&a[1..], injected);
-                    Ok(Ran { bytes: BytesMut::from(reply), status: a[0] })
+            match answer.as_ref().map(|a| relay::parse_answer(a)) {
+                Ok(Some((status, index, reply))) => {
+                    // What the client committed there is here for its next statement.
+                    strong.applied(index).await;
+                    Ok(Ran { bytes: BytesMut::from(drop_injected(reply, injected)), status })
                 }
-                Ok(_) => Err(Lost { why: "an empty answer".to_owned(), sent: true }),
+                Ok(None) => Err(Lost { why: "an empty answer".to_owned(), sent: true }),
                 // Never sent: nothing happened there.
                 Err(e @ crate::peer::CallError::Down(_)) => Err(Lost { why: e.to_string(), sent: false }),
                 Err(e) => Err(Lost { why: e.to_string(), sent: true }),

@@ -142,11 +142,17 @@ impl Strong {
         } else {
             self.commit_held(b, &gid, effects, chunks, &secret).await?.map_err(|e| error_bytes(&e))
         };
-        match &result {
-            Ok(()) => tracing::debug!(%gid, took = ?started.elapsed(), "strong commit"),
-            Err(_) => tracing::info!(%gid, "strong commit failed"),
+        match result {
+            Ok(index) => {
+                tracing::debug!(%gid, index, took = ?started.elapsed(), "strong commit");
+                b.committed = b.committed.max(index);
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                tracing::info!(%gid, "strong commit failed");
+                Ok(Err(e))
+            }
         }
-        Ok(result)
     }
 
     /// PREPARE TRANSACTION, the entry, and COMMIT PREPARED when it applies here.
@@ -156,7 +162,7 @@ impl Strong {
         gid: &str,
         effects: String,
         chunks: u32,
-    ) -> std::io::Result<Result<(), BytesMut>> {
+    ) -> std::io::Result<Result<u64, BytesMut>> {
         let r = b.run(&format!("PREPARE TRANSACTION '{gid}'")).await?;
         if r.error.is_some() {
             // A failed PREPARE rolls the transaction back; Postgres's error is the client's.
@@ -167,7 +173,7 @@ impl Strong {
         }
         self.failpoints.hit(failpoint::AFTER_PREPARE).await?;
         match self.commit(gid, &b.database, effects, chunks).await {
-            Ok(()) => Ok(Ok(())),
+            Ok(index) => Ok(Ok(index)),
             Err(e) => {
                 if e == StrongError::NotLeader {
                     let r = b.run(&format!("ROLLBACK PREPARED '{gid}'")).await?;
@@ -189,7 +195,7 @@ impl Strong {
         effects: String,
         chunks: u32,
         secret: &str,
-    ) -> std::io::Result<Result<(), StrongError>> {
+    ) -> std::io::Result<Result<u64, StrongError>> {
         let held = self.consensus.held().clone();
         let mut handed = held.hold(gid);
         if let Err(e) = self.failpoints.hit(failpoint::AFTER_PREPARE).await {

@@ -97,6 +97,8 @@ pub struct Strong {
     pub failpoints: Arc<failpoint::FailPoints>,
     /// Each database's secret (`pgmix.secret`): client sessions run pgmix's functions with it.
     secrets: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The databases this node serves: a relay session opens its database as a client's would.
+    pub databases: Arc<crate::schema::databases::Databases>,
 }
 
 impl Strong {
@@ -106,6 +108,7 @@ impl Strong {
         chunk_bytes: usize,
         backend: BackendConfig,
         failpoints: Arc<failpoint::FailPoints>,
+        databases: Arc<crate::schema::databases::Databases>,
     ) -> Arc<Self> {
         // Unique across restarts of this node within one term as well.
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
@@ -119,6 +122,7 @@ impl Strong {
             relays: relay::Relays::default(),
             failpoints,
             secrets: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            databases,
         });
         relay::serve(&me);
         me
@@ -158,8 +162,15 @@ impl Strong {
 
     /// Runs a statement that cannot run in a transaction block on every node, through the log
     /// (`Command::Standalone`); the reply for the client, ReadyForQuery included.
-    pub async fn run_standalone(&self, database: &str, sql: &str, role: &str, search_path: &str) -> bytes::BytesMut {
+    pub async fn run_standalone(
+        &self,
+        database: &str,
+        sql: &str,
+        role: &str,
+        search_path: &str,
+    ) -> (bytes::BytesMut, u64) {
         let mut out = bytes::BytesMut::new();
+        let mut index = 0;
         let result = match self.barrier().await {
             Err(e) => Err(e),
             Ok(()) => {
@@ -174,7 +185,11 @@ impl Strong {
                 match tokio::time::timeout(Duration::from_secs(24 * 3600), self.consensus.raft().client_write(cmd))
                     .await
                 {
-                    Ok(Ok(r)) => Ok(r.data),
+                    Ok(Ok(r)) => {
+                        index = r.log_id.index;
+                        self.committed_now().await;
+                        Ok(r.data)
+                    }
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StrongError::NotLeader),
                     Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
                     Err(_) => Err(StrongError::Unknown("it did not finish within a day".to_owned())),
@@ -187,7 +202,7 @@ impl Strong {
             Err(e) => e.to_client().encode(&mut out),
         }
         codec::ready(b'I', &mut out);
-        out
+        (out, index)
     }
 
     /// The secret of `database`, read once from its `pgmix.secret` on pgmix's own connection.
@@ -286,14 +301,17 @@ impl Strong {
 
     /// What the client is told of an appended entry's write that finished (Ok: it committed,
     /// and applied here).
-    pub async fn outcome(&self, write: Result<Write, tokio::task::JoinError>) -> Result<(), StrongError> {
+    pub async fn outcome(&self, write: Result<Write, tokio::task::JoinError>) -> Result<u64, StrongError> {
         match write {
             // Abandoned when applied (see `apply::CommitEntry`): rolled back everywhere.
             Ok(Ok(r)) if r.data.is_some() => Err(StrongError::TermChanged),
-            Ok(Ok(_)) => match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StrongError::Unknown(e.to_string())),
-            },
+            Ok(Ok(r)) => {
+                self.committed_now().await;
+                match self.failpoints.hit(failpoint::BEFORE_ANSWER).await {
+                    Ok(()) => Ok(r.log_id.index),
+                    Err(e) => Err(StrongError::Unknown(e.to_string())),
+                }
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StrongError::NotLeader),
             Ok(Err(e)) => Err(StrongError::Unknown(e.to_string())),
             Err(e) => Err(StrongError::Unknown(e.to_string())),
@@ -302,11 +320,32 @@ impl Strong {
 
     /// Step 3 for a prepared transaction: appends it and waits until it is committed and applied
     /// here (where it is `COMMIT PREPARED`).
-    pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<(), StrongError> {
+    pub async fn commit(&self, gid: &str, database: &str, effects: String, chunks: u32) -> Result<u64, StrongError> {
         let (write, wait) = self.append(gid, database, effects, chunks, false)?;
         match tokio::time::timeout(wait, write).await {
             Ok(w) => self.outcome(w).await,
             Err(_) => Err(StrongError::Unknown(format!("no majority confirmed it within {wait:?}"))),
+        }
+    }
+
+    /// An entry of this node's committed: the followers are told at once (not at the next
+    /// heartbeat), so that a client that committed through one of them finds its writes there
+    /// without waiting.
+    async fn committed_now(&self) {
+        if let Err(e) = self.consensus.raft().trigger().heartbeat().await {
+            tracing::debug!(error = %e, "could not send the commit index on at once");
+        }
+    }
+
+    /// Waits (up to the timeout) until this node has applied the log up to `index`: what a
+    /// client committed through it is here for its next statement, connection and weak read.
+    pub async fn applied(&self, index: u64) {
+        if index == 0 {
+            return;
+        }
+        let raft = self.consensus.raft();
+        if let Err(e) = raft.wait(Some(self.timeout)).applied_index_at_least(Some(index), "applied here").await {
+            tracing::warn!(index, error = %e, "a committed entry was not applied here in time; answering anyway");
         }
     }
 }

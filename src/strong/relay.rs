@@ -165,11 +165,24 @@ pub fn serve(strong: &Arc<Strong>) {
     });
 }
 
+/// `[status][log index committed, 0 for none][bytes for the client]`.
 fn answer(status: u8, bytes: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(1 + bytes.len());
+    answer_at(status, 0, bytes)
+}
+
+fn answer_at(status: u8, index: u64, bytes: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(9 + bytes.len());
     b.put_u8(status);
+    b.put_u64(index);
     b.put_slice(bytes);
     b.freeze()
+}
+
+/// An answer's status, the log index it committed, and its bytes for the client.
+pub fn parse_answer(a: &[u8]) -> Option<(u8, u64, &[u8])> {
+    let status = *a.first()?;
+    let index = u64::from_be_bytes(a.get(1..9)?.try_into().ok()?);
+    Some((status, index, &a[9..]))
 }
 
 fn refusal(e: ClientError) -> Bytes {
@@ -182,7 +195,8 @@ async fn handle(strong: &Strong, from: u32, payload: &[u8]) -> Result<Bytes, Str
     let (req, raw) = decode(payload)?;
     match req {
         Request::Standalone { database, sql, role, search_path } => {
-            Ok(answer(status::ENDED, &strong.run_standalone(&database, &sql, &role, &search_path).await))
+            let (reply, index) = strong.run_standalone(&database, &sql, &role, &search_path).await;
+            Ok(answer_at(status::ENDED, index, &reply))
         }
         Request::Cancel { session } => {
             let slot = strong.relays.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&(from, session)).cloned();
@@ -287,7 +301,7 @@ async fn unit(
             } else {
                 status::IN_TRANSACTION
             };
-            Ok(answer(st, &r.bytes))
+            Ok(answer_at(st, std::mem::take(&mut s.backend.committed), &r.bytes))
         }
         Err(e) => {
             *guard = None;
@@ -311,6 +325,13 @@ impl Session {
 }
 
 async fn open(strong: &Strong, login: &RelayLogin) -> Result<(Session, (i32, i32)), ClientError> {
+    // The database as a client session here would find it: pgmix's schema in it up to date.
+    if let Err(reason) = strong.databases.get(&login.database).await {
+        return Err(ClientError::error(
+            code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the leader cannot serve database \"{}\": {reason}", login.database),
+        ));
+    }
     let l = Login { role: &login.role, password: login.password.as_deref() };
     let conn = backend::connect(&strong.backend, l, &login.database, &[]).await.map_err(|e| match e {
         crate::backend::BackendError::Refused { code: c, message, .. } if c == "53300" => ClientError::error(

@@ -23,11 +23,14 @@ pub struct Backend<S> {
     pub database: String,
     /// Its transaction status after the last reply ('I', 'T', 'E').
     pub status: u8,
+    /// The log index of the last transaction it committed through the log (0: none since it
+    /// was last taken): the node that relayed it waits until it has applied that far.
+    pub committed: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Backend<S> {
     pub fn new(stream: S, buf: BytesMut, database: String) -> Self {
-        Self { stream, buf, database, status: b'I' }
+        Self { stream, buf, database, status: b'I', committed: 0 }
     }
 
     pub(super) async fn exchange(&mut self, unit: &[u8]) -> std::io::Result<Reply> {

@@ -10,8 +10,11 @@ pub fn writes(name: &str) -> bool {
         || name.starts_with("pg_try_advisory")
 }
 
-/// Built-in functions known not to write anything. Any other function may be a volatile user
+/// Built-in functions known not to write table data. Any other function may be a volatile user
 /// function that writes, so calling it makes a statement a strong write (the safe default).
+/// Among them are the ones that act on this node's own Postgres (`pg_terminate_backend`,
+/// `pg_reload_conf`, `pg_notify`, ...): outside a strong transaction they run on the node the
+/// client is connected to, on its processes and its settings.
 pub fn read_only(name: &str) -> bool {
     READ_ONLY.binary_search(&name).is_ok()
 }
@@ -168,8 +171,11 @@ const READ_ONLY: &[&str] = &[
     "percentile_cont",
     "percentile_disc",
     "pg_backend_pid",
+    "pg_blocking_pids",
+    "pg_cancel_backend",
     "pg_column_size",
     "pg_conf_load_time",
+    "pg_current_wal_lsn",
     "pg_current_xact_id",
     "pg_current_xact_id_if_assigned",
     "pg_encoding_to_char",
@@ -185,11 +191,20 @@ const READ_ONLY: &[&str] = &[
     "pg_get_userbyid",
     "pg_get_viewdef",
     "pg_is_in_recovery",
+    "pg_listening_channels",
+    "pg_notification_queue_usage",
+    "pg_notify",
     "pg_postmaster_start_time",
     "pg_relation_size",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_safe_snapshot_blocking_pids",
     "pg_size_pretty",
     "pg_sleep",
+    "pg_stat_get_activity",
+    "pg_stat_reset",
     "pg_table_is_visible",
+    "pg_terminate_backend",
     "pg_total_relation_size",
     "pg_type_is_visible",
     "pg_typeof",

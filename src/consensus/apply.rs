@@ -49,6 +49,9 @@ pub enum ApplyError {
     /// The node is stopping at a failpoint (tests).
     #[error("{0}")]
     Stopped(std::io::Error),
+    /// pgmix's schema in an entry's database could not be brought up to date.
+    #[error(transparent)]
+    Migrate(#[from] crate::schema::migrate::MigrateError),
 }
 
 /// A gid: `pgmix_<term>_<node>_<counter>_<cluster>`.
@@ -71,7 +74,6 @@ pub fn gid_term(gid: &str, cluster: &str) -> Option<u64> {
 pub struct Applier {
     backend: BackendConfig,
     node_id: u32,
-    cluster: String,
     /// Connections to each database entries were applied in.
     dbs: Mutex<HashMap<String, tokio_postgres::Client>>,
     /// Prepared transactions of terms below this one are resolved.
@@ -83,6 +85,9 @@ pub struct Applier {
     swept: std::sync::Mutex<HashMap<String, u64>>,
     pub unapplied: std::sync::Arc<Unapplied>,
     held: std::sync::Arc<Held>,
+    cluster: std::sync::Arc<crate::config::ClusterConfig>,
+    /// Databases whose pgmix schema this process brought up to date before applying in them.
+    migrated: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl ApplyError {
@@ -99,7 +104,7 @@ impl ApplyError {
                 (!transient).then(|| (code.to_owned(), db.message().to_owned()))
             }
             Self::MissingChunks { .. } => Some(("XX000".to_owned(), self.to_string())),
-            Self::Stopped(_) => None,
+            Self::Stopped(_) | Self::Migrate(_) => None,
         }
     }
 }
@@ -161,20 +166,21 @@ impl Applier {
     pub fn new(
         backend: BackendConfig,
         node_id: u32,
-        cluster: String,
         ddl_applied: tokio::sync::mpsc::UnboundedSender<String>,
         failpoints: std::sync::Arc<crate::strong::failpoint::FailPoints>,
         unapplied: std::sync::Arc<Unapplied>,
         held: std::sync::Arc<Held>,
+        cluster: std::sync::Arc<crate::config::ClusterConfig>,
     ) -> Self {
         Self {
             unapplied,
             held,
+            cluster,
+            migrated: Default::default(),
             failpoints,
             ddl_applied,
             backend,
             node_id,
-            cluster,
             dbs: Mutex::new(HashMap::new()),
             resolved_term: std::sync::atomic::AtomicU64::new(0),
             swept: std::sync::Mutex::new(HashMap::new()),
@@ -198,6 +204,19 @@ impl Applier {
             dbs.remove(database);
         }
         result
+    }
+
+    /// Brings pgmix's schema in `database` up to date, once per process, before anything is
+    /// applied there: a database just created through the log has none yet.
+    pub async fn migrated(&self, database: &str) -> Result<(), ApplyError> {
+        if self.migrated.lock().unwrap_or_else(|p| p.into_inner()).contains(database) {
+            return Ok(());
+        }
+        let mut one = self.backend.clone();
+        one.database = database.to_owned();
+        crate::schema::migrate::migrate(&one, &self.cluster).await?;
+        self.migrated.lock().unwrap_or_else(|p| p.into_inner()).insert(database.to_owned());
+        Ok(())
     }
 
     /// Reads what `pgmix.unapplied` holds (at start-up).
@@ -279,7 +298,7 @@ impl Applier {
             .await?;
         for row in prepared {
             let (gid, database): (String, String) = (row.get(0), row.get(1));
-            let Some(t) = gid_term(&gid, &self.cluster) else { continue };
+            let Some(t) = gid_term(&gid, &self.cluster.id) else { continue };
             if t >= term {
                 continue;
             }
@@ -303,7 +322,8 @@ impl Applier {
         effects: &str,
     ) -> Result<super::Outcome, ApplyError> {
         let CommitEntry { origin, gid, database, chunks, .. } = *entry;
-        if chunks > 0 && gid_term(gid, &self.cluster) != Some(at.leader_id.term) {
+        self.migrated(database).await?;
+        if chunks > 0 && gid_term(gid, &self.cluster.id) != Some(at.leader_id.term) {
             // Its chunks were logged in the gid's term; in a later term they may be gone.
             if origin == self.node_id {
                 self.with_db(database, async |c| {
@@ -467,6 +487,7 @@ impl Applier {
 
     /// Drops the chunks of the failed transaction `gid` (an `Abandon` entry at `at`).
     pub async fn abandon(&self, at: LogId<NodeId>, gid: &str, database: &str) -> Result<(), ApplyError> {
+        self.migrated(database).await?;
         let idx = at.index as i64;
         let sweep = self.sweep(database, at.leader_id.term);
         self.with_db(database, async |c| {
@@ -486,8 +507,9 @@ impl Applier {
     /// Stages a chunk of a large transaction's effects (a `Chunk` entry at `at`), with the
     /// database's marker, and drops chunks of earlier terms, whose Commit can no longer come.
     pub async fn stage(&self, at: LogId<NodeId>, gid: &str, database: &str, effects: &str) -> Result<(), ApplyError> {
+        self.migrated(database).await?;
         let idx = at.index as i64;
-        let term = gid_term(gid, &self.cluster).unwrap_or(at.leader_id.term) as i64;
+        let term = gid_term(gid, &self.cluster.id).unwrap_or(at.leader_id.term) as i64;
         let sweep = self.sweep(database, at.leader_id.term);
         self.with_db(database, async |c| {
             let tx = c.transaction().await?;

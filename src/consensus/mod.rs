@@ -245,11 +245,11 @@ async fn open(
     let applier = apply::Applier::new(
         backend.clone(),
         cluster.node_id,
-        cluster.id.clone(),
         ddl_applied.clone(),
         failpoints.clone(),
         unapplied.clone(),
         held.clone(),
+        Arc::new(cluster.clone()),
     );
     applier.load_unapplied().await?;
     let sm = store::StateMachine::new(

@@ -242,6 +242,33 @@ fn snap_err(meta: Option<&SnapshotMeta<NodeId, Node>>, e: &(impl std::error::Err
 }
 
 impl StateMachine {
+    /// Applies one entry: its database, what it is (for the log), and its outcome.
+    async fn apply_one(
+        &self,
+        at: LogId<NodeId>,
+        payload: &EntryPayload<TypeConfig>,
+    ) -> (String, &'static str, Result<super::Outcome, super::apply::ApplyError>) {
+        match payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => (String::new(), "", Ok(None)),
+            EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
+                let r = self.applier.standalone(at.index, database, sql, role, search_path).await;
+                (database.clone(), "a standalone statement", r)
+            }
+            EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks, held }) => {
+                let commit = super::apply::CommitEntry { origin: *origin, gid, database, chunks: *chunks, held: *held };
+                (database.clone(), "a strong transaction", self.applier.commit(at, &commit, effects.get()).await)
+            }
+            EntryPayload::Normal(super::Command::Abandon { gid, database }) => {
+                let r = self.applier.abandon(at, gid, database).await.map(|()| None);
+                (database.clone(), "an abandoned transaction", r)
+            }
+            EntryPayload::Normal(super::Command::Chunk { gid, database, effects }) => {
+                let r = self.applier.stage(at, gid, database, effects.get()).await.map(|()| None);
+                (database.clone(), "a chunk of a large transaction", r)
+            }
+        }
+    }
+
     pub fn new(
         client: Arc<Mutex<tokio_postgres::Client>>,
         applier: Arc<super::apply::Applier>,
@@ -419,37 +446,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::write_state_machine(&e).into()
             };
             self.applier.resolve_before(e.log_id.leader_id.term).await.map_err(|e| sm_err(e.into()))?;
-            let mut outcome = None;
             let index = e.log_id.index;
-            let (database, what, result) = match e.payload {
-                EntryPayload::Blank => (String::new(), "", Ok(())),
-                EntryPayload::Normal(super::Command::Standalone { database, sql, role, search_path }) => {
-                    let r = self.applier.standalone(index, &database, &sql, &role, &search_path).await;
-                    (database, "a standalone statement", r.map(|o| outcome = o))
-                }
-                EntryPayload::Normal(super::Command::Commit { origin, gid, database, effects, chunks, held }) => {
-                    let commit = super::apply::CommitEntry { origin, gid: &gid, database: &database, chunks, held };
-                    let r = self.applier.commit(e.log_id, &commit, effects.get()).await;
-                    (database, "a strong transaction", r.map(|o| outcome = o))
-                }
-                EntryPayload::Normal(super::Command::Abandon { gid, database }) => {
-                    let r = self.applier.abandon(e.log_id, &gid, &database).await;
-                    (database, "an abandoned transaction", r)
-                }
-                EntryPayload::Normal(super::Command::Chunk { gid, database, effects }) => {
-                    let r = self.applier.stage(e.log_id, &gid, &database, effects.get()).await;
-                    (database, "a chunk of a large transaction", r)
-                }
-                EntryPayload::Membership(m) => {
-                    a.membership = StoredMembership::new(Some(e.log_id), m);
-                    (String::new(), "", Ok(()))
-                }
-            };
-            if let Err(err) = result {
+            if let EntryPayload::Membership(m) = &e.payload {
+                a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+            }
+            let mut attempt = 0;
+            let outcome = loop {
+                let (database, what, result) = self.apply_one(e.log_id, &e.payload).await;
+                let err = match result {
+                    Ok(o) => break o,
+                    Err(err) => err,
+                };
                 match err.deterministic() {
+                    // What looks like the entry's own fault may be a moment's (a database whose
+                    // schema another task is bringing up to date): tried again a few times.
+                    Some(_) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(index, attempt, error = %err, "a committed entry failed here; trying it again");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    }
                     // One node failing an entry the others applied must not stop the cluster.
                     Some(why) => {
-                        self.applier.pass_over(index, &database, what, why).await.map_err(|e| sm_err(e.into()))?
+                        self.applier.pass_over(index, &database, what, why).await.map_err(|e| sm_err(e.into()))?;
+                        break None;
                     }
                     None => {
                         // What was applied before this entry stays applied; this one is tried
@@ -458,7 +477,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         return Err(sm_err(err));
                     }
                 }
-            }
+            };
             a.applied = Some(e.log_id);
             out.push(outcome);
         }

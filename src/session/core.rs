@@ -368,6 +368,22 @@ impl Core {
         if tag == b'C' && messages::target(body).0 == b'S' {
             self.unsent.remove(messages::target(body).1);
         }
+        // A Describe of a statement prepared on the strong path goes where it is prepared.
+        if self.cluster
+            && tag == b'D'
+            && let (b'S', name) = messages::target(body)
+            && self.unsent.contains(name)
+            && let Some(class) = self.router.bound_class(name)
+        {
+            let d =
+                Decision { class, route: Route::Local, reason: Arc::from(""), words: crate::classify::Words::OTHER };
+            if let Some(a) = self.route(&d, |answers, e| answers.stand_in_parse(b"", e)) {
+                if matches!(a, Action::Replace(_)) {
+                    self.state.unsynced = true;
+                }
+                return a;
+            }
+        }
         self.state.note_extended(tag);
         let undecided = matches!(self.mode, Mode::Undecided { .. });
         self.release_as(msg, undecided)
@@ -525,7 +541,7 @@ impl Core {
                 self.state.awaiting_ready += 1;
                 self.groups_sent += 1;
             }
-        } else if !self.unsent.is_empty() && msg.first() == Some(&b'B') {
+        } else if !self.unsent.is_empty() && matches!(msg.first(), Some(b'B' | b'D')) {
             let with = self.with_parses(msg);
             if with.len() != msg.len() {
                 return Action::Replace(with);
@@ -543,20 +559,26 @@ impl Core {
     fn with_parses(&mut self, bytes: &[u8]) -> BytesMut {
         let mut out = BytesMut::with_capacity(bytes.len());
         for (tag, body) in messages::iter(bytes) {
-            if tag == b'B' {
-                let name = messages::bind_statement(body);
-                if self.unsent.remove(name)
-                    && let Some(parse) = self.router.parsed(name).map(|p| p.message.clone())
-                {
-                    // A name may be there with an older text (prepared here before it was
-                    // prepared again elsewhere); closing a name that is not there is no error.
-                    if !name.is_empty() {
-                        codec::close_statement(name, &mut out);
-                        self.drops.push_back((self.groups_sent, b'3'));
-                    }
-                    out.extend_from_slice(&parse);
-                    self.drops.push_back((self.groups_sent, b'1'));
+            let named = match tag {
+                b'B' => Some(messages::bind_statement(body)),
+                b'D' => match messages::target(body) {
+                    (b'S', name) => Some(name),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(name) = named
+                && self.unsent.remove(name)
+                && let Some(parse) = self.router.parsed(name).map(|p| p.message.clone())
+            {
+                // A name may be there with an older text (prepared here before it was
+                // prepared again elsewhere); closing a name that is not there is no error.
+                if !name.is_empty() {
+                    codec::close_statement(name, &mut out);
+                    self.drops.push_back((self.groups_sent, b'3'));
                 }
+                out.extend_from_slice(&parse);
+                self.drops.push_back((self.groups_sent, b'1'));
             }
             out.extend_from_slice(&[tag]);
             out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());

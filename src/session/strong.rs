@@ -424,6 +424,7 @@ async fn run_unit(
     autocommit: bool,
     buf: &mut BytesMut,
 ) -> Result<Result<Ran, Lost>, SessionError> {
+    tracing::trace!(unit = %String::from_utf8_lossy(&messages::iter(&unit.bytes).map(|(t, _)| t).collect::<Vec<u8>>()), "running a unit");
     let ran = match place {
         Place::Here { started, status: tx } => {
             let key = s.backend_key;
@@ -504,6 +505,9 @@ async fn run_unit(
             }
         }
     };
+    if let Ok(r) = &ran {
+        tracing::trace!(status = r.status, reply = %String::from_utf8_lossy(&messages::iter(&r.bytes).map(|(t, _)| t).collect::<Vec<u8>>()), "a unit ran");
+    }
     Ok(ran)
 }
 
@@ -633,8 +637,15 @@ fn with_statements(s: &mut Session, unit: &[u8]) -> (BytesMut, usize) {
                 }
                 parsed_here.insert(name);
             }
-            b'B' => {
-                let name = Bytes::copy_from_slice(messages::bind_statement(body));
+            b'B' | b'D' => {
+                let name = match tag {
+                    b'B' => messages::bind_statement(body),
+                    _ => match messages::target(body) {
+                        (b'S', name) => name,
+                        _ => continue,
+                    },
+                };
+                let name = Bytes::copy_from_slice(name);
                 let Some((seq, parse)) = s.core.router.parsed(&name).map(|p| (p.seq, p.message.clone())) else {
                     continue;
                 };

@@ -19,12 +19,15 @@ pub struct Unit {
     pub standalone: Option<Standalone>,
     /// The client said goodbye (Terminate); nothing after it counts.
     pub terminate: bool,
+    /// Messages of a COPY under way (its data, and a Flush or Sync sent before its end, which the
+    /// backend ignores in copy-in): sent on, with no reply to wait for.
+    pub copy_data: bool,
 }
 
 impl Unit {
-    /// Whether it is COPY data.
+    /// Whether it is COPY data (see `copy_data`).
     pub fn is_copy_data(&self) -> bool {
-        self.bytes.first() == Some(&b'd')
+        self.copy_data
     }
 
     /// Whether it came by the extended protocol (not a Query).
@@ -37,8 +40,11 @@ impl Unit {
 #[derive(Debug, Default)]
 pub struct Units {
     unit: Unit,
-    /// A COPY started by Execute is under way: its end waits for the Sync.
-    copy_until_sync: bool,
+    /// A COPY from the client is under way (Some), started by Execute (true: its end waits for
+    /// the Sync after it).
+    copying: Option<bool>,
+    /// The end of a COPY started by Execute came: the unit runs to the Sync.
+    awaiting_sync: bool,
 }
 
 impl Units {
@@ -49,9 +55,10 @@ impl Units {
         self.unit.begins = true;
     }
 
-    /// The reply to the last unit started a COPY; `by_execute` when the unit was extended.
+    /// The reply to the last unit started a COPY from the client; `by_execute` when the unit
+    /// was extended.
     pub fn copy_started(&mut self, by_execute: bool) {
-        self.copy_until_sync = by_execute;
+        self.copying = Some(by_execute);
     }
 
     /// Adds one whole message (`tag`, `msg` with its header); `words` for a statement it runs
@@ -73,15 +80,25 @@ impl Units {
             }
         }
         self.unit.bytes.extend_from_slice(msg);
-        let done = match tag {
+        let done = match (self.copying, tag) {
+            (Some(_), b'd' | b'H' | b'S') if self.unit.bytes.len() == msg.len() => {
+                self.unit.copy_data = true;
+                true
+            }
+            (Some(by_execute), b'c' | b'f') => {
+                self.copying = None;
+                // The end of a COPY started by Execute is answered only at the Sync after it.
+                self.awaiting_sync = by_execute;
+                !by_execute
+            }
+            (_, b'S') => {
+                self.awaiting_sync = false;
+                true
+            }
             // A Flush asks for the answers so far: the client may wait for them.
-            b'Q' | b'S' | b'd' | b'H' => true,
-            b'c' | b'f' => !self.copy_until_sync,
+            (_, b'Q' | b'H') => !self.awaiting_sync,
             _ => false,
         };
-        if tag == b'S' {
-            self.copy_until_sync = false;
-        }
         done.then(|| std::mem::take(&mut self.unit))
     }
 }
@@ -119,10 +136,17 @@ mod tests {
         assert!(unit.bytes.starts_with(b"P..BEGIN"));
         u.copy_started(true);
         assert!(u.push(b'd', b"d..", None).unwrap().is_copy_data());
+        // A Sync and a Flush the client sent before its data are passed on with it.
+        assert!(u.push(b'S', b"S..", None).unwrap().is_copy_data());
+        assert!(u.push(b'H', b"H..", None).unwrap().is_copy_data());
         assert!(u.push(b'c', b"c..", None).is_none());
-        assert!(u.push(b'S', b"S..", None).is_some());
+        assert!(u.push(b'H', b"H..", None).is_none());
+        let end = u.push(b'S', b"S..", None).unwrap();
+        assert!(!end.is_copy_data());
+        assert_eq!(&end.bytes[..], b"c..H..S..");
         u.copy_started(false);
         assert!(u.push(b'c', b"c..", None).is_some());
+        assert!(!u.push(b'S', b"S..", None).unwrap().is_copy_data());
         assert!(u.push(b'X', b"X..", None).unwrap().terminate);
     }
 }

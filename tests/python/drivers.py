@@ -7,6 +7,7 @@ Usage: python drivers.py HOST PORT USER PASSWORD DATABASE
 Exits non-zero with a traceback on any failure; prints 'drivers: ok' at the end.
 """
 import asyncio
+import io
 import sys
 
 import asyncpg
@@ -70,6 +71,13 @@ def check_pg8000() -> None:
         ps = conn.prepare("SELECT balance FROM accounts WHERE id = :i")
         assert len(ps.run(i=1)) == 1
         ps.close()
+        # Autocommit writes, each prepared (Parse, Sync), described (Describe, Sync) and run
+        # (Bind, Execute, Sync) in units of their own; a COPY the same way.
+        conn.run("UPDATE accounts SET balance = balance + :a WHERE id = :i", a=0, i=1)
+        conn.run("CREATE TABLE IF NOT EXISTS driver_copy8000 (id int PRIMARY KEY, v text)")
+        conn.run("DELETE FROM driver_copy8000")
+        conn.run("COPY driver_copy8000 FROM STDIN", stream=io.BytesIO(b"1\tone\n2\ttwo\n"))
+        assert conn.run("SELECT count(*) FROM driver_copy8000") == [[2]]
     finally:
         conn.close()
 

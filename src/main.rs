@@ -125,6 +125,8 @@ fn run() -> anyhow::Result<()> {
             eprintln!("pgmix: PGMIX_LOG `{filter}` is not a log filter ({e}); using pgmix=info,warn");
             tracing_subscriber::EnvFilter::new("pgmix=info,warn,openraft=off")
         }))
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

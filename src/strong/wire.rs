@@ -49,10 +49,10 @@ pub fn flushed_answers(unit: &[u8]) -> Option<usize> {
     (last == b'H').then_some(n)
 }
 
-/// Reads messages from the backend until ReadyForQuery, or a CopyInResponse / CopyOutResponse /
-/// CopyBothResponse (the client must send data next), or, for a unit that ended at a Flush, its
-/// `flushed` answers (an error ends them: the backend skips the rest until a Sync). `buf` holds
-/// what was read ahead.
+/// Reads messages from the backend until ReadyForQuery, or a CopyInResponse / CopyBothResponse
+/// (the client must send data next; a CopyOutResponse is followed by the rows and the Execute's
+/// CommandComplete), or, for a unit that ended at a Flush, its `flushed` answers (an error ends
+/// them: the backend skips the rest until a Sync). `buf` holds what was read ahead.
 pub async fn read_reply(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<Reply> {
     read_answers(stream, buf, None).await
 }
@@ -97,10 +97,6 @@ async fn read_answers(
                 return Ok(reply);
             }
             b'G' | b'W' => {
-                reply.copy = true;
-                return Ok(reply);
-            }
-            b'H' if reply.flushed => {
                 reply.copy = true;
                 return Ok(reply);
             }

@@ -45,10 +45,10 @@ weak_read ¦ posts.* ¦ - ¦ select * from POSTS
 weak_read ¦ posts.* ¦ - ¦ SELECT p.* FROM posts p
 weak_read ¦ posts.id,posts.title ¦ - ¦ SELECT p.id, p.title FROM public.posts AS p
 weak_read ¦ - ¦ - ¦ SELECT count(*) FROM posts
-weak_read ¦ - ¦ - ¦ SELECT 1
-weak_read ¦ - ¦ - ¦ SELECT now(), random(), gen_random_uuid()
-weak_read ¦ - ¦ - ¦ SELECT $1::int + 1
-weak_read ¦ - ¦ - ¦ SELECT version()
+local ¦ - ¦ - ¦ SELECT 1
+local ¦ - ¦ - ¦ SELECT now(), random(), gen_random_uuid()
+local ¦ - ¦ - ¦ SELECT $1::int + 1
+local ¦ - ¦ - ¦ SELECT version()
 weak_read ¦ posts.id,comments.post_id,comments.body ¦ - ¦ SELECT c.body FROM posts p JOIN comments c ON c.post_id = p.id
 weak_read ¦ posts.id,comments.post_id,posts.title ¦ - ¦ SELECT p.title FROM posts p LEFT JOIN comments c ON c.post_id = p.id WHERE c.post_id IS NULL
 weak_read ¦ posts.id,comments.post_id ¦ - ¦ SELECT p.id FROM posts p WHERE EXISTS (SELECT 1 FROM comments c WHERE c.post_id = p.id)
@@ -246,7 +246,7 @@ strong_write ¦ - ¦ - ¦ SELECT p.id FROM posts AS where
 strong_write ¦ - ¦ - ¦ INSERT posts VALUES (1)
 strong_write ¦ - ¦ - ¦ SET
 weak_read ¦ posts.id ¦ - ¦ SELECT p.id AS select FROM posts p
-weak_read ¦ - ¦ - ¦ SELECT current_role, system_user, current_catalog
+local ¦ - ¦ - ¦ SELECT current_role, system_user, current_catalog
 local ¦ - ¦ - ¦ DEALLOCATE ALL
 local ¦ - ¦ - ¦ DEALLOCATE p1
 local ¦ - ¦ - ¦ VACUUM
@@ -274,10 +274,10 @@ local ¦ - ¦ - ¦ SET TRANSACTION ISOLATION LEVEL SERIALIZABLE
 local ¦ - ¦ - ¦ SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY
 ddl ¦ - ¦ - ¦ SELECT * INTO newt FROM posts
 ddl ¦ - ¦ - ¦ SELECT id INTO TEMP scratch FROM accounts
-weak_read ¦ - ¦ - ¦ SELECT * FROM generate_series(1, 3) g
+local ¦ - ¦ - ¦ SELECT * FROM generate_series(1, 3) g
 strong_write ¦ - ¦ - ¦ SELECT * FROM my_writer(1)
 strong_read ¦ accounts.* ¦ - ¦ SELECT * FROM generate_series(1, 3) g, accounts
-weak_read ¦ - ¦ - ¦ SELECT set_config('search_path', 'app', false)
+local ¦ - ¦ - ¦ SELECT set_config('search_path', 'app', false)
 strong_read ¦ app.users.*,app.users.u ¦ - ¦ SELECT row_to_json(u) FROM app.users u
 strong_read ¦ app.users.*,app.users.u ¦ - ¦ SELECT u FROM app.users u
 strong_read ¦ app.users.*,app.users.users ¦ - ¦ SELECT to_jsonb(app.users) FROM app.users
@@ -318,7 +318,7 @@ weak_write ¦ posts.id ¦ posts.* ¦ DELETE FROM "posts" WHERE ("posts"."id" = $
 strong_write ¦ accounts.id ¦ accounts.owner,accounts.balance ¦ INSERT INTO "accounts" ("owner", "balance") VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING "accounts"."id"
 strong_read ¦ - ¦ - ¦ SELECT pg_catalog.pg_get_userbyid(1) FROM pg_catalog.pg_class
 strong_read ¦ pg_catalog.pg_namespace.nspname,pg_catalog.pg_class.relname,pg_catalog.pg_class.relnamespace,pg_catalog.pg_namespace.oid ¦ - ¦ SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-weak_read ¦ - ¦ - ¦ SELECT current_setting('server_version_num')
+local ¦ - ¦ - ¦ SELECT current_setting('server_version_num')
 "#;
 
 /// (class, reads, writes, sql) for every case, also used by the property tests and the benchmark.
@@ -436,7 +436,7 @@ fn no_schema_file_means_everything_touching_a_table_is_strong() {
     let schema = Schema::default();
     assert_eq!(classify("SELECT title FROM posts", &schema)[0].class, Class::StrongRead);
     assert_eq!(classify("INSERT INTO posts VALUES (1)", &schema)[0].class, Class::StrongWrite);
-    assert_eq!(classify("SELECT 1", &schema)[0].class, Class::WeakRead);
+    assert_eq!(classify("SELECT 1", &schema)[0].class, Class::Local);
 }
 
 #[test]

@@ -274,6 +274,9 @@ pub fn data(c: &Collected, schema: &Schema) -> Classification {
         (None, Some(r), false) => (Class::StrongWrite, format!("a weak write that {r}: it runs on the strong path")),
         (None, None, false) => (Class::WeakWrite, "writes only weak columns".to_owned()),
         (None, Some(r), true) => (Class::StrongRead, r),
+        // `SELECT current_setting(...)`, `SELECT 1`: nothing here is data, so it does not decide
+        // where a transaction runs, and it runs the same on any node.
+        (None, None, true) if rels.is_empty() && !c.has_lock => (Class::Local, "reads no table".to_owned()),
         (None, None, true) => (Class::WeakRead, "reads only weak columns".to_owned()),
     };
     let search_path = runs_user_code.then_some(SearchPathChange::Unknown);

@@ -110,7 +110,7 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(body.contains("pgmix_connections_active{node=\"test\"} 1"), "{body}");
     assert!(body.contains("pgmix_queries_total{node=\"test\"} 1"), "{body}");
     assert!(body.contains("pgmix_backend_up{node=\"test\"} 1"), "{body}");
-    assert!(body.contains("pgmix_statements_total{node=\"test\",class=\"weak_read\"} 1"), "{body}");
+    assert!(body.contains("pgmix_statements_total{node=\"test\",class=\"local\"} 1"), "{body}");
     assert!(body.contains("pgmix_schema_errors{node=\"test\"} 0"), "{body}");
 }
 
@@ -125,7 +125,7 @@ async fn status_command_summarises_each_node_from_its_metrics() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("test postgres=up sessions=1"), "{text}");
-    assert!(text.contains("weak_read=1"), "{text}");
+    assert!(text.contains("local=1"), "{text}");
     // A node that does not answer makes the command fail, naming the address.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmix"))
         .args(["status", "--metrics", "127.0.0.1:1"])

@@ -2,7 +2,9 @@
 //!
 //! Each node is a Postgres wire-protocol proxy in front of its own local Postgres. This crate is the
 //! node (`node`), its parts (`frontend`, `session`, `backend`, `protocol`), its configuration
-//! (`config`), and the local development cluster behind `pgmix up` (`cluster`).
+//! (`config`), statement classification (`classify`, `schema`), weak replication (`replicate`,
+//! `clock`), the strong path (`consensus`, `strong`), the links between nodes (`peer`), and the
+//! local development cluster behind `pgmix up` (`cluster`).
 
 pub mod backend;
 pub mod classify;

@@ -155,7 +155,8 @@ impl Generations {
     }
 }
 
-fn fresh(sql: &str, schema: &Schema) -> Entry {
+/// Classifies without the cache: for a schema of one session's own.
+pub fn fresh(sql: &str, schema: &Schema) -> Entry {
     match split::tokenize(sql) {
         Ok(tokens) => {
             let words = Words::of(&tokens);

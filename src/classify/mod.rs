@@ -13,7 +13,8 @@ pub mod cache;
 mod decide;
 mod functions;
 mod quick_shape;
-mod split;
+pub(crate) mod split;
+pub mod temporary;
 mod walk;
 pub mod words;
 

@@ -175,8 +175,10 @@ pub async fn write(frozen: Frozen, path: &Path) -> Result<(), SnapshotError> {
         for t in tables {
             let (tbl, keys, cols): (String, Vec<String>, Vec<String>) = (t.get(0), t.get(1), t.get(2));
             // A cursor, so the rows come a batch at a time.
-            c.batch_execute(&format!("DECLARE pgmix_rows NO SCROLL CURSOR FOR SELECT to_jsonb(x)::text FROM {tbl} x"))
-                .await?;
+            c.batch_execute(&format!(
+                "DECLARE pgmix_rows NO SCROLL CURSOR FOR SELECT pgmix.row_json(x, x.tableoid)::text FROM {tbl} x"
+            ))
+            .await?;
             put(&mut w, &Line::Table { tbl, keys, cols }).await?;
             loop {
                 let rows = c.query(&format!("FETCH {BATCH} FROM pgmix_rows"), &[]).await?;

@@ -5,22 +5,23 @@ use std::collections::HashMap;
 use super::TableName;
 use super::lint::{Catalog, CatalogColumn, CatalogForeignKey, CatalogTable};
 
+// Other sessions' temporary tables are theirs: neither replicated nor checked.
 const RELATIONS: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
     JOIN pg_namespace n ON n.oid = c.relnamespace \
     WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema') \
-    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname <> 'pgmix'";
+    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname <> 'pgmix' AND c.relpersistence <> 't'";
 
 const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, pg_get_expr(d.adbin, d.adrelid), a.attidentity <> '', a.attgenerated <> '' \
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-    WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') \
+    WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p') AND c.relpersistence <> 't' \
     AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY a.attnum";
 
 /// User triggers; pgmix's own (functions in its `pgmix` schema, such as change capture) excluded.
 const TRIGGERS: &str = "SELECT n.nspname::text, c.relname::text, t.tgname::text, f.proname::text FROM pg_trigger t \
     JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace \
-    WHERE NOT t.tgisinternal AND fn.nspname <> 'pgmix' \
+    WHERE NOT t.tgisinternal AND fn.nspname <> 'pgmix' AND c.relpersistence <> 't' \
     AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY t.tgname";
 
 const CONSTRAINTS: &str = "SELECT n.nspname::text, c.relname::text, con.contype::text, con.conname::text, \
@@ -28,7 +29,7 @@ const CONSTRAINTS: &str = "SELECT n.nspname::text, c.relname::text, con.contype:
     fn.nspname::text, fc.relname::text, con.confdeltype::text, con.confupdtype::text \
     FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     LEFT JOIN pg_class fc ON fc.oid = con.confrelid LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
-    WHERE con.contype IN ('p','u','f','c') AND n.nspname NOT IN ('pg_catalog','information_schema')";
+    WHERE con.contype IN ('p','u','f','c') AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog','information_schema')";
 
 pub async fn read(client: &tokio_postgres::Client) -> Result<Catalog, tokio_postgres::Error> {
     let mut cat = Catalog::default();

@@ -21,6 +21,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "0005_strong_chunks.sql", include_str!("../../migrations/0005_strong_chunks.sql")),
     (6, "0006_snapshots.sql", include_str!("../../migrations/0006_snapshots.sql")),
     (7, "0007_roles_and_privileges.sql", include_str!("../../migrations/0007_roles_and_privileges.sql")),
+    (8, "0008_temporary_ddl.sql", include_str!("../../migrations/0008_temporary_ddl.sql")),
+    (9, "0009_json_null.sql", include_str!("../../migrations/0009_json_null.sql")),
 ];
 
 /// The newest version this pgmix knows.

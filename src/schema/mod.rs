@@ -101,6 +101,9 @@ pub struct Schema {
     /// The functions behind each table's user triggers, from the catalog: writing such a table
     /// runs them, and pgmix cannot see what they do to the session.
     pub trigger_functions: HashMap<TableName, Vec<String>>,
+    /// Temporary relations of one session (a session's own copy of the schema): Postgres finds
+    /// an unqualified name in the session's temporary schema first, and they live only there.
+    pub temporary: HashSet<String>,
 }
 
 impl Default for Schema {
@@ -115,6 +118,7 @@ impl Default for Schema {
             relations: None,
             namespaces: None,
             trigger_functions: HashMap::new(),
+            temporary: HashSet::new(),
         }
     }
 }
@@ -176,6 +180,7 @@ impl Schema {
             relations: None,
             namespaces: None,
             trigger_functions: HashMap::new(),
+            temporary: HashSet::new(),
         })
     }
 
@@ -191,6 +196,10 @@ impl Schema {
         if t.schema.as_deref() == Some("pgmix") {
             // pgmix's own tables belong to each node (they are never replicated): local reads.
             return (t.clone(), TableRule { consistency: Consistency::Weak, strong_columns: HashSet::new() });
+        }
+        if matches!(t.schema.as_deref(), None | Some("pg_temp")) && self.temporary.contains(&t.name) {
+            let name = TableName { schema: Some("pg_temp".into()), name: t.name.clone() };
+            return (name, TableRule { consistency: Consistency::Weak, strong_columns: HashSet::new() });
         }
         let unqualified = TableName { schema: None, name: t.name.clone() };
         let default = || TableRule { consistency: self.default, strong_columns: HashSet::new() };

@@ -625,6 +625,9 @@ impl Core {
                 self.swallow = self.swallow.saturating_sub(1);
                 if let Some(tx) = body.first().copied().and_then(TxStatus::from_byte) {
                     self.state.tx = tx;
+                    if tx == TxStatus::Idle {
+                        self.router.backend_idle();
+                    }
                 }
                 self.state.awaiting_ready = self.state.awaiting_ready.saturating_sub(1);
                 // A Parse sent without a Sync yet may still have a stand-in on its way.
@@ -637,8 +640,13 @@ impl Core {
                     self.router.ddl_done();
                 }
             }
-            b'E' if self.answers.waiting() && !swallowed => {
-                if let Some(own) = self.answers.substitute(body) {
+            b'E' | b'C' if tag == b'E' || body.starts_with(b"ROLLBACK") => {
+                self.router.backend_failed();
+                if tag == b'E'
+                    && self.answers.waiting()
+                    && !swallowed
+                    && let Some(own) = self.answers.substitute(body)
+                {
                     return Reply::Replace(own);
                 }
             }
@@ -713,6 +721,7 @@ impl Core {
     /// strong path left (`tx`), nothing in flight.
     pub fn strong_done(&mut self, tx: TxStatus, ddl: bool) {
         self.mode = Mode::Forwarding;
+        self.router.ran_elsewhere();
         self.state.tx = tx;
         self.state.awaiting_ready = 0;
         self.state.unsynced = false;

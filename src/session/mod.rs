@@ -15,10 +15,12 @@ pub mod answer;
 mod begin;
 pub mod core;
 mod flow;
+mod prepared;
 pub mod route;
 pub mod state;
 pub mod stop;
 pub mod strong;
+mod temporary;
 mod unit;
 
 use std::sync::Arc;

@@ -43,6 +43,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::temporary::Temporary;
+use crate::classify::temporary::{TempStatement, temp_statement};
 use crate::classify::{Class, SearchPathChange, SqlPrepared, Words, strongest};
 use crate::metrics::Metrics;
 use crate::schema::Schema;
@@ -89,6 +91,10 @@ pub struct Router {
     /// Custom (dotted) settings the session set, which Postgres lists nowhere: a relay session
     /// on the leader is given them too.
     custom: std::collections::BTreeSet<String>,
+    /// The temporary relations this session made, and the schema they were last put in:
+    /// (schema generation, their version, the schema with them).
+    temporary: Temporary,
+    overlay: Option<(u64, u64, Arc<Schema>)>,
 }
 
 /// A statement a Parse prepared.
@@ -128,6 +134,8 @@ impl Router {
             parsed: None,
             parses: 0,
             custom: std::collections::BTreeSet::new(),
+            temporary: Temporary::default(),
+            overlay: None,
         }
     }
 
@@ -243,9 +251,37 @@ impl Router {
     fn decide(&mut self, raw: &[u8], at_rest: Option<bool>) -> Decision {
         let (sql, unreadable) = self.text(raw);
         let sql = sql.as_ref();
-        let entry = self.schema.classify(sql);
+        let entry = if self.temporary.mentioned(sql) {
+            crate::classify::cache::fresh(sql, &self.with_temporary())
+        } else {
+            self.schema.classify(sql)
+        };
         let mut reason = entry.reason;
         let mut class = entry.class;
+        if entry.statements == 1 {
+            self.temporary_statement(sql, &mut class, &mut reason);
+        } else if (!self.temporary.is_empty() || sql.to_ascii_lowercase().contains("temp"))
+            && let Some(texts) = crate::classify::statement_texts(sql)
+        {
+            // A temporary table made by one statement of a Query is the next ones' too.
+            let mut strongest_seen: Option<(Class, Arc<str>)> = None;
+            for text in &texts {
+                let e = if self.temporary.mentioned(text) {
+                    crate::classify::cache::fresh(text, &self.with_temporary())
+                } else {
+                    self.schema.classify(text)
+                };
+                let (mut c, mut r) = (e.class, e.reason);
+                self.temporary_statement(text, &mut c, &mut r);
+                if strongest_seen.as_ref().is_none_or(|(s, _)| strongest([*s, c]) != *s) {
+                    strongest_seen = Some((c, r));
+                }
+            }
+            if let Some((c, r)) = strongest_seen {
+                class = c;
+                reason = r;
+            }
+        }
         if !entry.sql_prepared.is_empty() {
             let executed = self.apply(&entry.sql_prepared);
             if at_rest.is_some() {
@@ -310,6 +346,68 @@ impl Router {
         }
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };
         Decision { class, route, reason, words: entry.words }
+    }
+
+    /// The schema with this session's temporary relations in it.
+    fn with_temporary(&mut self) -> Arc<Schema> {
+        let key = (self.schema.generation(), self.temporary.version());
+        if let Some((g, v, schema)) = &self.overlay
+            && (*g, *v) == key
+        {
+            return schema.clone();
+        }
+        let mut schema = (*self.schema.current()).clone();
+        schema.temporary = self.temporary.names();
+        let schema = Arc::new(schema);
+        self.overlay = Some((key.0, key.1, schema.clone()));
+        schema
+    }
+
+    /// Follows what a statement does to the session's temporary relations; one that changes
+    /// only them runs here.
+    fn temporary_statement(&mut self, sql: &str, class: &mut Class, reason: &mut Arc<str>) {
+        let first = sql.trim_start().get(..8).unwrap_or_default().to_ascii_uppercase();
+        let may = first.starts_with("CREATE") || first.starts_with("DISCARD");
+        if !may && (self.temporary.is_empty() || !["DROP", "ALTER", "TRUNCATE"].iter().any(|w| first.starts_with(w))) {
+            return;
+        }
+        let Some(statement) = crate::classify::split::tokenize(sql).ok().and_then(|t| temp_statement(&t)) else {
+            return;
+        };
+        match statement {
+            TempStatement::Create { name, drop_at_commit } => {
+                self.temporary.made(name, drop_at_commit);
+                *class = Class::Local;
+            }
+            TempStatement::Change { targets, drops, renamed } if targets.iter().all(|t| self.temporary.contains(t)) => {
+                *class = Class::Local;
+                *reason = Arc::from("changes only this session's temporary relations");
+                if drops {
+                    self.temporary.dropped(&targets);
+                }
+                if let Some(to) = renamed {
+                    self.temporary.renamed(&targets[0], to);
+                }
+            }
+            TempStatement::Change { .. } => {}
+            TempStatement::Discard => self.temporary.discard(),
+        }
+    }
+
+    /// The backend reported an error, or a ROLLBACK completed: what the session made since it
+    /// was last idle may not be there.
+    pub fn backend_failed(&mut self) {
+        self.temporary.failed();
+    }
+
+    /// The session is idle on its own backend.
+    pub fn backend_idle(&mut self) {
+        self.temporary.idle();
+    }
+
+    /// A transaction ran on the strong path.
+    pub fn ran_elsewhere(&mut self) {
+        self.temporary.ran_elsewhere();
     }
 
     /// A simple-protocol Query (possibly several statements).

@@ -20,7 +20,7 @@
 //! Crash meaning: see `crate::strong`; the client sees 40001 when nothing can have committed,
 //! 40003 when the commit was under way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::begin::Replay;
+use super::prepared::{drop_injected, unnamed, with_parse, with_statements, with_unnamed};
 use super::state::TxStatus;
 use super::unit::Unit;
 use super::{READ_CHUNK, Session, SessionEnd, SessionError};
@@ -345,6 +346,7 @@ async fn transaction(
         }
         send(s, &ran.bytes).await?;
         if ran.status == status::ENDED {
+            capture_off(s, strong, &place, &spec).await?;
             return Ok((After::Resume, TxStatus::Idle));
         }
         if ran.status == status::COPY {
@@ -372,6 +374,15 @@ async fn transaction(
     }
 }
 
+/// The transaction is over on this node's own backend, which the session goes on using.
+async fn capture_off(s: &mut Session, strong: &Strong, place: &Place, spec: &Begin) -> Result<(), SessionError> {
+    if matches!(place, Place::Here { .. }) && matches!(spec, Begin::InUnit) {
+        let mut b = Backend::new(&mut s.backend, BytesMut::new(), String::new());
+        strong.ended_in_unit(&mut b).await.map_err(SessionError::Backend)?;
+    }
+    Ok(())
+}
+
 /// Runs what a transaction that began here ran before it turned strong where it runs now, and
 /// compares the replies with those the client got. Some: they differ (a SHOW of a setting that
 /// differs between the nodes, say) or it could not run there; the client's statement then fails
@@ -385,11 +396,21 @@ async fn replayed(
     buf: &mut BytesMut,
 ) -> Result<Option<(After, TxStatus)>, SessionError> {
     let mut replies = Vec::new();
+    // The unnamed statement a replayed unit uses is the one an earlier replayed unit parsed,
+    // not the client's latest.
+    let mut parse: Option<Vec<u8>> = None;
     for bytes in &replay.units {
-        let unit = Unit { bytes: bytes.clone(), ..Unit::default() };
+        let (with, injected) = match &parse {
+            Some(p) => with_parse(p, bytes),
+            None => (std::borrow::Cow::Borrowed(&bytes[..]), 0),
+        };
+        let unit = Unit { bytes: BytesMut::from(&with[..]), ..Unit::default() };
+        if let (_, Some(p)) = unnamed(bytes) {
+            parse = Some(p);
+        }
         match run_unit(s, strong, place, &unit, spec, false, buf).await? {
             Ok(ran) if ran.status == status::NOT_STARTED => return not_started(s, &ran.bytes, spec).await.map(Some),
-            Ok(ran) => replies.push(ran.bytes),
+            Ok(ran) => replies.push(BytesMut::from(drop_injected(&ran.bytes, injected))),
             Err(lost) => return lost_leader(s, &lost.why, false).await.map(Some),
         }
     }
@@ -399,6 +420,7 @@ async fn replayed(
     }
     let rollback = Unit { bytes: codec::query_bytes("ROLLBACK"), word: TxWord::Rollback, ..Unit::default() };
     let _ = run_unit(s, strong, place, &rollback, spec, false, buf).await?;
+    capture_off(s, strong, place, spec).await?;
     s.core.prefer_leader();
     fail_local(&mut s.backend).await.map_err(SessionError::Backend)?;
     let e = ClientError::error(
@@ -430,6 +452,7 @@ async fn run_unit(
             let key = s.backend_key;
             let addr = s.ctx.cfg.backend.addr.clone();
             let database = s.login.database.clone();
+            let (bytes, injected) = with_unnamed(s, &unit.bytes);
             let Session { client, backend, .. } = s;
             let exec = async {
                 let mut b = Backend::new(&mut *backend, BytesMut::new(), database);
@@ -441,9 +464,12 @@ async fn run_unit(
                         return Ok(Ran { bytes: e, status: status::NOT_STARTED });
                     }
                 }
-                let r = strong.unit(&mut b, &unit.bytes, unit.word, autocommit).await;
+                let r = strong.unit(&mut b, &bytes, unit.word, autocommit).await;
                 *tx = b.status;
-                let r = r?;
+                let mut r = r?;
+                if injected > 0 {
+                    r.bytes = BytesMut::from(drop_injected(&r.bytes, injected));
+                }
                 let status = if r.copy {
                     status::COPY
                 } else if r.ended {
@@ -611,75 +637,4 @@ async fn settings(s: &mut Session) -> Result<String, SessionError> {
     tracing::debug!(settings = %sql, "the session's settings, for its relay session");
     s.relay.settings = Some(sql.clone());
     Ok(sql)
-}
-
-/// Prepends a Close and a Parse for each statement the unit binds that the relay session does
-/// not have as the client last prepared it (the unnamed statement never lasts there past a unit:
-/// pgmix's own statements on the relay session replace it), and a Close before each named Parse
-/// of a name the relay session has; returns the unit and how many replies to drop from the front
-/// of the answer.
-fn with_statements(s: &mut Session, unit: &[u8]) -> (BytesMut, usize) {
-    let mut pre = BytesMut::new();
-    let mut injected = 0;
-    let mut parsed_here: HashSet<Bytes> = HashSet::new();
-    for (tag, body) in messages::iter(unit) {
-        match tag {
-            b'P' => {
-                let name = Bytes::copy_from_slice(messages::parse_message(body).0);
-                if !name.is_empty() && s.relay.prepared.contains_key(&name) && !parsed_here.contains(&name) {
-                    codec::close_statement(&name, &mut pre);
-                    injected += 1;
-                }
-                if let Some(seq) = s.core.router.parsed(&name).map(|p| p.seq)
-                    && !name.is_empty()
-                {
-                    s.relay.prepared.insert(name.clone(), seq);
-                }
-                parsed_here.insert(name);
-            }
-            b'B' | b'D' => {
-                let name = match tag {
-                    b'B' => messages::bind_statement(body),
-                    _ => match messages::target(body) {
-                        (b'S', name) => name,
-                        _ => continue,
-                    },
-                };
-                let name = Bytes::copy_from_slice(name);
-                let Some((seq, parse)) = s.core.router.parsed(&name).map(|p| (p.seq, p.message.clone())) else {
-                    continue;
-                };
-                let there = !name.is_empty() && s.relay.prepared.get(&name) == Some(&seq);
-                if parsed_here.contains(&name) || there {
-                    continue;
-                }
-                if !name.is_empty() {
-                    codec::close_statement(&name, &mut pre);
-                    injected += 1;
-                    s.relay.prepared.insert(name.clone(), seq);
-                }
-                pre.extend_from_slice(&parse);
-                injected += 1;
-                parsed_here.insert(name);
-            }
-            b'C' if messages::target(body).0 == b'S' => {
-                s.relay.prepared.remove(messages::target(body).1);
-            }
-            _ => {}
-        }
-    }
-    pre.extend_from_slice(unit);
-    (pre, injected)
-}
-
-/// Drops the first `n` replies (the CloseComplete and ParseComplete of injected statements).
-fn drop_injected(reply: &[u8], n: usize) -> &[u8] {
-    let mut at = 0;
-    for _ in 0..n {
-        match reply.get(at) {
-            Some(b'3' | b'1') => at += 5,
-            _ => break,
-        }
-    }
-    &reply[at..]
 }

@@ -99,9 +99,12 @@ impl Strong {
         {
             return Ok(Err(error_bytes(&e)));
         }
+        // Capture is on for this transaction only: the session goes on to run weak statements
+        // and temporary tables on the same backend. A unit that begins the transaction itself
+        // has it on for the session until `ended_in_unit`.
         let sql = match begin {
-            Begin::Client(text) => format!("SET pgmix.strong = on; {text}"),
-            Begin::Autocommit => "SET pgmix.strong = on; BEGIN".to_owned(),
+            Begin::Client(text) => format!("{text}; SET LOCAL pgmix.strong = on"),
+            Begin::Autocommit => "BEGIN; SET LOCAL pgmix.strong = on".to_owned(),
             Begin::InUnit => "SET pgmix.strong = on".to_owned(),
         };
         let r = b.run(&sql).await?;
@@ -109,6 +112,12 @@ impl Strong {
             return Ok(Err(BytesMut::from(r.without_ready())));
         }
         Ok(Ok(()))
+    }
+
+    /// A transaction whose first unit began it is over on this node's own backend: capture,
+    /// which `start` turned on for the session, goes off.
+    pub async fn ended_in_unit<S: AsyncRead + AsyncWrite + Unpin>(&self, b: &mut Backend<S>) -> std::io::Result<()> {
+        b.run("RESET pgmix.strong").await.map(|_| ())
     }
 
     /// Runs one unit of the transaction and says what the client gets.

@@ -26,6 +26,8 @@ mod snapshot;
 mod stream;
 mod strong;
 mod strong_chunks;
+mod strong_session;
+mod suites;
 mod unapplied;
 pub mod up;
 mod weak;

@@ -118,6 +118,11 @@ pub fn bind(stmt: &str) -> Vec<u8> {
     message(b'B', &b)
 }
 
+/// Describe of a prepared statement.
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    message(b'D', format!("S{name}\0").as_bytes())
+}
+
 /// Execute of the unnamed portal, all rows.
 pub fn execute() -> Vec<u8> {
     let mut b = vec![0u8];

@@ -1,5 +1,5 @@
 """Drivers as applications use them, through one pgmix node: asyncpg, pg8000 and psycopg 3
-(pipeline mode, executemany, COPY in a transaction), with parameterized statements inside and
+(pipeline mode, executemany, COPY in a transaction), temporary tables, with parameterized statements inside and
 outside transactions. The table `accounts (id int primary key, balance bigint)` with ids 1..10
 must exist; what the script does to it keeps the total.
 
@@ -78,6 +78,13 @@ def check_pg8000() -> None:
         conn.run("DELETE FROM driver_copy8000")
         conn.run("COPY driver_copy8000 FROM STDIN", stream=io.BytesIO(b"1\tone\n2\ttwo\n"))
         assert conn.run("SELECT count(*) FROM driver_copy8000") == [[2]]
+        # COPY out inside a strong transaction, where pg8000's Bind and Execute end at a Flush.
+        conn.run("START TRANSACTION")
+        conn.run("UPDATE accounts SET balance = balance + :a WHERE id = :i", a=0, i=1)
+        out = io.BytesIO()
+        conn.run("COPY (SELECT id, v FROM driver_copy8000 ORDER BY id) TO STDOUT", stream=out)
+        conn.run("COMMIT")
+        assert out.getvalue() == b"1\tone\n2\ttwo\n", out.getvalue()
     finally:
         conn.close()
 
@@ -116,6 +123,50 @@ def check_psycopg() -> None:
         conn.commit()
 
 
+def check_temporary() -> None:
+    """Temporary tables live in the session's own backend, whatever the schema file says."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE scratch (id int, v text)")
+        conn.execute("INSERT INTO scratch VALUES (%s, %s), (%s, %s)", (1, "one", 2, "two"))
+        assert conn.execute("SELECT count(*) FROM scratch").fetchone()[0] == 2
+        with conn.cursor() as cur:
+            with cur.copy("COPY scratch FROM STDIN") as copy:
+                copy.write_row((3, "three"))
+            with cur.copy("COPY (SELECT id FROM scratch ORDER BY id) TO STDOUT") as copy:
+                assert [int(r[0]) for r in copy.rows()] == [1, 2, 3]
+        conn.execute("DROP TABLE scratch")
+        # A temporary table of a strong table's name hides it in this session, and what is
+        # written to it goes nowhere else.
+        conn.execute("CREATE TEMP TABLE accounts (id int, balance bigint)")
+        conn.execute("INSERT INTO accounts VALUES (1, 1000000)")
+        assert conn.execute("SELECT sum(balance) FROM accounts").fetchone()[0] == 1000000
+        conn.execute("DROP TABLE accounts")
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 10
+        # ON COMMIT DROP ends with its transaction.
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE batch (id int) ON COMMIT DROP")
+            conn.execute("INSERT INTO batch SELECT generate_series(1, 5)")
+            assert conn.execute("SELECT count(*) FROM batch").fetchone()[0] == 5
+        try:
+            conn.execute("SELECT count(*) FROM batch")
+            raise AssertionError("batch outlived its transaction")
+        except psycopg.errors.UndefinedTable:
+            pass
+        # A rolled-back CREATE leaves nothing; the name can be made again.
+        conn.execute("BEGIN")
+        conn.execute("CREATE TEMP TABLE again (id int)")
+        conn.execute("ROLLBACK")
+        conn.execute("CREATE TEMP TABLE again (id int)")
+        conn.execute("INSERT INTO again VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM again").fetchone()[0] == 1
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            conn.execute("SELECT count(*) FROM again")
+            raise AssertionError("a temporary table outlived its session")
+        except psycopg.errors.UndefinedTable:
+            pass
+
+
 before = total_psycopg()
 asyncio.run(asyncio.wait_for(check_asyncpg(), 60))
 print("asyncpg: ok", flush=True)
@@ -123,6 +174,8 @@ check_pg8000()
 print("pg8000: ok", flush=True)
 check_psycopg()
 print("psycopg: ok", flush=True)
+check_temporary()
+print("temporary tables: ok", flush=True)
 after = total_psycopg()
 assert before == after, (before, after)
 print("drivers: ok")

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "0007_roles_and_privileges.sql", include_str!("../../migrations/0007_roles_and_privileges.sql")),
     (8, "0008_temporary_ddl.sql", include_str!("../../migrations/0008_temporary_ddl.sql")),
     (9, "0009_json_null.sql", include_str!("../../migrations/0009_json_null.sql")),
+    (10, "0010_partly_strong_truncate.sql", include_str!("../../migrations/0010_partly_strong_truncate.sql")),
 ];
 
 /// The newest version this pgmix knows.

@@ -109,3 +109,19 @@ async fn json_null_is_json_null_on_every_node_not_sql_null() {
     assert_eq!(all[0], "1:null:null:SQL NULL,2:[null]:null:x,3:null:SQL NULL:SQL NULL", "{all:?}");
     all_zero(&c, "SELECT count(*)::text FROM pgmix.unapplied", "every node applied every entry").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_of_a_partly_strong_table_is_refused_and_empties_nothing() {
+    let schema = "default = \"strong\"\n[tables.orders]\nconsistency = \"weak\"\nstrong_columns = [\"total\"]\n";
+    let c = Cluster::start(3, schema, "CREATE TABLE orders (id int PRIMARY KEY, status text, total bigint);").await;
+    let l = leader(&c).await;
+    for k in [l, if l == 1 { 2 } else { 1 }] {
+        let client = c.client(k).await;
+        client.batch_execute(&format!("INSERT INTO orders VALUES ({k}, 'new', 10)")).await.expect("insert");
+        // It emptied the leader's table only: neither capture covers it.
+        let e = client.batch_execute("TRUNCATE orders").await.expect_err("TRUNCATE is refused");
+        assert_eq!(crate::harness::sqlstate(&e), "0A000", "{e}");
+    }
+    let all = c.converged("rows kept", "SELECT count(*)::text FROM orders").await;
+    assert_eq!(all[0], "2", "{all:?}");
+}

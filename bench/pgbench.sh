@@ -9,6 +9,12 @@
 #
 #   bash bench/pgbench.sh                      # defaults below
 #   DURATION=20 ROUNDS=5 CLIENTS=8 bash bench/pgbench.sh
+#   CLUSTER=1 bash bench/pgbench.sh            # pgmix as a 1-node cluster: pgbench's tables strong
+#
+# With CLUSTER=1 the node is a cluster of one with no schema file, so every table is strong:
+# select-only takes the strong read path (the read barrier, which a lone leader confirms at
+# once). Only select-only runs then: strong tables refuse writes that do not come through pgmix,
+# so direct Postgres and PgBouncer could not run simple-update on them.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -17,6 +23,9 @@ CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 MODE=${MODE:-prepared}
+CLUSTER=${CLUSTER:-0}
+scripts=(select-only simple-update)
+[[ $CLUSTER == 1 ]] && scripts=(select-only)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/pgmix-bench.XXXXXX)
@@ -61,6 +70,18 @@ user = "postgres"
 name = "postgres"
 password = "bench"
 CONF
+if [[ $CLUSTER == 1 ]]; then
+  "$root/target/release/pgmix" certs --dir "$work/certs" --nodes bench >/dev/null
+  cat >>"$work/proxy.toml" <<CONF
+[cluster]
+id = "bench"
+node_id = 1
+listen = "127.0.0.1:$(free_port)"
+ca = "$work/certs/ca.crt"
+cert = "$work/certs/bench.crt"
+key = "$work/certs/bench.key"
+CONF
+fi
 echo "bench: starting pgmix on port $MIX_PORT"
 env PGMIX_LOG=warn ${PGMIX_ENV:-} "$root/target/release/pgmix" serve --config "$work/proxy.toml" &
 MIX_PID=$!
@@ -104,10 +125,16 @@ HZ=$(getconf CLK_TCK)
 port_of() { case $1 in direct) echo "$PG_PORT" ;; pgmix) echo "$MIX_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; esac; }
 export PGPASSWORD=bench PGSSLMODE=disable
 echo "bench: pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+# In a cluster the tables are made through pgmix, so they get strong capture.
+init_port=$PG_PORT; [[ $CLUSTER == 1 ]] && init_port=$MIX_PORT
+for try in 1 2 3 4 5; do
+  pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$init_port" -U postgres postgres >"$work/init.log" 2>&1 && break
+  [[ $try == 5 ]] && { cat "$work/init.log"; echo "bench: pgbench -i failed"; exit 1; }
+  sleep 2
+done
 
 declare -A results cpu
-for script in select-only simple-update; do
+for script in "${scripts[@]}"; do
   flag=-S; [[ $script == simple-update ]] && flag=-N
   for round in $(seq 1 "$ROUNDS"); do
     for t in "${targets[@]}"; do
@@ -130,9 +157,10 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
+[[ $CLUSTER == 1 ]] && echo "pgmix as a 1-node cluster: pgbench's tables are strong"
 echo "pgbench -M $MODE, $CLIENTS clients, $THREADS threads, ${DURATION}s x $ROUNDS rounds, scale $SCALE (median tps)"
 printf '%-14s' script; for t in "${targets[@]}"; do printf '%14s' "$t"; done; for t in "${targets[@]:1}"; do printf '%18s' "$t/direct"; done; echo
-for script in select-only simple-update; do
+for script in "${scripts[@]}"; do
   direct=$(echo "${results[$script,direct]}" | median)
   printf '%-14s' "$script"
   for t in "${targets[@]}"; do printf '%14.0f' "$(echo "${results[$script,$t]}" | median)"; done
@@ -143,7 +171,7 @@ for script in select-only simple-update; do
 done
 echo
 echo "proxy CPU per transaction (user + system, median µs): the proxy's own cost, steadier than tps on a noisy machine"
-for script in select-only simple-update; do
+for script in "${scripts[@]}"; do
   printf '%-14s' "$script"
   for t in "${targets[@]:1}"; do
     [[ -n ${cpu[$script,$t]:-} ]] && printf '%14s %6.2f µs' "$t" "$(echo "${cpu[$script,$t]}" | median)"

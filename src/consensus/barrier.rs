@@ -45,6 +45,15 @@ impl Consensus {
     /// confirms it; Err after `timeout` when no leader with a majority answers. Returns the
     /// index the node has applied up to.
     pub async fn read_barrier(self: &Arc<Self>, timeout: Duration) -> Result<u64, BarrierError> {
+        if let Some((index, applied)) = self.sole_voter_read_index() {
+            if applied >= index {
+                return Ok(applied);
+            }
+            return match self.raft().wait(Some(timeout)).applied_index_at_least(Some(index), "read barrier").await {
+                Ok(_) => Ok(index),
+                Err(_) => Err(BarrierError::Timeout(timeout)),
+            };
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -65,6 +74,20 @@ impl Consensus {
             Ok(_) => Ok(index),
             Err(_) => Err(BarrierError::Timeout(timeout)),
         }
+    }
+
+    /// A leader that is the only voter has nobody to confirm its leadership with: no other node
+    /// can be elected while the membership is itself alone. Its read index is its last log entry
+    /// (everything committed, and perhaps an entry still being written, which a read may wait
+    /// for). Some((read index, applied index)) on such a leader, None elsewhere.
+    fn sole_voter_read_index(&self) -> Option<(u64, u64)> {
+        let raft = self.raft();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let me = super::NodeId::from(self.cluster.node_id);
+        let sole = m.membership_config.membership().voter_ids().eq([me]);
+        (sole && m.state == openraft::ServerState::Leader && m.current_leader == Some(me) && m.vote.is_committed())
+            .then(|| (m.last_log_index.unwrap_or(0), m.last_applied.map_or(0, |l| l.index)))
     }
 
     /// Runs rounds while callers wait for one.

@@ -125,3 +125,15 @@ async fn truncate_of_a_partly_strong_table_is_refused_and_empties_nothing() {
     let all = c.converged("rows kept", "SELECT count(*)::text FROM orders").await;
     assert_eq!(all[0], "2", "{all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_cluster_reads_each_strong_write_at_once_from_another_session() {
+    // Its leader is the only voter and confirms its reads with nobody (see `consensus::barrier`).
+    let c = Cluster::start(1, SCHEMA, SETUP).await;
+    let (writer, reader) = (c.client(1).await, c.client(1).await);
+    for v in 1..=50i64 {
+        writer.execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&v]).await.expect("strong write");
+        let row = reader.query_one("SELECT balance FROM accounts WHERE id = 1", &[]).await.expect("strong read");
+        assert_eq!(row.get::<_, i64>(0), v, "a read that began after the write's answer sees it");
+    }
+}

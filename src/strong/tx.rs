@@ -57,6 +57,18 @@ pub enum Begin {
     InUnit,
 }
 
+/// What begins a strong transaction. Capture is on for the transaction only: the session goes
+/// on to run weak statements and temporary tables on the same backend. A unit that begins the
+/// transaction itself has it on for the session until `Strong::ended_in_unit`. The client's
+/// BEGIN may end in a `--` comment: what follows it starts on a line of its own.
+fn begin_sql(begin: &Begin) -> String {
+    match begin {
+        Begin::Client(text) => format!("{text}\n;SET LOCAL pgmix.strong = on"),
+        Begin::Autocommit => "BEGIN; SET LOCAL pgmix.strong = on".to_owned(),
+        Begin::InUnit => "SET pgmix.strong = on".to_owned(),
+    }
+}
+
 /// What one unit got.
 #[derive(Debug, Default)]
 pub struct UnitReply {
@@ -99,15 +111,7 @@ impl Strong {
         {
             return Ok(Err(error_bytes(&e)));
         }
-        // Capture is on for this transaction only: the session goes on to run weak statements
-        // and temporary tables on the same backend. A unit that begins the transaction itself
-        // has it on for the session until `ended_in_unit`.
-        let sql = match begin {
-            Begin::Client(text) => format!("{text}; SET LOCAL pgmix.strong = on"),
-            Begin::Autocommit => "BEGIN; SET LOCAL pgmix.strong = on".to_owned(),
-            Begin::InUnit => "SET pgmix.strong = on".to_owned(),
-        };
-        let r = b.run(&sql).await?;
+        let r = b.run(&begin_sql(begin)).await?;
         if r.error.is_some() {
             return Ok(Err(BytesMut::from(r.without_ready())));
         }

@@ -1,6 +1,7 @@
 -- TRUNCATE of a partly strong table (a weak table with strong columns) ran on the leader only:
 -- no capture covers it (the strong capture takes row changes of its strong columns, the weak one
 -- row changes of the rest). It is refused, as for a weak table, with DELETE as what to do.
+-- (Dropping a trigger that is not there says so in a NOTICE, which is no client's business.)
 
 CREATE FUNCTION pgmix.refuse_partly_strong_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -11,7 +12,7 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION pgmix.install_strong(t regclass, cols text[]) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix SET client_min_messages = warning AS $$
 DECLARE
     tname text := pgmix.qualified(t);
     v_keys text[];
@@ -42,7 +43,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION pgmix.remove_strong(t regclass) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmix SET client_min_messages = warning AS $$
 BEGIN
     IF t IS NULL THEN
         RETURN;

@@ -640,10 +640,10 @@ impl Core {
                     self.router.ddl_done();
                 }
             }
-            b'E' | b'C' if tag == b'E' || body.starts_with(b"ROLLBACK") => {
+            b'C' if body.starts_with(b"ROLLBACK") => self.router.backend_failed(),
+            b'E' => {
                 self.router.backend_failed();
-                if tag == b'E'
-                    && self.answers.waiting()
+                if self.answers.waiting()
                     && !swallowed
                     && let Some(own) = self.answers.substitute(body)
                 {

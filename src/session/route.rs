@@ -251,11 +251,7 @@ impl Router {
     fn decide(&mut self, raw: &[u8], at_rest: Option<bool>) -> Decision {
         let (sql, unreadable) = self.text(raw);
         let sql = sql.as_ref();
-        let entry = if self.temporary.mentioned(sql) {
-            crate::classify::cache::fresh(sql, &self.with_temporary())
-        } else {
-            self.schema.classify(sql)
-        };
+        let entry = self.classify_text(sql);
         let mut reason = entry.reason;
         let mut class = entry.class;
         if entry.statements == 1 {
@@ -266,11 +262,7 @@ impl Router {
             // A temporary table made by one statement of a Query is the next ones' too.
             let mut strongest_seen: Option<(Class, Arc<str>)> = None;
             for text in &texts {
-                let e = if self.temporary.mentioned(text) {
-                    crate::classify::cache::fresh(text, &self.with_temporary())
-                } else {
-                    self.schema.classify(text)
-                };
+                let e = self.classify_text(text);
                 let (mut c, mut r) = (e.class, e.reason);
                 self.temporary_statement(text, &mut c, &mut r);
                 if strongest_seen.as_ref().is_none_or(|(s, _)| strongest([*s, c]) != *s) {
@@ -346,6 +338,16 @@ impl Router {
         }
         let route = if class == Class::Refused { Route::Refuse } else { Route::Local };
         Decision { class, route, reason, words: entry.words }
+    }
+
+    /// `sql` classified against the schema, with this session's temporary relations in it
+    /// when it names one (not cached: the cache is the node's, shared by every session).
+    fn classify_text(&mut self, sql: &str) -> crate::classify::cache::Entry {
+        if self.temporary.mentioned(sql) {
+            crate::classify::cache::fresh(sql, &self.with_temporary())
+        } else {
+            self.schema.classify(sql)
+        }
     }
 
     /// The schema with this session's temporary relations in it.

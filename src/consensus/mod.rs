@@ -180,16 +180,6 @@ impl Consensus {
         .then_some(m.vote.leader_id().term)
     }
 
-    /// This node leads and has applied an entry of its own term, so everything committed before
-    /// its term: it may run a writing transaction without a read barrier (the transaction's own
-    /// commit through the log proves it still leads).
-    pub fn leads_applied(&self) -> bool {
-        let Some(term) = self.leading_term() else { return false };
-        let raft = self.raft();
-        let applied = raft.metrics().borrow().last_applied;
-        applied.is_some_and(|a| a.leader_id.term == term)
-    }
-
     /// The transactions this node holds open until their entries commit (see `apply::Held`).
     pub fn held(&self) -> &Arc<apply::Held> {
         &self.held

@@ -102,6 +102,20 @@ pub(super) async fn run(s: &mut Session, strong: Arc<Strong>, buf: &mut BytesMut
                     .map_err(SessionError::Backend)?;
                 let spec = replay.begin.clone().map_or(Begin::InUnit, Begin::Client);
                 transaction(s, &strong, unit, spec, Some(replay), buf).await?
+            } else if here && s.core.state.tx != TxStatus::Idle && snapshot_taken(&mut s.backend).await? {
+                // Its snapshot may be older than the barrier: it cannot read strong data here.
+                s.core.prefer_leader();
+                fail_local(&mut s.backend).await.map_err(SessionError::Backend)?;
+                let e = ClientError::error(
+                    crate::sqlstate::code::SERIALIZATION_FAILURE,
+                    "this REPEATABLE READ or SERIALIZABLE transaction began on this node, and its snapshot may be older than strong writes already committed; it cannot read strong data",
+                )
+                .with_hint("Retry the transaction: pgmix now runs this session's transactions on the leader from their start, where a strong transaction's snapshot follows the read barrier.");
+                let mut out = BytesMut::new();
+                e.encode(&mut out);
+                codec::ready(b'E', &mut out);
+                send(s, &out).await?;
+                (After::Resume, TxStatus::Failed)
             } else if here && !unapplied {
                 read_here(s, &strong, unit, buf).await?
             } else if begin.is_none() && unit.standalone.is_some() {
@@ -224,6 +238,21 @@ async fn read_here(
     }
     send(s, &reply).await?;
     Ok((After::Resume, tx))
+}
+
+/// Whether the transaction open on the local backend reads one snapshot throughout (REPEATABLE
+/// READ or SERIALIZABLE): a statement has run in it (it began here), so that snapshot was taken
+/// before any barrier a strong read could run behind now.
+async fn snapshot_taken(backend: &mut BackendStream) -> Result<bool, SessionError> {
+    let mut b = Backend::new(backend, BytesMut::new(), String::new());
+    let r = wire::exchange(
+        &mut b.stream,
+        &mut b.buf,
+        &codec::query_bytes("SELECT current_setting('transaction_isolation')"),
+    )
+    .await
+    .map_err(SessionError::Backend)?;
+    Ok(matches!(r.first_value.as_deref(), Some(b"repeatable read" | b"serializable")))
 }
 
 /// Puts the local backend into a failed transaction, as a client that was told its statement

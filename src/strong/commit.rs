@@ -93,12 +93,8 @@ impl Strong {
             serializable: row.get(1).cloned().flatten().as_deref() == Some("serializable"),
         };
         let Some(mut effects) = taken.effects else {
-            // Nothing strong changed: an ordinary commit, once a majority confirms that this
-            // node still leads, so what it read was current.
-            if let Err(e) = self.barrier().await {
-                b.run("ROLLBACK").await?;
-                return Ok(Err(error_bytes(&e)));
-            }
+            // Nothing strong changed: an ordinary commit. What it read was current when it
+            // began (`start` took a read barrier before it).
             let r = b.run("COMMIT").await?;
             if r.error.is_some() {
                 return Ok(Err(BytesMut::from(r.without_ready())));

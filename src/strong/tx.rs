@@ -97,18 +97,19 @@ pub(super) fn error_bytes(e: &StrongError) -> BytesMut {
 }
 
 impl Strong {
-    /// Starts a strong transaction: once this node has applied everything committed (a new
-    /// leader serves nothing before), turns capture on and begins. Err: the reply for the client.
+    /// Starts a strong transaction: once a majority has confirmed that this node leads and it
+    /// has applied everything committed before the call, turns capture on and begins. Err: the
+    /// reply for the client.
     pub async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         b: &mut Backend<S>,
         begin: &Begin,
     ) -> std::io::Result<Result<(), BytesMut>> {
-        // A leader that has applied its own term's first entry serves at once; a read-only
-        // transaction confirms its leadership at COMMIT instead (see `finish`).
-        if !self.consensus.leads_applied()
-            && let Err(e) = self.barrier().await
-        {
+        // Before the first read, on the leader too: its applier may lag a follower's (each of its
+        // own entries waits for a COMMIT PREPARED), and a leader cut off from the majority does
+        // not know it was replaced. A confirmation at COMMIT would come after the reads were
+        // answered, and a ROLLBACK or a disconnect would skip it.
+        if let Err(e) = self.barrier().await {
             return Ok(Err(error_bytes(&e)));
         }
         let r = b.run(&begin_sql(begin)).await?;

@@ -26,6 +26,7 @@ mod snapshot;
 mod stream;
 mod strong;
 mod strong_chunks;
+mod strong_reads;
 mod strong_session;
 mod suites;
 mod unapplied;
